@@ -1,0 +1,3 @@
+"""cat-bench: Calibrated Adversarial Training and its baselines on one training core."""
+
+__version__ = "0.1.0"

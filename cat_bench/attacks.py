@@ -1,0 +1,175 @@
+"""Every attack of cat-bench, batched and device-agnostic, in [0,1] pixel space (L-inf).
+
+White-box attacks (FGSM, PGD with CE / C&W margin / TRADES-KL losses, FAT's early-stopped PGD)
+are one function, `pgd`. Square and AutoAttack run through pyautoattack. Every attack returns
+x_adv with |x_adv - x| <= eps and x_adv in [0,1].
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOSSES = ("ce", "cw", "kl")
+RANDOM_STARTS = ("none", "uniform", "gaussian")
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Project onto the eps-ball around x and the [0,1] box (METHOD.md s1 step 1, s4)."""
+    return torch.clamp(torch.minimum(torch.maximum(x_adv, x - eps), x + eps), 0.0, 1.0)
+
+
+def cw_margin(logits: torch.Tensor, y: torch.Tensor, kappa: float) -> torch.Tensor:
+    """Per-example C&W margin loss -max(z_y - max_{j!=y} z_j + kappa, 0) (METHOD.md s1, Eq. 9)."""
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+    return -torch.clamp(z_y - others.amax(1) + kappa, min=0.0)
+
+
+def kl_div(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """Per-example KL(p || q) between the softmaxes of two logit tensors, summed over classes."""
+    log_p = F.log_softmax(p_logits.float(), dim=1)
+    log_q = F.log_softmax(q_logits.float(), dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(1)
+
+
+def attack_loss(loss: str, logits: torch.Tensor, y: torch.Tensor, nat_logits: torch.Tensor | None,
+                kappa: float) -> torch.Tensor:
+    """The quantity PGD ascends, summed over the batch: CE, C&W margin or TRADES' KL(p(x)||p(x+delta))."""
+    if loss == "ce":
+        return F.cross_entropy(logits.float(), y, reduction="sum")
+    if loss == "cw":
+        return cw_margin(logits.float(), y, kappa).sum()
+    if loss == "kl":
+        return kl_div(nat_logits, logits).sum()
+    raise ValueError(f"unknown PGD loss {loss!r}; allowed: {', '.join(LOSSES)}")
+
+
+def random_init(x: torch.Tensor, kind: str, scale: float) -> torch.Tensor:
+    """Random start: uniform in [-scale, scale] (Madry/Rice, CAT) or scale * N(0,1) (TRADES, MART, FAT)."""
+    if kind == "none":
+        return torch.zeros_like(x)
+    if kind == "uniform":
+        return torch.empty_like(x).uniform_(-scale, scale)
+    if kind == "gaussian":
+        return scale * torch.randn_like(x)
+    raise ValueError(f"unknown random start {kind!r}; allowed: {', '.join(RANDOM_STARTS)}")
+
+
+@dataclass(frozen=True)
+class PGD:
+    """L-inf PGD (Madry et al.), the attack of Eq. 9 and of every white-box evaluation.
+
+    steps=1, alpha=eps, random_start="none" is FGSM. `rs_scale` is the half-width of a uniform
+    start (default eps) or the std of a gaussian one (default 0.001, TRADES' code). `tau` turns
+    on FAT's early stop (Zhang et al. 2020, Alg. 1): an example whose current iterate is
+    misclassified keeps moving for at most `tau` more steps, then is frozen.
+    """
+
+    eps: float
+    alpha: float
+    steps: int
+    loss: str = "ce"
+    random_start: str = "none"
+    rs_scale: float | None = None
+    kappa: float = 0.0
+    tau: int | None = None
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown PGD loss {self.loss!r}; allowed: {', '.join(LOSSES)}")
+        if self.random_start not in RANDOM_STARTS:
+            raise ValueError(f"unknown random start {self.random_start!r}; allowed: {', '.join(RANDOM_STARTS)}")
+
+    def settings(self) -> dict:
+        """The attack's full settings, for records."""
+        return {"eps": self.eps, "alpha": self.alpha, "steps": self.steps, "loss": self.loss,
+                "random_start": self.random_start, "rs_scale": self._rs_scale(), "kappa": self.kappa,
+                "tau": self.tau}
+
+    def _rs_scale(self) -> float | None:
+        if self.random_start == "none":
+            return None
+        if self.rs_scale is not None:
+            return self.rs_scale
+        return self.eps if self.random_start == "uniform" else 0.001
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Return adversarial examples for (x, y); the model's train/eval mode is left as the caller set it."""
+        x = x.detach()
+        nat_logits = None
+        if self.loss == "kl":
+            with torch.no_grad():
+                nat_logits = model(x).float()
+        x_adv = project(x + random_init(x, self.random_start, self._rs_scale() or 0.0), x, self.eps)
+        if self.tau is not None:
+            budget = torch.full_like(y, self.tau)
+            active = torch.ones_like(y, dtype=torch.bool)
+        for _ in range(self.steps):
+            x_adv.requires_grad_(True)
+            logits = model(x_adv)
+            loss = attack_loss(self.loss, logits, y, nat_logits, self.kappa)
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            step = self.alpha * grad.sign()
+            if self.tau is not None:
+                wrong = logits.argmax(1) != y
+                active = active & ~(wrong & (budget == 0))
+                budget = budget - (wrong & active).long()
+                step = step * active.view(-1, *([1] * (x.dim() - 1)))
+            x_adv = project(x_adv.detach() + step, x, self.eps)
+        return x_adv.detach()
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a block with the model in eval mode, then restore its previous mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, attacks: list[str],
+                   robust: torch.Tensor, *, batch_size: int, seed: int, device: torch.device,
+                   on_attack_done: Callable[[str, torch.Tensor], None], log_file=None) -> torch.Tensor:
+    """Run pyautoattack's sub-attacks one at a time on the points still robust, in standard settings.
+
+    `robust` flags the examples no earlier sub-attack broke (all True on a fresh start, or the flags
+    saved after the last finished sub-attack). After each sub-attack, `on_attack_done(name, robust)`
+    lets the caller checkpoint, since pyautoattack's own `state_path` resume is unreliable.
+    Returns the final robust flags. Square alone is `attacks=["square"]` (5000 queries, p_init 0.8).
+    """
+    from pyautoattack import AutoAttack
+
+    logger = logging.getLogger("auto-attack")
+    handler = None
+    if log_file is not None:
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+    try:
+        adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", device=device, seed=seed)
+        robust = robust.clone()
+        for name in attacks:
+            idx = robust.nonzero().squeeze(1)
+            if len(idx) > 0:
+                adversary.attacks_to_run = [name]
+                logger.info("running %s on %d robust points", name, len(idx))
+                _, y_adv = adversary.run_standard_evaluation(x[idx], y[idx], batch_size=batch_size)
+                robust[idx] = y_adv.to(robust.device) == y[idx].to(robust.device)
+                logger.info("robust accuracy after %s: %.4f", name, robust.float().mean().item())
+            on_attack_done(name, robust)
+        return robust
+    finally:
+        if handler is not None:
+            logger.removeHandler(handler)
+            handler.close()

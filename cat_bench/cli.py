@@ -1,0 +1,145 @@
+"""The `cat-bench` command line: train, eval, list.
+
+Every user mistake (unknown name, eps outside (0, 1], bad `--set`, missing or corrupt checkpoint)
+ends with a message naming the bad value and what is allowed, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+from cat_bench.errors import UsageError
+
+LISTABLE = ("methods", "datasets", "attacks", "architectures")
+
+
+def parse_eps(text: str) -> float:
+    """An eps given as a number (0.3) or a fraction (8/255)."""
+    try:
+        return float(Fraction(text)) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(f"eps {text!r} is not a number; give e.g. 0.3 or 8/255") from None
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    """`--set beta=1 b=0.3` into {"beta": "1", "b": "0.3"}."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise UsageError(f"--set {item!r} is not KEY=VALUE (e.g. --set beta=5 b=0.05)")
+        out[key] = value
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cat-bench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one method on one dataset (METHOD.md s3 protocol)")
+    t.add_argument("--method", required=True, help="see `cat-bench list methods`")
+    t.add_argument("--dataset", required=True, help="mnist, mnist-mini, cifar10, cifar100")
+    t.add_argument("--eps", required=True, help="training eps in [0,1] pixels, e.g. 0.3 or 8/255")
+    t.add_argument("--arch", help="classifier (default: smallcnn for MNIST, preact-resnet18 for CIFAR)")
+    t.add_argument("--epochs", type=int, help="override the preset's number of epochs")
+    t.add_argument("--batch-size", type=int, help="override the preset's batch size")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="method hyperparameters, e.g. beta=5 b=0.05")
+    t.add_argument("--select-on", default="test", help="split for per-epoch checkpoint selection: test (paper) or val")
+    t.add_argument("--select-n", type=int, help="examples used by the selection metric (default: the whole split)")
+    t.add_argument("--out", type=Path, help="run directory (default: runs/METHOD-DATASET-HASH)")
+    t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    t.add_argument("--compile", action="store_true", help="torch.compile the classifier")
+    _common(t)
+
+    e = sub.add_parser("eval", help="evaluate a trained run under the paper's attacks (METHOD.md s4)")
+    e.add_argument("run_dir", type=Path)
+    e.add_argument("--attacks", default="natural,fgsm,pgd20,pgd100,cw",
+                   help="comma-separated: natural,fgsm,pgd20,pgd100,cw,square,autoattack")
+    e.add_argument("--n-examples", type=int, help="first N test examples (default: the full test set)")
+    e.add_argument("--eps", help="override the dataset's test eps (0.3 MNIST, 8/255 CIFAR)")
+    e.add_argument("--batch-size", type=int, default=500)
+    _common(e)
+
+    li = sub.add_parser("list", help="list methods, datasets, attacks or architectures")
+    li.add_argument("what", choices=LISTABLE)
+    return p
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", help="dataset root (default: $CAT_BENCH_DATA, else a user cache dir)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _train(args) -> None:
+    from cat_bench import records
+    from cat_bench.train import resolve_config, resolve_device, train
+
+    config = resolve_config(args.method, args.dataset, parse_eps(args.eps), arch=args.arch, epochs=args.epochs,
+                            seed=args.seed, overrides=parse_sets(args.set), select_on=args.select_on,
+                            select_n=args.select_n, batch_size=args.batch_size)
+    out = args.out or Path("runs") / f"{config['method']}-{config['dataset']}-{records.config_hash(config)}"
+    device = resolve_device(args.device)
+    print(f"run directory: {out}", file=sys.stderr)
+    summary = train(config, out, resume=args.resume, data_root=args.data_root, device=device,
+                    compile=args.compile, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    print(f"done: best epoch {summary['best_epoch']} (natural + robust {summary['best_score']:.4f}); "
+          f"evaluate with: cat-bench eval {out}")
+
+
+def _eval(args) -> None:
+    from cat_bench.evaluate import evaluate
+    from cat_bench.train import resolve_device
+
+    eps = parse_eps(args.eps) if args.eps is not None else None
+    result = evaluate(args.run_dir, args.attacks, n_examples=args.n_examples, eps=eps, batch_size=args.batch_size,
+                      data_root=args.data_root, device=resolve_device(args.device), progress=not args.no_progress,
+                      log=lambda m: print(m, file=sys.stderr))
+    width = max(map(len, result["attacks"]))
+    for name, entry in result["attacks"].items():
+        print(f"{name:<{width}}  {100 * entry['accuracy']:6.2f}%")
+    print(f"written: {args.run_dir / 'eval.json'}")
+
+
+def _list(args) -> None:
+    if args.what == "methods":
+        from cat_bench.methods import METHODS
+        for name, cls in METHODS.items():
+            print(f"{name}: {cls.__doc__.splitlines()[0]}")
+            for key, hp in cls.HPARAMS.items():
+                print(f"    {key} = {hp.cifar!r} (CIFAR) / {hp.mnist!r} (MNIST)  [{hp.source}]")
+    elif args.what == "datasets":
+        from cat_bench.data import DATASETS
+        for name, info in DATASETS.items():
+            print(f"{name}: {info.description}")
+    elif args.what == "attacks":
+        from cat_bench.presets import EVAL_ATTACKS
+        for family, presets in EVAL_ATTACKS.items():
+            for name, p in presets.items():
+                print(f"{family:<6} {name:<11} {p.source}")
+    else:
+        from cat_bench.models import ARCHITECTURES
+        for name, desc in ARCHITECTURES.items():
+            print(f"{name}: {desc}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `cat-bench` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        {"train": _train, "eval": _eval, "list": _list}[args.command](args)
+    except UsageError as err:
+        print(f"cat-bench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cat-bench: interrupted; rerun the same command (train with --resume) to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+"""Errors a user can cause; the CLI turns them into a message and exit status 2."""
+
+
+class UsageError(Exception):
+    """Bad user input (unknown name, out-of-range value, missing or corrupt file).
+
+    The message must name the bad value and what is allowed.
+    """

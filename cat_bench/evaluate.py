@@ -1,0 +1,168 @@
+"""Evaluation of a trained run under the paper's attacks (METHOD.md s4), resumable per attack.
+
+`cat-bench eval RUN_DIR --attacks ...` loads the selected checkpoint, runs each attack preset on
+the first N test examples in eval mode, and writes `eval.json` after every attack, so a killed
+evaluation rerun skips what is finished (AutoAttack also keeps its finished sub-attacks).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from cat_bench import records
+from cat_bench.attacks import PGD, run_autoattack
+from cat_bench.data import dataset_info, load_split
+from cat_bench.errors import UsageError
+from cat_bench.presets import EVAL_ATTACKS, AttackPreset, eval_attack
+from cat_bench.progress import progress_bar
+
+AUTOATTACK_STANDARD = ["apgd-ce", "apgd-t", "fab-t", "square"]
+WHITE_BOX = ("fgsm", "pgd20", "pgd100", "cw", "autoattack")
+MULTI_STEP = ("pgd20", "pgd100", "cw")
+
+
+def correct_under(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: PGD | None,
+                  batch_size: int = 500, advance=lambda: None) -> torch.Tensor:
+    """Per-example correctness (bool tensor on x's device) on clean inputs or under a white-box attack."""
+    out = []
+    for i in range(0, len(y), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        if xb.dtype == torch.uint8:
+            xb = xb.float().div_(255)
+        if attack is not None:
+            xb = attack(model, xb, yb)
+        with torch.no_grad():
+            out.append(model(xb).argmax(1) == yb)
+        advance()
+    return torch.cat(out)
+
+
+def masking_flags(acc: dict[str, float]) -> list[dict]:
+    """Signs of gradient masking: a multi-step attack weaker than FGSM, PGD-100 weaker than PGD-20,
+    or the black-box Square attack stronger than every white-box attack run."""
+    flags = []
+    if "fgsm" in acc:
+        for name in MULTI_STEP:
+            if name in acc and acc[name] > acc["fgsm"]:
+                flags.append({"flag": "multi-step weaker than single-step",
+                              "detail": f"{name} accuracy {acc[name]:.4f} > fgsm {acc['fgsm']:.4f}"})
+    if "pgd20" in acc and "pgd100" in acc and acc["pgd100"] > acc["pgd20"]:
+        flags.append({"flag": "more steps weaker", "detail": f"pgd100 {acc['pgd100']:.4f} > pgd20 {acc['pgd20']:.4f}"})
+    white = {k: acc[k] for k in WHITE_BOX if k in acc}
+    if "square" in acc and white and acc["square"] < min(white.values()):
+        best = min(white, key=white.get)
+        flags.append({"flag": "black-box stronger than white-box",
+                      "detail": f"square {acc['square']:.4f} < {best} {white[best]:.4f}"})
+    return flags
+
+
+def _settings(name: str, preset: AttackPreset, seed: int) -> dict:
+    s = {"name": name, **preset.as_dict(), "source": preset.source}
+    if preset.kind in ("square", "autoattack"):
+        s.update(seed=seed, norm="Linf", library="pyautoattack")
+        s["subattacks"] = ["square"] if preset.kind == "square" else AUTOATTACK_STANDARD
+    return s
+
+
+def parse_attacks(spec: str, family: str) -> list[str]:
+    """Split `--attacks a,b,c` and check every name against the presets."""
+    names = [a.strip() for a in spec.split(",") if a.strip()]
+    if not names:
+        raise UsageError(f"--attacks {spec!r} names no attack; allowed: {', '.join(EVAL_ATTACKS[family])}")
+    for name in names:
+        if name not in EVAL_ATTACKS[family]:
+            raise UsageError(f"unknown attack {name!r}; allowed: {', '.join(EVAL_ATTACKS[family])}")
+    return names
+
+
+def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps: float | None = None,
+             batch_size: int = 500, data_root=None, device: torch.device | None = None, progress: bool = True,
+             log=print) -> dict:
+    """Evaluate a run's selected checkpoint; writes and returns eval.json's content."""
+    from cat_bench.train import Networks, resolve_device
+
+    run_dir = Path(run_dir)
+    if not (run_dir / records.CONFIG).is_file():
+        raise UsageError(f"{run_dir} is not a run directory (no {records.CONFIG}); train one with cat-bench train --out")
+    config = records.read_json(run_dir / records.CONFIG)["identity"]
+    info = dataset_info(config["dataset"])
+    names = parse_attacks(attacks, info.family)
+    if n_examples is not None and n_examples < 1:
+        raise UsageError(f"--n-examples {n_examples!r} must be a positive integer")
+    if eps is not None and not 0 < eps <= 1:
+        raise UsageError(f"eps {eps!r} is outside (0, 1]")
+    device = device or resolve_device(None)
+    ckpt = records.load_checkpoint(run_dir / records.BEST)
+    nets = Networks(config, device)
+    try:
+        nets.load(ckpt["nets"])
+    except (KeyError, RuntimeError) as err:
+        raise UsageError(f"corrupt checkpoint {run_dir / records.BEST}: {err}") from None
+    model = nets.f.eval()
+
+    x, y = load_split(config["dataset"], "test", data_root)
+    if n_examples is not None:
+        x, y = x[:n_examples], y[:n_examples]
+    x, y = x.to(device).float().div_(255), y.to(device)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    test_eps = eps if eps is not None else info.test_eps
+    key = {"checkpoint": records.BEST, "epoch": ckpt["epoch"], "n_examples": len(y), "eps": test_eps}
+
+    path = run_dir / records.EVAL
+    result = records.read_json(path) if path.exists() else {}
+    if result.get("key") != key:
+        result = {"key": key, "attacks": {}}
+    result["provenance"] = records.provenance(device)
+
+    for name in names:
+        preset = eval_attack(info.family, name, test_eps, override=eps is not None)
+        settings = _settings(name, preset, config["seed"])
+        done = result["attacks"].get(name)
+        if done is not None and done["settings"] == settings:
+            log(f"{name}: {100 * done['accuracy']:.2f}% (already evaluated)")
+            continue
+        torch.manual_seed(config["seed"])
+        t0 = time.time()
+        if preset.kind in ("natural", "pgd"):
+            attack = None if preset.kind == "natural" else PGD(
+                eps=preset.eps, alpha=preset.alpha, steps=preset.steps, loss=preset.loss,
+                random_start=preset.random_start, kappa=preset.kappa)
+            with progress_bar(-(-len(y) // batch_size), name, enabled=progress) as advance:
+                correct = correct_under(model, x, y, attack, batch_size, advance)
+        else:
+            correct = _autoattack(run_dir, model, x, y, preset.eps, settings, batch_size, config["seed"], device, log)
+        result["attacks"][name] = {"accuracy": correct.float().mean().item(), "settings": settings,
+                                   "seconds": time.time() - t0}
+        result["flags"] = masking_flags({k: v["accuracy"] for k, v in result["attacks"].items()})
+        records.write_json(path, result)
+        log(f"{name}: {100 * result['attacks'][name]['accuracy']:.2f}% ({time.time() - t0:.1f} s)")
+    result["flags"] = masking_flags({k: v["accuracy"] for k, v in result["attacks"].items()})
+    records.write_json(path, result)
+    for flag in result["flags"]:
+        log(f"WARNING, possible gradient masking: {flag['flag']} ({flag['detail']})")
+    return result
+
+
+def _autoattack(run_dir: Path, model, x, y, eps, settings, batch_size, seed, device, log) -> torch.Tensor:
+    """AutoAttack or Square via pyautoattack, checkpointing robust flags after each sub-attack."""
+    state_path = run_dir / "eval_state" / f"{settings['name']}.pt"
+    robust, finished = torch.ones(len(y), dtype=torch.bool), []
+    if state_path.exists():
+        state = records.load_checkpoint(state_path)
+        if state["settings"] == settings and len(state["robust"]) == len(y):
+            robust, finished = state["robust"], list(state["finished"])
+            log(f"{settings['name']}: resuming after {', '.join(finished) or 'nothing'}")
+
+    def save(name: str, flags: torch.Tensor) -> None:
+        finished.append(name)
+        records.save_checkpoint(state_path, {"settings": settings, "robust": flags.cpu(), "finished": finished})
+
+    todo = [a for a in settings["subattacks"] if a not in finished]
+    robust = run_autoattack(model, x, y, eps, todo, robust.to(device), batch_size=batch_size, seed=seed,
+                            device=device, on_attack_done=save, log_file=run_dir / "autoattack.log")
+    state_path.unlink(missing_ok=True)
+    return robust

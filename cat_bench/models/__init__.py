@@ -1,0 +1,119 @@
+"""Registry of the classifiers and CAT mask networks of METHOD.md section 2.
+
+``build_classifier`` returns a model that takes [0,1] pixels (normalization, when given, is
+inside the model) and ``build_mask_net`` returns the mask net g for a dataset family.
+"""
+
+import re
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from cat_bench.errors import UsageError
+from cat_bench.models.masknet import CifarMaskNet, MnistMaskNet
+from cat_bench.models.normalize import Normalize
+from cat_bench.models.preact_resnet import PreActResNet18
+from cat_bench.models.smallcnn import SmallCNN
+from cat_bench.models.wideresnet import WideResNet
+
+__all__ = [
+    "ARCHITECTURES",
+    "MASK_FAMILIES",
+    "Classifier",
+    "Normalize",
+    "build_classifier",
+    "build_mask_net",
+]
+
+ARCHITECTURES: dict[str, str] = {
+    "smallcnn": "MNIST small CNN: 4 convs (32,32,64,64) + 2 linears, no normalization (METHOD.md s.2)",
+    "preact-resnet18": "PreAct ResNet-18 for CIFAR, as in Rice et al. 2020 (METHOD.md s.2)",
+    "wrn-34-10": "WideResNet-34-10 for CIFAR, as in TRADES / MART (METHOD.md s.2)",
+}
+
+MASK_FAMILIES: dict[str, str] = {
+    "mnist": "3-conv LeakyReLU mask net, nearest resize, conv + sigmoid (METHOD.md s.2)",
+    "cifar": "ResNet-18 trunk mask net, nearest resize, conv + sigmoid (METHOD.md s.2)",
+}
+
+_ALLOWED = "smallcnn, preact-resnet18, wrn-34-10 (or wrn-DEPTH-WIDTH)"
+_WRN_PATTERN = re.compile(r"wrn-(\d+)-(\d+)")
+
+
+class Classifier(nn.Module):
+    """A classifier that takes [0,1] pixels: ``net(normalize(x))`` (METHOD.md section 2).
+
+    ``normalize`` is a Normalize or an Identity. The attribute names keep state_dict keys free
+    of "model." and "module.", which RobustBench strips when loading checkpoints.
+    """
+
+    def __init__(self, net: nn.Module, normalize: nn.Module | None = None):
+        """Wrap ``net``, with ``normalize`` in front (Identity when None)."""
+        super().__init__()
+        self.normalize = normalize if normalize is not None else nn.Identity()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the logits for a batch of [0,1] images."""
+        return self.net(self.normalize(x))
+
+
+def _build_net(arch: str, num_classes: int, in_channels: int) -> nn.Module:
+    """Build the bare network for ``arch``; raise UsageError for unknown names or bad depths."""
+    if arch == "smallcnn":
+        return SmallCNN(num_classes=num_classes, in_channels=in_channels)
+    if arch == "preact-resnet18":
+        return PreActResNet18(num_classes=num_classes, in_channels=in_channels)
+    match = _WRN_PATTERN.fullmatch(arch)
+    if match is None:
+        raise UsageError(f"unknown architecture {arch!r}; allowed: {_ALLOWED}")
+    depth, width = int(match.group(1)), int(match.group(2))
+    if depth < 10 or (depth - 4) % 6 != 0:
+        raise UsageError(
+            f"WideResNet depth {depth} in {arch!r} is not allowed; depth must be 6n+4 with n >= 1 "
+            f"(e.g. 10, 16, 22, 28, 34)"
+        )
+    if width < 1:
+        raise UsageError(f"WideResNet widen factor {width} in {arch!r} is not allowed; it must be >= 1")
+    return WideResNet(depth=depth, widen_factor=width, num_classes=num_classes, in_channels=in_channels)
+
+
+def build_classifier(
+    arch: str,
+    num_classes: int,
+    in_channels: int,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> nn.Module:
+    """Build the classifier ``arch`` of METHOD.md section 2, taking [0,1] pixels.
+
+    ``arch`` is a key of ARCHITECTURES or any "wrn-DEPTH-WIDTH". With ``mean`` (and ``std``)
+    the model's first layer is Normalize(mean, std); otherwise it is an Identity.
+    Raises UsageError for an unknown architecture, a bad WRN depth, or mismatched mean/std.
+    """
+    net = _build_net(arch, num_classes, in_channels)
+    if mean is None:
+        if std is not None:
+            raise UsageError("std was given without mean; give both or neither")
+        return Classifier(net)
+    if std is None or len(mean) != in_channels or len(std) != in_channels:
+        raise UsageError(
+            f"mean {mean!r} and std {std!r} must both be given with {in_channels} values (one per channel)"
+        )
+    if any(s <= 0 for s in std):
+        raise UsageError(f"std {std!r} is not allowed; every value must be positive")
+    return Classifier(net, Normalize(mean, std))
+
+
+def build_mask_net(family: str, in_channels: int) -> nn.Module:
+    """Build the CAT mask net g for ``family`` ("mnist" or "cifar"), METHOD.md section 2.
+
+    The net takes unnormalized [0,1] images and returns a same-shaped mask in (0,1).
+    Raises UsageError for an unknown family.
+    """
+    if family == "mnist":
+        return MnistMaskNet(in_channels)
+    if family == "cifar":
+        return CifarMaskNet(in_channels)
+    raise UsageError(f"unknown mask-net family {family!r}; allowed: {', '.join(MASK_FAMILIES)}")

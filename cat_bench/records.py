@@ -1,0 +1,130 @@
+"""Run records on disk: atomic JSON and checkpoint writes, append-only JSONL, provenance.
+
+A run directory holds `config.json` (fully resolved config with seed, versions, git commit),
+`history.jsonl` (one line per epoch), `checkpoints/last.pt` and `checkpoints/best.pt`, `eval.json`
+and a `done` marker. Every file is written to a temporary name and renamed into place, so a killed
+process never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cat_bench.errors import UsageError
+
+CONFIG = "config.json"
+HISTORY = "history.jsonl"
+DONE = "done"
+EVAL = "eval.json"
+LAST = "checkpoints/last.pt"
+BEST = "checkpoints/best.pt"
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    _atomic(Path(path), lambda fh: fh.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON record; a corrupt file is a UsageError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise UsageError(f"corrupt record {path}: {err}") from None
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save atomically."""
+    _atomic(Path(path), lambda fh: torch.save(state, fh))
+
+
+def load_checkpoint(path: Path) -> dict:
+    """torch.load(weights_only=True); a missing or corrupt file is a UsageError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"missing checkpoint {path}; train the run first (cat-bench train ... --out {path.parents[1]})")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated/garbled files
+        raise UsageError(f"corrupt checkpoint {path}: {type(err).__name__}: {err}") from None
+
+
+def append_jsonl(path: Path, obj: dict) -> None:
+    """Append one record line to a JSONL history (flushed and fsynced)."""
+    with open(path, "a") as fh:
+        fh.write(json.dumps(obj, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """All complete lines of a JSONL history (a torn last line from a kill is dropped)."""
+    if not Path(path).exists():
+        return []
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def config_hash(config: dict) -> str:
+    """Short stable hash of a resolved config's identity (the run directory's name)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def git_commit() -> str | None:
+    """The git commit of the cat-bench checkout, if it is one (None for an installed wheel)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def provenance(device: torch.device) -> dict:
+    """Versions, git commit and hardware, recorded with every run and evaluation."""
+    import torchvision
+
+    import cat_bench
+    try:
+        from importlib.metadata import version
+        autoattack_version = version("pyautoattack")
+    except Exception:
+        autoattack_version = None
+    hw = {"device": str(device), "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        hw["gpu"] = torch.cuda.get_device_name(device)
+    return {"cat_bench": cat_bench.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "pyautoattack": autoattack_version, "python": platform.python_version(), "git_commit": git_commit(),
+            "hardware": hw}

@@ -1,0 +1,19 @@
+"""Natural (standard) training: the reference point with no robustness."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from cat_bench.methods.base import Method
+
+
+class Natural(Method):
+    """Cross-entropy on clean examples only."""
+
+    name = "natural"
+
+    def update(self, x, y, optimizers, epoch):
+        with self.autocast():
+            loss = F.cross_entropy(self.f(x).float(), y)
+        self.step(optimizers["f"], loss)
+        return {"loss": loss.detach()}
