@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, help="override the preset's number of epochs")
     t.add_argument("--batch-size", type=int, help="override the preset's batch size")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--n-train", type=int, help="train on the first N training examples (quick runs)")
     t.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="method hyperparameters, e.g. beta=5 b=0.05")
     t.add_argument("--select-on", default="test", help="split for per-epoch checkpoint selection: test (paper) or val")
     t.add_argument("--select-n", type=int, help="examples used by the selection metric (default: the whole split)")
@@ -81,7 +82,7 @@ def _train(args) -> None:
 
     config = resolve_config(args.method, args.dataset, parse_eps(args.eps), arch=args.arch, epochs=args.epochs,
                             seed=args.seed, overrides=parse_sets(args.set), select_on=args.select_on,
-                            select_n=args.select_n, batch_size=args.batch_size)
+                            select_n=args.select_n, batch_size=args.batch_size, n_train=args.n_train)
     out = args.out or Path("runs") / f"{config['method']}-{config['dataset']}-{records.config_hash(config)}"
     device = resolve_device(args.device)
     print(f"run directory: {out}", file=sys.stderr)

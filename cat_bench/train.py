@@ -30,7 +30,8 @@ SELECT_ON = ("test", "val")
 
 def resolve_config(method: str, dataset: str, eps: float, *, arch: str | None = None, epochs: int | None = None,
                    seed: int = 0, overrides: dict[str, str] | None = None, select_on: str = "test",
-                   select_n: int | None = None, batch_size: int | None = None) -> dict[str, Any]:
+                   select_n: int | None = None, batch_size: int | None = None,
+                   n_train: int | None = None) -> dict[str, Any]:
     """The fully resolved config of a training run: every constant the run depends on, with defaults filled.
 
     Raises UsageError for unknown names and out-of-range values, naming what is allowed.
@@ -41,7 +42,8 @@ def resolve_config(method: str, dataset: str, eps: float, *, arch: str | None = 
         raise UsageError(f"eps {eps!r} is outside (0, 1]; give it in [0,1] pixel units, e.g. 0.3 or 0.0314 (8/255)")
     if select_on not in SELECT_ON:
         raise UsageError(f"--select-on {select_on!r}; allowed: {', '.join(SELECT_ON)}")
-    for name, value in (("epochs", epochs), ("select-n", select_n), ("batch-size", batch_size)):
+    for name, value in (("epochs", epochs), ("select-n", select_n), ("batch-size", batch_size),
+                        ("n-train", n_train)):
         if value is not None and value < 1:
             raise UsageError(f"--{name} {value!r} must be a positive integer")
     arch = arch or DEFAULT_ARCH[info.family]
@@ -54,7 +56,7 @@ def resolve_config(method: str, dataset: str, eps: float, *, arch: str | None = 
         schedule["batch_size"] = batch_size
     selection = SELECTION[info.family].as_dict()
     config = {
-        "method": cls.name, "dataset": dataset, "arch": arch, "eps": eps, "seed": seed,
+        "method": cls.name, "dataset": dataset, "n_train": n_train, "arch": arch, "eps": eps, "seed": seed,
         "hparams": resolve_hparams(method, info.family, overrides or {}),
         "schedule": schedule,
         "train_attack": {"eps": eps, "alpha": eps * schedule["attack_step_ratio"], "steps": schedule["attack_steps"]},
@@ -167,6 +169,8 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
         torch.backends.cudnn.benchmark = True
 
     x_train, y_train = load_split(config["dataset"], "train", data_root)
+    if config["n_train"] is not None:
+        x_train, y_train = x_train[: config["n_train"]], y_train[: config["n_train"]]
     x_train, y_train, x_sel, y_sel = _selection_data(config, data_root, x_train, y_train)
     loader = TensorLoader(x_train, y_train, schedule["batch_size"], device, shuffle=True,
                           augment=info.family == "cifar", seed=config["seed"])

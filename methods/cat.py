@@ -30,9 +30,18 @@ def loss_f(logits_nat: torch.Tensor, logits_cal: torch.Tensor, y: torch.Tensor, 
     return beta * kl_div(logits_nat, logits_cal).mean() + ce.mean()
 
 
-def loss_g(logits_adv: torch.Tensor, logits_cal: torch.Tensor, y: torch.Tensor, b: float) -> torch.Tensor:
-    """L_g = KL(p(x+delta) || p(x_cal')) + b * CE(f(x_cal'), y)  (Eq. 14)."""
-    return kl_div(logits_adv, logits_cal).mean() + b * F.cross_entropy(logits_cal.float(), y)
+def loss_g(logits_adv: torch.Tensor, logits_cal: torch.Tensor, y: torch.Tensor, b: float,
+           kl_reduction: str = "sum") -> torch.Tensor:
+    """L_g = KL(p(x+delta) || p(x_cal')) + b * CE(f(x_cal'), y)  (Eq. 14).
+
+    METHOD.md states the "sum / B" reduction for Eq. 13 only. For Eq. 14 the KL is summed over
+    classes and over the batch by default ("sum", as `KLDivLoss(size_average=False)` in the TRADES
+    code CAT builds on; inferred): with "batchmean" the mask collapses to 0 within ten Adam steps
+    on MNIST (measured, see README) and CAT degenerates to natural training. CE is averaged.
+    """
+    kl = kl_div(logits_adv, logits_cal)
+    kl = kl.sum() if kl_reduction == "sum" else kl.mean()
+    return kl + b * F.cross_entropy(logits_cal.float(), y)
 
 
 class CATcent(Method):
@@ -52,6 +61,8 @@ class CATcent(Method):
         "rs_scale": Hparam(None, 0.1, "METHOD.md s1: uniform start in [-eps, eps] (CIFAR), [-0.1, 0.1] (MNIST) (code)"),
         "pgd_loss": Hparam("ce", "ce", "METHOD.md s1: CATcent ascends CE; Fig. 5 compares ce / kl / cw",
                            choices=("ce", "kl", "cw")),
+        "g_kl_reduction": Hparam("sum", "sum", "inferred (METHOD.md gives '/B' for Eq. 13 only); see loss_g",
+                                 choices=("sum", "batchmean")),
         "ablation": Hparam("none", "none", "METHOD.md s1 (Sec. 5.2.3): A1 = no mask + plain CE; A2 = mask + plain CE",
                            choices=ABLATIONS),
     }
@@ -82,7 +93,7 @@ class CATcent(Method):
                 mask = self.g(x_adv)
                 with torch.no_grad():
                     logits_adv = self.f(x_adv)
-                lg = loss_g(logits_adv, self.f(calibrate(x, delta, mask)), y, h["b"])
+                lg = loss_g(logits_adv, self.f(calibrate(x, delta, mask)), y, h["b"], h["g_kl_reduction"])
             g_params = [p for p in self.g.parameters() if p.requires_grad]
             grads = torch.autograd.grad(lg, g_params)
             for p, grad in zip(g_params, grads):

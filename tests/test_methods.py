@@ -98,7 +98,7 @@ def test_mart_loss():
 
 
 def cat_hand_losses(f_before, f_after, g_before, x, y, x_adv, beta, b, weighted=True, mask=True):
-    """Eq. 13 with f before its step, Eq. 14 with the updated f and g before its step."""
+    """Eq. 13 with f before its step, Eq. 14 (KL summed over the batch) with the updated f and old g."""
     delta = x_adv - x
     m = g_before(x_adv).detach() if mask else torch.ones_like(x)
     x_cal = torch.clamp(x + m * delta, 0, 1)
@@ -107,7 +107,7 @@ def cat_hand_losses(f_before, f_after, g_before, x, y, x_adv, beta, b, weighted=
     lf = beta * np.mean([kl(p[i], pc[i]) for i in range(N)]) + np.mean(
         [w[i] * -math.log(p[i, y[i]]) for i in range(N)])
     pa, pc2 = probs(f_after, x_adv), probs(f_after, x_cal)
-    lg = np.mean([kl(pa[i], pc2[i]) for i in range(N)]) + b * np.mean([-math.log(pc2[i, y[i]]) for i in range(N)])
+    lg = np.sum([kl(pa[i], pc2[i]) for i in range(N)]) + b * np.mean([-math.log(pc2[i, y[i]]) for i in range(N)])
     return lf, lg
 
 

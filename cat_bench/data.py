@@ -1,0 +1,209 @@
+"""Datasets, in-memory loading and batched augmentation (METHOD.md s2-s3).
+
+Every split is loaded once into memory as a uint8 tensor [N, C, H, W] plus int64 labels.
+`TensorLoader` batches those tensors on the training device (on CUDA the whole dataset lives on
+the GPU as uint8) and does the CIFAR augmentation there, batched; batch order and augmentation
+depend only on (seed, epoch), so a resumed run sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import platformdirs
+import torch
+import torch.nn.functional as F
+
+from cat_bench.errors import UsageError
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the rest of cat-bench needs to know about a dataset."""
+
+    name: str
+    family: str  # "mnist" or "cifar": picks architectures, schedules, attacks and hyperparameters
+    num_classes: int
+    shape: tuple[int, int, int]  # (C, H, W)
+    mean: tuple[float, ...] | None  # per-channel normalization inside the classifier; None = none
+    std: tuple[float, ...] | None
+    test_eps: float  # L-inf radius of the paper's evaluation (METHOD.md s4)
+    description: str
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo(
+        name="mnist", family="mnist", num_classes=10, shape=(1, 28, 28), mean=None, std=None, test_eps=0.3,
+        description="MNIST, 60000 train / 10000 test 28x28 grey digits (torchvision, under the data root); "
+                    "no input normalization (METHOD.md s2), test eps 0.3",
+    ),
+    "mnist-mini": DatasetInfo(
+        name="mnist-mini", family="mnist", num_classes=10, shape=(1, 28, 28), mean=None, std=None, test_eps=0.3,
+        description="class-balanced MNIST subset shipped with cat-bench, 10000 train (1000 a class) / 2000 test "
+                    "(200 a class); works offline, for smoke runs (scripts/make_mnist_mini.py rebuilds it)",
+    ),
+    "cifar10": DatasetInfo(
+        name="cifar10", family="cifar", num_classes=10, shape=(3, 32, 32),
+        mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616), test_eps=8 / 255,
+        description="CIFAR-10, 50000 train / 10000 test 32x32 colour images (torchvision, under the data root); "
+                    "normalization inside the model (METHOD.md s2), test eps 8/255",
+    ),
+    "cifar100": DatasetInfo(
+        # The standard CIFAR-100 channel statistics (inferred: METHOD.md s2 gives only CIFAR-10's).
+        name="cifar100", family="cifar", num_classes=100, shape=(3, 32, 32),
+        mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), test_eps=8 / 255,
+        description="CIFAR-100 (fine labels), 50000 train / 10000 test 32x32 colour images (torchvision, under "
+                    "the data root); test eps 8/255",
+    ),
+}
+
+# How to put each torchvision dataset in place by hand, relative to the data root.
+_PROVIDE = {
+    "mnist": "copy the four MNIST .gz files (train-images-idx3-ubyte.gz, ...) into {root}/MNIST/raw "
+             "(they are unpacked there, without network, on the next run with downloads allowed)",
+    "cifar10": "unpack cifar-10-python.tar.gz so that {root}/cifar-10-batches-py holds data_batch_1..5, "
+               "test_batch and batches.meta",
+    "cifar100": "unpack cifar-100-python.tar.gz so that {root}/cifar-100-python holds train, test and meta",
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The `DatasetInfo` of a dataset name; UsageError naming the allowed names if unknown."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise UsageError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}") from None
+
+
+def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
+    """Where torchvision datasets live: the argument, else $CAT_BENCH_DATA, else the user cache dir."""
+    if data_root is None:
+        data_root = os.environ.get("CAT_BENCH_DATA") or Path(platformdirs.user_cache_dir("cat-bench")) / "data"
+    return Path(data_root).expanduser()
+
+
+def load_split(name: str, split: str, data_root: str | os.PathLike | None = None,
+               download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split in memory: (x uint8 [N, C, H, W], y int64 [N]).
+
+    mnist, cifar10 and cifar100 come through torchvision under `resolve_data_root(data_root)`
+    (downloaded there if `download` and missing); mnist-mini comes from the package asset.
+    Missing data, or a failed download, raises UsageError saying where it looked and how to fix it.
+    """
+    info = dataset_info(name)
+    if split not in SPLITS:
+        raise UsageError(f"unknown split {split!r} of {name}; choose one of: {', '.join(SPLITS)}")
+    if name == "mnist-mini":
+        return _load_mnist_mini(split)
+
+    import torchvision.datasets as tvd  # deferred: torchvision's import is slow and mnist-mini does not need it
+
+    root = resolve_data_root(data_root)
+    cls = {"mnist": tvd.MNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
+    try:
+        ds = cls(root, train=split == "train", download=download)
+    except Exception as err:
+        what = "could not be downloaded" if download else "not found (downloads disabled)"
+        raise UsageError(
+            f"dataset {name} ({split} split) {what} under data root {root}: {err}. "
+            f"To provide it: {_PROVIDE[name].format(root=root)}; or pass --data-root DIR / set CAT_BENCH_DATA "
+            f"to a folder that already holds it; or use mnist-mini, which ships with cat-bench and needs no download."
+        ) from err
+    x = torch.as_tensor(ds.data)  # MNIST: uint8 [N, H, W]; CIFAR: uint8 numpy [N, H, W, C]
+    x = x.unsqueeze(1) if info.family == "mnist" else x.permute(0, 3, 1, 2)
+    y = torch.as_tensor(ds.targets, dtype=torch.int64)
+    return x.contiguous(), y
+
+
+def _load_mnist_mini(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The packaged class-balanced MNIST subset (built by scripts/make_mnist_mini.py)."""
+    with resources.as_file(resources.files("cat_bench") / "assets" / "mnist_mini.npz") as path, np.load(path) as npz:
+        x = torch.from_numpy(npz[f"x_{split}"]).unsqueeze(1)
+        y = torch.from_numpy(npz[f"y_{split}"]).to(torch.int64)
+    return x.contiguous(), y
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """CIFAR augmentation of a batch (METHOD.md s3), done on x's device without a loop over examples.
+
+    Each example is zero-padded by `padding` pixels on every side, cropped back to its size at a
+    random offset, and flipped horizontally with probability 0.5; offsets and flips are drawn
+    per example from `generator` (on x's device). Works on any dtype, e.g. uint8 images.
+    """
+    n, c, h, w = x.shape
+    dev = x.device
+    padded = F.pad(x, (padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=dev)
+    dx = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=dev)
+    flip = torch.rand(n, 1, generator=generator, device=dev) < 0.5
+    cols = torch.arange(w, device=dev)
+    rows = dy + torch.arange(h, device=dev)  # [n, h]
+    cols = dx + torch.where(flip, w - 1 - cols, cols)  # [n, w], reversed for flipped examples
+    return padded[torch.arange(n, device=dev).view(n, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1),
+                  rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+
+
+class TensorLoader:
+    """Mini-batches from in-memory tensors held on `device`, reproducible per (seed, epoch).
+
+    Each epoch uses its own torch.Generator on the device, seeded from (seed, epoch) only, for
+    the shuffle and the augmentation (`random_crop_flip`), and no global RNG, so epoch k yields
+    the same batches whether or not the run was interrupted and resumed before it.
+    """
+
+    def __init__(self, x_uint8: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device | str,
+                 shuffle: bool, augment: bool, seed: int, drop_last: bool = False):
+        """Move the uint8 images and int64 labels to `device` once; batches are cut from them there."""
+        if len(x_uint8) != len(y):
+            raise ValueError(f"{len(x_uint8)} images but {len(y)} labels")
+        if batch_size < 1:
+            raise UsageError(f"batch size must be at least 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.x = x_uint8.to(self.device)
+        self.y = y.to(self.device, torch.int64)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.seed = seed
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        n = len(self.y)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of one epoch: float32 x in [0, 1] and int64 y, on the device."""
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(int(np.random.SeedSequence([self.seed, epoch]).generate_state(1, np.uint64)[0]))
+        n = len(self.y)
+        if self.shuffle:
+            order = torch.randperm(n, generator=generator, device=self.device)
+        else:
+            order = torch.arange(n, device=self.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.x[idx]
+            if self.augment:
+                x = random_crop_flip(x, generator)
+            yield x.float().div_(255), self.y[idx]
+
+
+def split_train_val(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded disjoint (train_idx, val_idx), each sorted, for checkpoint selection on held-out data.
+
+    The paper selects on the test set (METHOD.md s3, Appendix C); this split lets a run select on
+    a validation set carved from the training set instead.
+    """
+    if not 0 < val_size < n:
+        raise UsageError(f"validation size must be between 1 and {n - 1} (of {n} training examples), got {val_size}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
