@@ -80,7 +80,7 @@ def dataset_info(name: str) -> DatasetInfo:
     try:
         return DATASETS[name]
     except KeyError:
-        raise UsageError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}") from None
+        raise UsageError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}") from None
 
 
 def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
@@ -100,7 +100,7 @@ def load_split(name: str, split: str, data_root: str | os.PathLike | None = None
     """
     info = dataset_info(name)
     if split not in SPLITS:
-        raise UsageError(f"unknown split {split!r} of {name}; choose one of: {', '.join(SPLITS)}")
+        raise UsageError(f"unknown split {split!r} of {name}; allowed: {', '.join(SPLITS)}")
     if name == "mnist-mini":
         return _load_mnist_mini(split)
 

@@ -99,8 +99,9 @@ def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps:
     nets = Networks(config, device)
     try:
         nets.load(ckpt["nets"])
-    except (KeyError, RuntimeError) as err:
-        raise UsageError(f"corrupt checkpoint {run_dir / records.BEST}: {err}") from None
+        best_epoch = int(ckpt["epoch"])
+    except (KeyError, RuntimeError, TypeError, IndexError, ValueError) as err:
+        raise UsageError(f"corrupt checkpoint {run_dir / records.BEST}: {type(err).__name__}: {err}") from None
     model = nets.f.eval()
 
     x, y = load_split(config["dataset"], "test", data_root)
@@ -110,7 +111,7 @@ def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps:
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     test_eps = eps if eps is not None else info.test_eps
-    key = {"checkpoint": records.BEST, "epoch": ckpt["epoch"], "n_examples": len(y), "eps": test_eps}
+    key = {"checkpoint": records.BEST, "epoch": best_epoch, "n_examples": len(y), "eps": test_eps}
 
     path = run_dir / records.EVAL
     result = records.read_json(path) if path.exists() else {}
@@ -134,7 +135,8 @@ def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps:
             with progress_bar(-(-len(y) // batch_size), name, enabled=progress) as advance:
                 correct = correct_under(model, x, y, attack, batch_size, advance)
         else:
-            correct = _autoattack(run_dir, model, x, y, preset.eps, settings, batch_size, config["seed"], device, log)
+            correct = _autoattack(run_dir, model, x, y, preset.eps, settings, batch_size, config["seed"], device, log,
+                                  key=key)
         result["attacks"][name] = {"accuracy": correct.float().mean().item(), "settings": settings,
                                    "seconds": time.time() - t0}
         result["flags"] = masking_flags({k: v["accuracy"] for k, v in result["attacks"].items()})
@@ -147,19 +149,25 @@ def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps:
     return result
 
 
-def _autoattack(run_dir: Path, model, x, y, eps, settings, batch_size, seed, device, log) -> torch.Tensor:
-    """AutoAttack or Square via pyautoattack, checkpointing robust flags after each sub-attack."""
+def _autoattack(run_dir: Path, model, x, y, eps, settings, batch_size, seed, device, log,
+                key: dict | None = None) -> torch.Tensor:
+    """AutoAttack or Square via pyautoattack, checkpointing robust flags after each sub-attack.
+
+    The saved flags are reused only for the same attack settings and the same evaluation `key`
+    (checkpoint epoch, n_examples, eps): flags from an older best.pt must not leak into a new one.
+    """
     state_path = run_dir / "eval_state" / f"{settings['name']}.pt"
     robust, finished = torch.ones(len(y), dtype=torch.bool), []
     if state_path.exists():
         state = records.load_checkpoint(state_path)
-        if state["settings"] == settings and len(state["robust"]) == len(y):
+        if state["settings"] == settings and state.get("key") == key and len(state["robust"]) == len(y):
             robust, finished = state["robust"], list(state["finished"])
             log(f"{settings['name']}: resuming after {', '.join(finished) or 'nothing'}")
 
     def save(name: str, flags: torch.Tensor) -> None:
         finished.append(name)
-        records.save_checkpoint(state_path, {"settings": settings, "robust": flags.cpu(), "finished": finished})
+        records.save_checkpoint(state_path, {"settings": settings, "key": key, "robust": flags.cpu(),
+                                             "finished": finished})
 
     todo = [a for a in settings["subattacks"] if a not in finished]
     robust = run_autoattack(model, x, y, eps, todo, robust.to(device), batch_size=batch_size, seed=seed,

@@ -13,6 +13,16 @@ import pytest
 SHARED_MNIST_RAW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "MNIST" / "raw"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked `slow` unless CAT_BENCH_SLOW=1 (RobustBench's @slow gate)."""
+    if os.environ.get("CAT_BENCH_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set CAT_BENCH_SLOW=1 to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def mnist_root(tmp_path_factory) -> Path:
     """A data root whose MNIST/raw holds a copy of the genuine MNIST .gz files (the originals stay read-only)."""

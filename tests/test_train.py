@@ -1,0 +1,139 @@
+"""The training core: run directory contents, resume equivalence, selection split, CIFAR path."""
+
+import json
+
+import pytest
+import torch
+
+from cat_bench import records
+from cat_bench.errors import UsageError
+from cat_bench.train import resolve_config, train
+
+QUIET = dict(progress=False, log=lambda m: None)
+
+
+def small_config(method="cat-cent", **kw):
+    """A resolved config cut down for CPU tests: 200 images, 4-step attacks."""
+    args = dict(epochs=2, n_train=200, select_n=50, batch_size=50)
+    args.update(kw)
+    config = resolve_config(method, "mnist-mini", 0.3, **args)
+    config["train_attack"].update(steps=4, alpha=0.1)
+    config["selection"]["attack"]["steps"] = 4
+    return config
+
+
+def stable(rows):
+    """History rows without wall-clock fields."""
+    drop = {"seconds", "train_seconds", "images_per_s"}
+    return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+
+
+def nets_equal(a, b):
+    return all(torch.equal(a[n][k], b[n][k]) for n in a for k in a[n])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "full"
+    train(small_config(), out, **QUIET)
+    return out
+
+
+def test_run_directory_holds_config_history_checkpoints_and_done(uninterrupted):
+    out = uninterrupted
+    stored = records.read_json(out / records.CONFIG)
+    assert stored["identity"] == small_config()
+    prov = stored["provenance"]
+    assert {"torch", "torchvision", "git_commit", "hardware", "cat_bench"} <= set(prov)
+    assert stored["identity"]["seed"] == 0
+    assert stored["identity"]["hparams"]["beta"] == 1.0  # MNIST default a (METHOD.md s1)
+    preset = resolve_config("cat-cent", "mnist-mini", 0.3)
+    assert preset["train_attack"] == {"eps": 0.3, "alpha": pytest.approx(0.015), "steps": 20}  # METHOD.md s3
+    assert preset["schedule"]["optimizer"] == "adam" and preset["schedule"]["epochs"] == 40
+    rows = records.read_jsonl(out / records.HISTORY)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"loss_f", "loss_g", "mask_mean"} <= set(rows[0]["train"])
+    assert all(0 <= r["nat_acc"] <= 1 and 0 <= r["rob_acc"] <= 1 for r in rows)
+    done = records.read_json(out / records.DONE)
+    assert done["best_epoch"] == max(rows, key=lambda r: r["score"])["epoch"]
+    best = records.load_checkpoint(out / records.BEST)
+    assert set(best["nets"]) == {"f", "g"} and best["epoch"] == done["best_epoch"]
+    last = records.load_checkpoint(out / records.LAST)
+    assert set(last["optimizers"]) == {"f", "g"} and last["epoch"] == 2
+
+
+def test_resume_after_a_kill_gives_the_same_numbers(uninterrupted, tmp_path, monkeypatch):
+    out = tmp_path / "killed"
+    real_save = records.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if path.name == "last.pt" and state["epoch"] == 1:
+            raise KeyboardInterrupt  # killed right after epoch 1 was checkpointed
+
+    monkeypatch.setattr(records, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(small_config(), out, **QUIET)
+    assert not (out / records.DONE).exists()
+    monkeypatch.setattr(records, "save_checkpoint", real_save)
+    with pytest.raises(UsageError, match="--resume"):
+        train(small_config(), out, **QUIET)
+    train(small_config(), out, resume=True, **QUIET)
+
+    assert stable(records.read_jsonl(out / records.HISTORY)) == stable(records.read_jsonl(uninterrupted / records.HISTORY))
+    for name in (records.LAST, records.BEST):
+        assert nets_equal(records.load_checkpoint(out / name)["nets"],
+                          records.load_checkpoint(uninterrupted / name)["nets"])
+
+
+def test_a_torn_history_line_is_dropped_on_resume(tmp_path, monkeypatch):
+    out = tmp_path / "torn"
+    real_save = records.save_checkpoint
+
+    def die_after_epoch_1(path, state):
+        real_save(path, state)
+        if path.name == "last.pt" and state["epoch"] == 1:
+            with open(path.parents[1] / records.HISTORY, "a") as fh:
+                fh.write('{"epoch": 2, "trunc')  # a kill in the middle of the next append
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(records, "save_checkpoint", die_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train(small_config("at"), out, **QUIET)
+    monkeypatch.setattr(records, "save_checkpoint", real_save)
+    train(small_config("at"), out, resume=True, **QUIET)
+    lines = (out / records.HISTORY).read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_another_config_in_the_same_directory_is_refused(uninterrupted):
+    with pytest.raises(UsageError, match="different"):
+        train(small_config(seed=1), uninterrupted, **QUIET)
+
+
+def test_selection_on_a_validation_split(tmp_path):
+    config = small_config(method="at", epochs=1, select_on="val")
+    assert config["selection"]["on"] == "val"
+    train(config, tmp_path / "val", **QUIET)
+    assert records.read_jsonl(tmp_path / "val" / records.HISTORY)[0]["epoch"] == 1
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(eps=0.0), "0.0"), (dict(eps=1.5), "1.5"), (dict(method="pgd-at"), "pgd-at"),
+    (dict(dataset="svhn"), "svhn"), (dict(arch="resnet50"), "resnet50"), (dict(select_on="train"), "train"),
+])
+def test_bad_configs_are_named(kwargs, needle):
+    args = dict(method="at", dataset="mnist-mini", eps=0.3)
+    args.update(kwargs)
+    with pytest.raises(UsageError, match=needle):
+        resolve_config(args.pop("method"), args.pop("dataset"), args.pop("eps"), **args)
+
+
+def test_cifar_path_on_synthetic_cifar_files(synthetic_cifar, tmp_path):
+    root = synthetic_cifar("cifar10", n_train=40, n_test=20)
+    config = resolve_config("trades", "cifar10", 8 / 255, arch="wrn-10-1", epochs=1, batch_size=20)
+    assert config["schedule"]["optimizer"] == "sgd" and config["train_attack"]["steps"] == 10
+    assert config["selection"]["attack"]["random_start"] == "uniform"
+    train(config, tmp_path / "cifar", data_root=root, **QUIET)
+    row = records.read_jsonl(tmp_path / "cifar" / records.HISTORY)[0]
+    assert row["epoch"] == 1 and 0 <= row["nat_acc"] <= 1
