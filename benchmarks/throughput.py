@@ -18,7 +18,7 @@ import torch
 
 from cat_bench.attacks import PGD
 from cat_bench.data import TensorLoader, dataset_info, load_split
-from cat_bench.evaluate import correct_under
+from cat_bench.evaluate import correct_under, default_batch_size
 from cat_bench.methods import TrainAttack, get_method
 from cat_bench.presets import eval_attack
 from cat_bench.train import Networks, resolve_config, resolve_device
@@ -108,7 +108,7 @@ def main() -> None:
         slow = train_rate("cat-cent", args.dataset, eps, x, y, device, args.batches, fast=False)
         print(f"train cat-cent fp32, no channels_last {slow:9.1f} images/s")
         print(f"ratio bf16+channels_last speed-up: {rates['cat-cent'] / slow:.2f}x")
-    rate = pgd20_rate(args.dataset, x[: args.eval_n], y[: args.eval_n], device, 500)
+    rate = pgd20_rate(args.dataset, x[: args.eval_n], y[: args.eval_n], device, default_batch_size(device))
     print(f"eval  PGD-20     {rate:9.1f} images/s")
 
 

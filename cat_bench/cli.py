@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated: natural,fgsm,pgd20,pgd100,cw,square,autoattack")
     e.add_argument("--n-examples", type=int, help="first N test examples (default: the full test set)")
     e.add_argument("--eps", help="override the dataset's test eps (0.3 MNIST, 8/255 CIFAR)")
-    e.add_argument("--batch-size", type=int, default=500)
+    e.add_argument("--batch-size", type=int, help="default: 500 on CUDA, 100 on CPU")
     _common(e)
 
     li = sub.add_parser("list", help="list methods, datasets, attacks or architectures")

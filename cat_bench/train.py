@@ -19,7 +19,7 @@ from cat_bench import records
 from cat_bench.attacks import PGD
 from cat_bench.data import TensorLoader, dataset_info, load_split, split_train_val
 from cat_bench.errors import UsageError
-from cat_bench.evaluate import correct_under
+from cat_bench.evaluate import correct_under, default_batch_size
 from cat_bench.methods import TrainAttack, get_method, resolve_hparams
 from cat_bench.models import build_classifier, build_mask_net
 from cat_bench.presets import DEFAULT_ARCH, SELECTION, schedule_for
@@ -186,6 +186,7 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
     schedulers = {k: torch.optim.lr_scheduler.MultiStepLR(o, list(schedule["milestones"]), gamma=0.1)
                   for k, o in optimizers.items()}
     sel = config["selection"]["attack"]
+    eval_batch = default_batch_size(device)
     select_attack = PGD(eps=sel["eps"], alpha=sel["alpha"], steps=sel["steps"], loss=sel["loss"],
                         random_start=sel["random_start"])
 
@@ -227,8 +228,8 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
 
         nets.f.eval()
         with contextlib.nullcontext() if autocast is None else autocast:
-            nat = correct_under(nets.f, x_sel, y_sel, None).float().mean().item()
-            rob = correct_under(nets.f, x_sel, y_sel, select_attack).float().mean().item()
+            nat = correct_under(nets.f, x_sel, y_sel, None, eval_batch).float().mean().item()
+            rob = correct_under(nets.f, x_sel, y_sel, select_attack, eval_batch).float().mean().item()
         score = nat + rob
         if score > best["score"]:
             best = {"epoch": epoch + 1, "score": score}
