@@ -20,9 +20,9 @@ LOSSES = ("ce", "cw", "kl")
 RANDOM_STARTS = ("none", "uniform", "gaussian")
 
 
-def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Project onto the eps-ball around x and the [0,1] box (METHOD.md s1 step 1, s4)."""
-    return torch.clamp(torch.minimum(torch.maximum(x_adv, x - eps), x + eps), 0.0, 1.0)
+def feasible_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel bounds of the eps-ball around x intersected with [0,1] (METHOD.md s1 step 1, s4)."""
+    return (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
 
 
 def cw_margin(logits: torch.Tensor, y: torch.Tensor, kappa: float) -> torch.Tensor:
@@ -107,7 +107,8 @@ class PGD:
         if self.loss == "kl":
             with torch.no_grad():
                 nat_logits = model(x).float()
-        x_adv = project(x + random_init(x, self.random_start, self._rs_scale() or 0.0), x, self.eps)
+        lo, hi = feasible_box(x, self.eps)
+        x_adv = torch.minimum(torch.maximum(x + random_init(x, self.random_start, self._rs_scale() or 0.0), lo), hi)
         if self.tau is not None:
             budget = torch.full_like(y, self.tau)
             active = torch.ones_like(y, dtype=torch.bool)
@@ -122,7 +123,7 @@ class PGD:
                 active = active & ~(wrong & (budget == 0))
                 budget = budget - (wrong & active).long()
                 step = step * active.view(-1, *([1] * (x.dim() - 1)))
-            x_adv = project(x_adv.detach() + step, x, self.eps)
+            x_adv = torch.minimum(torch.maximum(x_adv.detach() + step, lo), hi)
         return x_adv.detach()
 
 
