@@ -81,7 +81,7 @@ class AttackPreset:
 
     kind: str  # "natural", "pgd", "square", "autoattack"
     steps: int = 0
-    alpha: float = 0.0  # step size; for FGSM it is eps itself (alpha=None below means "= eps")
+    alpha: float | None = 0.0  # step size; None means "= eps" (FGSM)
     loss: str = "ce"
     random_start: str = "none"
     kappa: float = 0.0
@@ -96,7 +96,7 @@ class AttackPreset:
 EVAL_ATTACKS: dict[str, dict[str, AttackPreset]] = {
     "cifar": {
         "natural": AttackPreset("natural", source="clean test accuracy"),
-        "fgsm": AttackPreset("pgd", steps=1, alpha=-1.0, source="METHOD.md s4: one step of size eps, no random start"),
+        "fgsm": AttackPreset("pgd", steps=1, alpha=None, source="METHOD.md s4: one step of size eps, no random start"),
         "pgd20": AttackPreset("pgd", steps=20, alpha=0.003, source="METHOD.md s4: CE, step 0.003, no random start"),
         "pgd100": AttackPreset("pgd", steps=100, alpha=0.003, source="METHOD.md s4: CE, step 0.003, no random start"),
         "cw": AttackPreset("pgd", steps=30, alpha=0.003, loss="cw", random_start="uniform", kappa=50.0,
@@ -106,7 +106,7 @@ EVAL_ATTACKS: dict[str, dict[str, AttackPreset]] = {
     },
     "mnist": {
         "natural": AttackPreset("natural", source="clean test accuracy"),
-        "fgsm": AttackPreset("pgd", steps=1, alpha=-1.0, source="METHOD.md s4: one step of size eps (inferred for MNIST)"),
+        "fgsm": AttackPreset("pgd", steps=1, alpha=None, source="METHOD.md s4: one step of size eps (inferred for MNIST)"),
         "pgd20": AttackPreset("pgd", steps=20, alpha=0.015, source="METHOD.md s4 (MNIST test code): CE, step 0.015, no random start"),
         "pgd100": AttackPreset("pgd", steps=100, alpha=0.015, source="METHOD.md s4 (MNIST test code): CE, step 0.015, no random start"),
         "cw": AttackPreset("pgd", steps=30, alpha=0.015, loss="cw", random_start="uniform", kappa=150.0,
@@ -115,7 +115,6 @@ EVAL_ATTACKS: dict[str, dict[str, AttackPreset]] = {
         "autoattack": AttackPreset("autoattack", source="pyautoattack version='standard' (RobustBench's ranking)"),
     },
 }
-# alpha=-1.0 encodes "step size = eps" (FGSM); resolved in `eval_attack`.
 
 # Per-epoch checkpoint selection (METHOD.md s3, Appendix C): natural + robust accuracy.
 SELECTION: dict[str, AttackPreset] = {
@@ -136,5 +135,5 @@ def eval_attack(family: str, name: str, test_eps: float, override: bool = False)
         raise UsageError(f"unknown attack {name!r}; allowed: {', '.join(presets)}")
     p = presets[name]
     eps = p.eps if p.eps is not None and not override else test_eps
-    alpha = eps if p.alpha < 0 else p.alpha
+    alpha = eps if p.alpha is None else p.alpha
     return AttackPreset(p.kind, p.steps, alpha, p.loss, p.random_start, p.kappa, eps, p.source)
