@@ -65,9 +65,42 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, help="default: 500 on CUDA, 100 on CPU")
     _common(e)
 
+    r = sub.add_parser("run", help="train and evaluate every run of a suite, skipping finished ones")
+    _suite_args(r)
+    r.add_argument("--dry-run", action="store_true", help="print the plan (runs, done, GPU-hour estimate) and stop")
+    r.add_argument("--gpu-tflops", type=float, help="sustained TFLOP/s assumed by the estimate (default 50)")
+    r.add_argument("--executor", choices=("local", "slurm"), default="local",
+                   help="local: here, one process per visible GPU; slurm: one job-array task per run (submitit)")
+    r.add_argument("--partition", help="Slurm partition")
+    r.add_argument("--time", type=int, default=24 * 60, help="Slurm time limit per job, minutes (default 1440)")
+    r.add_argument("--gpus-per-job", type=int, default=1)
+    r.add_argument("--array-parallelism", type=int, default=32, help="Slurm array tasks running at once")
+    _common(r)
+
+    st = sub.add_parser("status", help="progress of a suite's runs")
+    _suite_args(st)
+
+    res = sub.add_parser("results", help="table of a suite's finished runs, grouped over seeds")
+    _suite_args(res)
+    res.add_argument("--format", default="markdown", help="csv, markdown or json")
+    res.add_argument("--per-seed", action="store_true", help="one row per run instead of mean and std over seeds")
+
     li = sub.add_parser("list", help="list methods, datasets, attacks or architectures")
     li.add_argument("what", choices=LISTABLE)
     return p
+
+
+def _suite_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--suite", required=True, help="smoke, mnist, cifar10-preact, cifar10-wrn, cifar100, paper, or a TOML file")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: ./results)")
+    p.add_argument("--only", nargs="+", default=[], metavar="KEY=VALUE", help="e.g. method=cat-cent eps=8/255 seed=0")
+
+
+def _suite_specs(args):
+    from cat_bench.suite import filter_runs, load_suite
+
+    suite = load_suite(args.suite)
+    return suite, filter_runs(suite.runs, args.only)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -106,6 +139,79 @@ def _eval(args) -> None:
     print(f"written: {args.run_dir / 'eval.json'}")
 
 
+def _plan_table(args, specs, with_cost: bool):
+    import pandas as pd
+
+    from cat_bench.costs import DEFAULT_TFLOPS, run_gpu_hours
+    from cat_bench.orchestrate import state
+
+    rows = []
+    for spec in specs:
+        c = spec.config
+        row = {"run": spec.name, "state": state(args.results, spec), "method": c["method"], "dataset": c["dataset"],
+               "arch": c["arch"], "eps": round(c["eps"], 5), "seed": c["seed"], "labels": "; ".join(spec.labels)}
+        if with_cost:
+            row["gpu_hours"] = run_gpu_hours(c, spec.attacks, spec.n_examples, args.gpu_tflops or DEFAULT_TFLOPS)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _run(args) -> None:
+    import torch
+
+    from cat_bench.orchestrate import run_local, run_parallel, state, submit_slurm
+    from cat_bench.train import resolve_device
+
+    suite, specs = _suite_specs(args)
+    if args.dry_run:
+        table = _plan_table(args, specs, with_cost=True)
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        todo = table[table.state != "done"]
+        print(f"{suite.name}: {len(table)} runs, {int((table.state == 'done').sum())} done; "
+              f"estimated {todo.gpu_hours.sum():.1f} GPU-hours left ({table.gpu_hours.sum():.1f} in all; "
+              f"assumes {args.gpu_tflops or 50:g} sustained TFLOP/s, see cat_bench/costs.py)")
+        return
+    if args.executor == "slurm":
+        todo = [s for s in specs if state(args.results, s) != "done"]
+        jobs = submit_slurm(args.results, todo, partition=args.partition, time_min=args.time,
+                            gpus_per_job=args.gpus_per_job, array_parallelism=args.array_parallelism,
+                            data_root=args.data_root)
+        print(f"submitted {len(jobs)} jobs ({len(specs) - len(todo)} runs already done); "
+              f"logs in {args.results / 'slurm'}; follow with: cat-bench status --suite {args.suite}")
+        return
+    device = resolve_device(args.device)
+    if args.device is None and device.type == "cuda" and torch.cuda.device_count() > 1:
+        gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        outcome = run_parallel(args.results, specs, gpus, data_root=args.data_root)
+    else:
+        outcome = run_local(args.results, specs, device=device, data_root=args.data_root,
+                            progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    trained = sum(v == "done" for v in outcome.values())
+    print(f"{suite.name}: {len(specs)} runs finished ({trained} this time) in {args.results / 'runs'}; "
+          f"table: cat-bench results --suite {args.suite} --results {args.results}")
+
+
+def _status(args) -> None:
+    suite, specs = _suite_specs(args)
+    table = _plan_table(args, specs, with_cost=False)
+    print(table.to_string(index=False))
+    counts = table.state.value_counts()
+    print(f"{suite.name}: {counts.get('done', 0)} done, {counts.get('partial', 0)} partial, "
+          f"{counts.get('todo', 0)} to do, of {len(table)}")
+
+
+def _results(args) -> None:
+    from cat_bench.orchestrate import run_dir
+    from cat_bench.results import collect, format_table, summarize
+
+    _, specs = _suite_specs(args)
+    df = collect(run_dir(args.results, s) for s in specs)
+    if df.empty:
+        raise UsageError(f"no finished runs of suite {args.suite!r} under {args.results}; "
+                         f"run: cat-bench run --suite {args.suite} --results {args.results}")
+    print(format_table(df if args.per_seed else summarize(df), args.format))
+
+
 def _list(args) -> None:
     if args.what == "methods":
         from cat_bench.methods import METHODS
@@ -132,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cat-bench` console script."""
     args = _parser().parse_args(argv)
     try:
-        {"train": _train, "eval": _eval, "list": _list}[args.command](args)
+        {"train": _train, "eval": _eval, "run": _run, "status": _status, "results": _results,
+         "list": _list}[args.command](args)
     except UsageError as err:
         print(f"cat-bench: error: {err}", file=sys.stderr)
         return 2

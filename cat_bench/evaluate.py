@@ -146,7 +146,7 @@ def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps:
         else:
             correct = _autoattack(run_dir, model, x, y, preset.eps, settings, batch_size, config["seed"], device, log,
                                   key=key)
-        result["attacks"][name] = {"accuracy": correct.float().mean().item(), "settings": settings,
+        result["attacks"][name] = {"accuracy": correct.sum().item() / len(correct), "settings": settings,
                                    "seconds": time.time() - t0}
         result["flags"] = masking_flags({k: v["accuracy"] for k, v in result["attacks"].items()})
         records.write_json(path, result)

@@ -1,7 +1,7 @@
 """Run records on disk: atomic JSON and checkpoint writes, append-only JSONL, provenance.
 
 A run directory holds `config.json` (fully resolved config with seed, versions, git commit),
-`history.jsonl` (one line per epoch), `checkpoints/last.pt` and `checkpoints/best.pt`, `eval.json`
+`history.jsonl` (one line per epoch), `sessions.jsonl` (one line each time training starts or resumes), `checkpoints/last.pt` and `checkpoints/best.pt`, `eval.json`
 and a `done` marker. Every file is written to a temporary name and renamed into place, so a killed
 process never leaves a half-written file.
 """
@@ -23,6 +23,7 @@ from cat_bench.errors import UsageError
 
 CONFIG = "config.json"
 HISTORY = "history.jsonl"
+SESSIONS = "sessions.jsonl"
 DONE = "done"
 EVAL = "eval.json"
 LAST = "checkpoints/last.pt"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,8 @@ def resolve_config(method: str, dataset: str, eps: float, *, arch: str | None = 
         if value is not None and value < 1:
             raise UsageError(f"--{name} {value!r} must be a positive integer")
     arch = arch or DEFAULT_ARCH[info.family]
-    build_classifier(arch, info.num_classes, info.shape[0], info.mean, info.std)  # validates the name early
+    with torch.device("meta"):  # validates the architecture name without allocating weights
+        build_classifier(arch, info.num_classes, info.shape[0], info.mean, info.std)
     schedule = schedule_for(info.family, dataset, arch).as_dict()
     schedule.pop("source")
     if epochs is not None:
@@ -207,45 +210,49 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
             records.append_jsonl(out / records.HISTORY, row)
         log(f"{out}: resuming after epoch {start}")
 
+    records.append_jsonl(out / records.SESSIONS, {"pid": os.getpid(), "host": socket.gethostname(),
+                                                  "start_epoch": start, "started": time.time()})
     began = time.time()
-    for epoch in range(start, schedule["epochs"]):
-        t0 = time.time()
-        for net in trained.values():
-            net.train()
-        sums: dict[str, torch.Tensor] = {}
-        with progress_bar(len(loader), f"epoch {epoch + 1}/{schedule['epochs']}", enabled=progress) as advance:
-            for x, y in loader.epoch(epoch):
-                if device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                losses = method.update(x, y, optimizers, epoch + 1)
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                advance()
-        lr = optimizers["f"].param_groups[0]["lr"]
-        for s in schedulers.values():
-            s.step()
-        train_seconds = time.time() - t0
+    with progress_bar(schedule["epochs"] - start, f"{out.name} epochs", enabled=progress) as next_epoch:
+        for epoch in range(start, schedule["epochs"]):
+            t0 = time.time()
+            for net in trained.values():
+                net.train()
+            sums: dict[str, torch.Tensor] = {}
+            with progress_bar(len(loader), f"epoch {epoch + 1}/{schedule['epochs']}", enabled=progress) as advance:
+                for x, y in loader.epoch(epoch):
+                    if device.type == "cuda":
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    losses = method.update(x, y, optimizers, epoch + 1)
+                    for k, v in losses.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    advance()
+            lr = optimizers["f"].param_groups[0]["lr"]
+            for s in schedulers.values():
+                s.step()
+            train_seconds = time.time() - t0
 
-        nets.f.eval()
-        with contextlib.nullcontext() if autocast is None else autocast:
-            nat = correct_under(nets.f, x_sel, y_sel, None, eval_batch).float().mean().item()
-            rob = correct_under(nets.f, x_sel, y_sel, select_attack, eval_batch).float().mean().item()
-        score = nat + rob
-        if score > best["score"]:
-            best = {"epoch": epoch + 1, "score": score}
-            records.save_checkpoint(out / records.BEST, {"nets": nets.state(), "epoch": epoch + 1, "score": score})
-        row = {"epoch": epoch + 1, "lr": lr, "train": {k: (v / len(loader)).item() for k, v in sums.items()},
-               "nat_acc": nat, "rob_acc": rob, "score": score, "best_epoch": best["epoch"],
-               "train_seconds": train_seconds, "images_per_s": len(y_train) / train_seconds,
-               "seconds": time.time() - t0}
-        records.append_jsonl(out / records.HISTORY, row)
-        records.save_checkpoint(out / records.LAST, {
-            "nets": nets.state(), "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in schedulers.items()}, "rng": _rng_state(device),
-            "epoch": epoch + 1, "best": best})
-        losses_txt = " ".join(f"{k} {v:.4f}" for k, v in row["train"].items())
-        log(f"epoch {epoch + 1}/{schedule['epochs']}: {losses_txt} | nat {100 * nat:.2f} rob {100 * rob:.2f} "
-            f"(best epoch {best['epoch']}) | {row['images_per_s']:.0f} img/s")
+            nets.f.eval()
+            with contextlib.nullcontext() if autocast is None else autocast:
+                nat = correct_under(nets.f, x_sel, y_sel, None, eval_batch).sum().item() / len(y_sel)
+                rob = correct_under(nets.f, x_sel, y_sel, select_attack, eval_batch).sum().item() / len(y_sel)
+            score = nat + rob
+            if score > best["score"]:
+                best = {"epoch": epoch + 1, "score": score}
+                records.save_checkpoint(out / records.BEST, {"nets": nets.state(), "epoch": epoch + 1, "score": score})
+            row = {"epoch": epoch + 1, "lr": lr, "train": {k: (v / len(loader)).item() for k, v in sums.items()},
+                   "nat_acc": nat, "rob_acc": rob, "score": score, "best_epoch": best["epoch"],
+                   "train_seconds": train_seconds, "images_per_s": len(y_train) / train_seconds,
+                   "seconds": time.time() - t0}
+            records.append_jsonl(out / records.HISTORY, row)
+            records.save_checkpoint(out / records.LAST, {
+                "nets": nets.state(), "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                "schedulers": {k: s.state_dict() for k, s in schedulers.items()}, "rng": _rng_state(device),
+                "epoch": epoch + 1, "best": best})
+            losses_txt = " ".join(f"{k} {v:.4f}" for k, v in row["train"].items())
+            log(f"epoch {epoch + 1}/{schedule['epochs']}: {losses_txt} | nat {100 * nat:.2f} rob {100 * rob:.2f} "
+                f"(best epoch {best['epoch']}) | {row['images_per_s']:.0f} img/s")
+            next_epoch()
 
     summary = {"best_epoch": best["epoch"], "best_score": best["score"], "epochs": schedule["epochs"],
                "seconds_this_session": time.time() - began}

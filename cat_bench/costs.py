@@ -1,0 +1,68 @@
+"""GPU-hour estimates for planning a suite (`cat-bench run --dry-run`).
+
+Where the numbers come from:
+- FLOPs of one forward pass of each network are counted by `torch.utils.flop_counter` on one
+  input of the dataset's shape (exact for convolutions and linear layers); a backward pass is
+  counted as two forwards.
+- Passes per image follow each method's step (METHOD.md s1 for CAT, the adapters for the others):
+  the PGD steps plus the loss's forward/backward passes; CAT adds its mask net g.
+- Evaluation passes follow the attack presets (METHOD.md s4); AutoAttack and Square are
+  estimated as if half the test set survives to the query-heavy sub-attacks.
+- The sustained throughput is an assumption, 50 TFLOP/s by default (`--gpu-tflops`): replace it by
+  what `benchmarks/throughput.py` measures on your GPU.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import torch
+
+from cat_bench.data import dataset_info
+from cat_bench.models import build_classifier, build_mask_net
+from cat_bench.presets import eval_attack
+
+DEFAULT_TFLOPS = 50.0
+TRAIN_SIZE = {"mnist": 60000, "mnist-mini": 10000, "cifar10": 50000, "cifar100": 50000}
+TEST_SIZE = {"mnist": 10000, "mnist-mini": 2000, "cifar10": 10000, "cifar100": 10000}
+# forward+backward passes of f (and of g) per training image, given the PGD steps k
+F_PASSES = {"natural": lambda k: 1, "at": lambda k: k + 1, "trades": lambda k: k + 2 + 1 / 3,
+            "fat": lambda k: k + 2 + 1 / 3, "mart": lambda k: k + 2, "cat-cent": lambda k: k + 3 + 2 / 3,
+            "cat-cw": lambda k: k + 3 + 2 / 3}
+G_PASSES = 1 + 1 / 3  # CAT: g forward for f's step, forward+backward for g's own step
+QUERY_ATTACKS = {"square": 5000 / 3 / 2, "autoattack": (100 + 9 * 100 + 9 * 100 + 5000 / 3) / 2}
+
+
+@cache
+def forward_flops(dataset: str, arch: str, mask: bool = False) -> float:
+    """FLOPs of one forward pass of one image through the classifier (or CAT's mask net)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    info = dataset_info(dataset)
+    net = (build_mask_net(info.family, info.shape[0]) if mask
+           else build_classifier(arch, info.num_classes, info.shape[0], info.mean, info.std)).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        net(torch.zeros(1, *info.shape))
+    return float(counter.get_total_flops())
+
+
+def run_gpu_hours(config: dict, attacks, n_examples: int | None, tflops: float = DEFAULT_TFLOPS) -> float:
+    """Estimated GPU-hours of training and evaluating one run."""
+    ds, arch, method = config["dataset"], config["arch"], config["method"]
+    fb = 3 * forward_flops(ds, arch)  # forward + backward
+    n_train = config["n_train"] or TRAIN_SIZE[ds]
+    k = config["train_attack"]["steps"]
+    per_image = F_PASSES[method](k) * fb
+    if method.startswith("cat") and config["hparams"].get("ablation") != "A1":
+        per_image += G_PASSES * 3 * forward_flops(ds, arch, mask=True)
+    sel = config["selection"]
+    n_sel = sel["n"] or TEST_SIZE[ds]
+    epochs = config["schedule"]["epochs"]
+    flops = epochs * (n_train * per_image + n_sel * (sel["attack"]["steps"] + 1) * fb)
+    n_eval = n_examples or TEST_SIZE[ds]
+    for name in attacks:
+        p = eval_attack(dataset_info(ds).family, name, dataset_info(ds).test_eps)
+        passes = QUERY_ATTACKS.get(name, p.steps + 1 / 3)
+        flops += n_eval * passes * fb
+    return flops / (tflops * 1e12) / 3600

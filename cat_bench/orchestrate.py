@@ -1,0 +1,147 @@
+"""Run a suite's jobs: train each run (resuming), then evaluate it (resuming), never twice.
+
+A job is one `RunSpec`: its directory is `RESULTS/runs/<method>-<dataset>-<config hash>`. A job is
+finished when the run has its `done` marker and `eval.json` holds every attack the suite asks
+for; finished jobs are skipped, unfinished ones continue from their last checkpoint and their
+last finished attack. A per-run lock file (`<run>.lock`, an OS file lock released when the
+process dies, even by SIGKILL) makes concurrent `cat-bench run` processes on one results
+directory share the work: a process skips runs another holds, then waits for them at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from filelock import FileLock, Timeout
+
+from cat_bench import records
+from cat_bench.evaluate import evaluate
+from cat_bench.progress import progress_bar
+from cat_bench.suite import RunSpec
+from cat_bench.train import train
+
+RUNS = "runs"
+
+
+def run_dir(results: Path, spec: RunSpec) -> Path:
+    """Where a run lives inside a results directory."""
+    return Path(results) / RUNS / spec.name
+
+
+def state(results: Path, spec: RunSpec) -> str:
+    """'done' (trained and fully evaluated), 'partial' (something on disk) or 'todo'."""
+    out = run_dir(results, spec)
+    if not out.exists():
+        return "todo"
+    if (out / records.DONE).exists() and (out / records.EVAL).exists():
+        ev = records.read_json(out / records.EVAL)
+        n = ev.get("key", {}).get("n_examples")
+        if set(spec.attacks) <= set(ev.get("attacks", {})) and (spec.n_examples is None or n == spec.n_examples):
+            return "done"
+    return "partial"
+
+
+def _lock(results: Path, spec: RunSpec) -> FileLock:
+    path = run_dir(results, spec).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path)
+
+
+def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=None, progress: bool = True,
+            log: Callable[[str], None] = print, wait: bool = False) -> str:
+    """Train and evaluate one run under its lock; returns 'done', 'skipped' (already done) or 'busy'."""
+    lock = _lock(results, spec)
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        return "busy"
+    try:
+        if state(results, spec) == "done":
+            return "skipped"
+        out = run_dir(results, spec)
+        train(spec.config, out, resume=True, data_root=data_root, device=device, progress=progress, log=log)
+        evaluate(out, ",".join(spec.attacks), n_examples=spec.n_examples, data_root=data_root, device=device,
+                 progress=progress, log=log)
+        return "done"
+    finally:
+        lock.release()
+
+
+def run_local(results: Path, specs: Sequence[RunSpec], *, device: torch.device, data_root=None,
+              progress: bool = True, log: Callable[[str], None] = print) -> dict[str, str]:
+    """Run jobs one after another on one device; runs held by another process are waited for last."""
+    outcome: dict[str, str] = {}
+    with progress_bar(len(specs), "suite runs", enabled=progress) as advance:
+        for wait in (False, True):
+            for spec in specs:
+                if outcome.get(spec.name) in ("done", "skipped"):
+                    continue
+                log(f"run {spec.name} ({spec.config['method']}, {', '.join(spec.labels) or 'no label'})")
+                outcome[spec.name] = run_job(results, spec, device=device, data_root=data_root, progress=progress,
+                                             log=log, wait=wait)
+                if outcome[spec.name] != "busy":
+                    advance()
+    return outcome
+
+
+def _worker(results: Path, specs: Sequence[RunSpec], device: str, data_root) -> dict[str, str]:
+    """One process per GPU: the same loop as `run_local`; the locks share the work out."""
+    return run_local(results, specs, device=torch.device(device), data_root=data_root, progress=False,
+                     log=lambda m: print(f"[{device}] {m}", file=sys.stderr, flush=True))
+
+
+def run_parallel(results: Path, specs: Sequence[RunSpec], devices: Sequence[str], *, data_root=None) -> dict[str, str]:
+    """One worker process per visible GPU, all walking the job list (rotated) under the per-run locks."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(len(devices)) as pool:
+        parts = [pool.apply_async(_worker, (results, list(specs[i:]) + list(specs[:i]), dev, data_root))
+                 for i, dev in enumerate(devices)]
+        outcome: dict[str, str] = {}
+        for part in parts:
+            for name, result in part.get().items():
+                if outcome.get(name) not in ("done",):
+                    outcome[name] = result
+    return outcome
+
+
+class SlurmJob:
+    """A submitit job running one RunSpec; on preemption or timeout it requeues itself and resumes."""
+
+    def __init__(self, results: Path, spec: RunSpec, data_root=None):
+        self.results, self.spec, self.data_root = Path(results), spec, data_root
+
+    def __call__(self) -> str:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return run_job(self.results, self.spec, device=device, data_root=self.data_root, progress=False,
+                       log=lambda m: print(m, flush=True), wait=True)
+
+    def checkpoint(self, *args, **kwargs):
+        """submitit calls this on preemption/timeout: requeue the same job (training resumes from last.pt)."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(SlurmJob(self.results, self.spec, self.data_root))
+
+
+def submit_slurm(results: Path, specs: Sequence[RunSpec], *, executor=None, partition: str | None = None,
+                 time_min: int = 24 * 60, gpus_per_job: int = 1, array_parallelism: int = 32,
+                 data_root=None) -> list:
+    """Submit one Slurm job-array task per unfinished run through submitit; returns the jobs."""
+    import submitit
+
+    if executor is None:
+        executor = submitit.AutoExecutor(folder=Path(results) / "slurm" / "%j")
+        params = dict(timeout_min=time_min, gpus_per_node=gpus_per_job, slurm_array_parallelism=array_parallelism,
+                      cpus_per_task=8, slurm_additional_parameters={"requeue": True})
+        if partition:
+            params["slurm_partition"] = partition
+        executor.update_parameters(**params)
+    jobs = []
+    with executor.batch():
+        for spec in specs:
+            jobs.append(executor.submit(SlurmJob(results, spec, data_root)))
+    return jobs

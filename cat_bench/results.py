@@ -1,0 +1,113 @@
+"""Results tables: finished runs collected into pandas, grouped over seeds (the rows of the paper's tables).
+
+`collect` turns run directories (records.py layout) into one row per finished run: the config
+columns that identify a row of the paper's tables, one `hp.<key>` column per method hyperparameter,
+and every evaluated attack's accuracy in percent (METHOD.md s4). `summarize` groups the runs over
+seeds into mean and std per metric plus the paper's "Avg" (METHOD.md s4: the mean of natural and
+all robust accuracies in the row). `format_table` writes csv, markdown or json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from cat_bench import records
+from cat_bench.errors import UsageError
+
+CONFIG_COLUMNS = ["method", "dataset", "arch", "eps", "seed", "epochs", "n_train"]
+HP_PREFIX = "hp."
+ATTACK_ORDER = ["natural", "fgsm", "pgd20", "pgd100", "cw", "square", "autoattack"]  # METHOD.md s4
+RUN_METRICS = ["best_epoch", "n_examples", "masking_flags"]
+FORMATS = ("csv", "markdown", "json")
+FLOAT_FORMAT = "%.4f"
+
+
+def run_row(run_dir: Path) -> dict | None:
+    """One finished run as a flat dict; None when it is unfinished (no `done` marker or no eval.json).
+
+    Keys: the config columns (`epochs` is the schedule's), `hp.<key>` per method hyperparameter, one
+    column per evaluated attack with its accuracy in percent, `best_epoch` (from `done`),
+    `n_examples` (eval.json's key), `masking_flags` (how many gradient-masking flags evaluation
+    raised) and `run` (the directory's name).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / records.DONE).is_file() or not (run_dir / records.EVAL).is_file():
+        return None
+    if not (run_dir / records.CONFIG).is_file():
+        raise UsageError(f"{run_dir} has `{records.DONE}` and `{records.EVAL}` but no {records.CONFIG}; "
+                         f"it is not a complete run directory")
+    config = records.read_json(run_dir / records.CONFIG)["identity"]
+    done = records.read_json(run_dir / records.DONE)
+    result = records.read_json(run_dir / records.EVAL)
+    row = {"method": config["method"], "dataset": config["dataset"], "arch": config["arch"], "eps": config["eps"],
+           "seed": config["seed"], "epochs": config["schedule"]["epochs"], "n_train": config["n_train"]}
+    row.update({HP_PREFIX + k: v for k, v in config["hparams"].items()})
+    row.update({name: 100 * a["accuracy"] for name, a in result["attacks"].items()})
+    row.update(best_epoch=done["best_epoch"], n_examples=result["key"]["n_examples"],
+               masking_flags=len(result.get("flags", [])), run=run_dir.name)
+    return row
+
+
+def _config_columns(df: pd.DataFrame) -> list[str]:
+    return CONFIG_COLUMNS + sorted(c for c in df.columns if c.startswith(HP_PREFIX))
+
+
+def _attack_columns(df: pd.DataFrame) -> list[str]:
+    """Attack accuracy columns: the evaluation order of METHOD.md s4, then any other attack by name."""
+    known = set(_config_columns(df)) | set(RUN_METRICS) | {"run"}
+    others = sorted(c for c in df.columns if c not in known and c not in ATTACK_ORDER)
+    return [c for c in ATTACK_ORDER if c in df.columns] + others
+
+
+def collect(run_dirs: Iterable[Path]) -> pd.DataFrame:
+    """One row per finished run (unfinished ones are skipped), sorted by the config columns.
+
+    Columns: config columns, `hp.*` (sorted by name; NaN for a method without that hyperparameter),
+    attack accuracies in percent (evaluation order), `best_epoch`, `n_examples`, `masking_flags`, `run`.
+    """
+    rows = [row for row in map(run_row, run_dirs) if row is not None]
+    df = pd.DataFrame(rows, columns=None if rows else CONFIG_COLUMNS + RUN_METRICS + ["run"])
+    config = _config_columns(df)
+    df = df[config + _attack_columns(df) + RUN_METRICS + ["run"]]
+    return df.sort_values(config + ["run"], kind="mergesort", na_position="last").reset_index(drop=True)
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Group `collect`'s runs over seeds: per metric `<m>_mean` and `<m>_std` (ddof=1; NaN for one seed).
+
+    Groups are every config column except `seed`, with NaN as a value (`hp.*` columns are NaN for
+    methods without that hyperparameter). Adds `n_seeds` and the paper's "Avg" (METHOD.md s4: mean
+    of natural and all robust accuracies in the row), computed per run over the attacks it was
+    evaluated on and then averaged over seeds as `avg_mean` (with `avg_std`). Columns: group keys,
+    `n_seeds`, attacks (evaluation order), avg, `best_epoch`, `n_examples`, `masking_flags`; rows
+    sorted by the group keys. Two runs sharing every config column and the seed differ only in
+    settings the table does not show, and would be averaged as if they were seeds: UsageError.
+    """
+    keys = [c for c in _config_columns(df) if c != "seed"]
+    attacks = _attack_columns(df)
+    runs = df.assign(avg=df[attacks].mean(axis=1))
+    dup = runs[runs.duplicated(keys + ["seed"], keep=False)]
+    if not dup.empty:
+        raise UsageError(f"runs {', '.join(dup['run'])} share every table column including the seed; they differ "
+                         f"in settings the table does not show (e.g. batch size), so they cannot be averaged as seeds")
+    metrics = attacks + ["avg"] + RUN_METRICS
+    grouped = runs.groupby(keys, dropna=False, sort=True)
+    stats = grouped[metrics].agg(["mean", "std"])
+    stats.columns = [f"{m}_{stat}" for m, stat in stats.columns]
+    stats.insert(0, "n_seeds", grouped.size())
+    out = stats.reset_index()
+    return out.sort_values(keys, kind="mergesort", na_position="last").reset_index(drop=True)
+
+
+def format_table(df: pd.DataFrame, fmt: str) -> str:
+    """The table as csv (floats as %.4f), markdown (tabulate) or json (a list of row records)."""
+    if fmt == "csv":
+        return df.to_csv(index=False, float_format=FLOAT_FORMAT)
+    if fmt == "markdown":
+        return df.to_markdown(index=False, floatfmt=FLOAT_FORMAT[1:]) + "\n"
+    if fmt == "json":
+        return df.to_json(orient="records", indent=2) + "\n"
+    raise UsageError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")

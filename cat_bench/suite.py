@@ -1,0 +1,300 @@
+"""Benchmark suites as declarative TOML files, one file per suite (METHOD.md s3-s5).
+
+The shipped suites live in `cat_bench/suites/`; `load_suite` also reads a user's own file.
+Schema (smoke.toml carries the same description):
+
+    description = "..."               required: what the suite is for
+    include = ["mnist", ...]          optional: shipped suite names, or .toml paths relative to this
+                                      file, whose runs belong to this suite
+    [defaults]                        optional: any block key, used by every block that does not set it
+    [[runs]]                          a block: methods x eps x seeds x hparam grid, one training run each
+      label = "Table 2"               the paper table or figure served (default: "<file> block <n>")
+      methods = ["at", "cat-cent"]    required: method names (`cat-bench list methods`)
+      dataset = "cifar10"             required
+      arch = "wrn-34-10"              optional: default, the dataset's (METHOD.md s2)
+      eps = ["8/255", 0.3]            required: training eps, numbers or fractions
+      seeds = [0, 1, 2, 3, 4]         optional: default [0]
+      hparams = {beta = 5, b = [0.05, 0.1]}   optional: value or list of values (a list is a grid axis)
+      epochs, batch_size, n_train, select_n   optional ints: default, the preset (METHOD.md s3)
+      select_on = "test"              optional: "test" (the paper, Appendix C) or "val"
+      attacks = ["natural", "pgd20"]  required: evaluation attacks, in order (METHOD.md s4)
+      n_examples = 500                optional: first N test examples; default, the full test set
+
+Every expanded run goes through `resolve_config`, so a suite names exactly the run directories the
+CLI's `train` makes. Runs that resolve to the same config (e.g. Table 2's CATcent b=0.05 seed 0
+and Table 8's a=5 b=0.05) are one run serving every block that asks for it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from cat_bench import records
+from cat_bench.cli import parse_eps
+from cat_bench.data import dataset_info
+from cat_bench.errors import UsageError
+from cat_bench.methods import METHODS, get_method
+from cat_bench.presets import EVAL_ATTACKS
+from cat_bench.train import resolve_config
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
+SUITES: tuple[str, ...] = tuple(sorted(p.stem for p in SUITES_DIR.glob("*.toml")))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a suite and the evaluation it gets."""
+
+    config: dict  # resolve_config(...) output: the training run's identity
+    attacks: tuple[str, ...]  # evaluation attacks, in the order to run them
+    n_examples: int | None  # first N test examples; None = the full test set
+    labels: tuple[str, ...]  # every block label this run serves
+
+    @property
+    def name(self) -> str:
+        """The run directory's name, as `cat-bench train` chooses it."""
+        return f"{self.config['method']}-{self.config['dataset']}-{records.config_hash(self.config)}"
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A loaded suite: its runs, merged across blocks and includes, in the order first named."""
+
+    name: str
+    path: Path
+    description: str
+    runs: tuple[RunSpec, ...]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_scalar(v: Any) -> bool:
+    return isinstance(v, (str, float)) or _is_int(v)
+
+
+def _list_of(pred: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list) and len(v) > 0 and all(pred(x) for x in v)
+
+
+def _hparam_table(v: Any) -> bool:
+    return isinstance(v, dict) and all(_is_scalar(x) or _list_of(_is_scalar)(x) for x in v.values())
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+_INT = (_is_int, "an integer")
+_BLOCK_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "label": (_is_str, 'a string, e.g. "Table 2"'),
+    "methods": (_list_of(_is_str), 'a non-empty list of method names, e.g. ["at", "cat-cent"]'),
+    "dataset": (_is_str, 'a dataset name, e.g. "cifar10"'),
+    "arch": (_is_str, 'an architecture name, e.g. "wrn-34-10"'),
+    "eps": (_list_of(_is_scalar), 'a non-empty list of numbers or fractions, e.g. [0.3] or ["8/255"]'),
+    "seeds": (_list_of(_is_int), "a non-empty list of integers, e.g. [0, 1, 2, 3, 4]"),
+    "hparams": (_hparam_table, "a table of hyperparameter = value or [values], e.g. {beta = 5, b = [0.05, 0.1]}"),
+    "epochs": _INT, "batch_size": _INT, "n_train": _INT, "select_n": _INT,
+    "select_on": (_is_str, '"test" or "val"'),
+    "attacks": (_list_of(_is_str), 'a non-empty list of attack names, e.g. ["natural", "pgd20"]'),
+    "n_examples": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+}
+_REQUIRED = ("methods", "dataset", "eps", "attacks")
+_TOP_KEYS = ("description", "include", "defaults", "runs")
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """A shipped suite by name (see SUITES), or a suite file by path; UsageError if it is malformed."""
+    path = _locate(name_or_path, Path.cwd())
+    description, runs = _read(path, ())
+    merged: dict[str, RunSpec] = {}
+    for run in runs:
+        old = merged.get(run.name)
+        if old is not None:
+            n = None if None in (old.n_examples, run.n_examples) else max(old.n_examples, run.n_examples)
+            run = RunSpec(old.config, _union(old.attacks, run.attacks), n, _union(old.labels, run.labels))
+        merged[run.name] = run
+    return Suite(path.stem, path, description, tuple(merged.values()))
+
+
+def _union(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(a + b))
+
+
+def _locate(entry: str, base: Path) -> Path:
+    """A shipped suite name, or a .toml path (relative to `base`), as an existing file."""
+    shipped = f"shipped suites: {', '.join(SUITES)}"
+    if entry in SUITES:
+        return SUITES_DIR / f"{entry}.toml"
+    if entry.endswith(".toml") or "/" in entry or "\\" in entry:
+        path = (base / entry).resolve()
+        if not path.is_file():
+            raise UsageError(f"suite file {path} does not exist; {shipped}")
+        return path
+    raise UsageError(f"unknown suite {entry!r}; {shipped}; or give the path to a .toml file")
+
+
+def _read(path: Path, stack: tuple[Path, ...]) -> tuple[str, list[RunSpec]]:
+    """The description and the expanded, unmerged runs of a suite file and of what it includes."""
+    if path in stack:
+        chain = " -> ".join(str(p) for p in (*stack, path))
+        raise UsageError(f"{stack[-1]}: key 'include': include cycle {chain}")
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path}: not a valid TOML file: {err}") from None
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise UsageError(f"{path}: unknown key {key!r}; allowed at the top level: {', '.join(_TOP_KEYS)}")
+    description = data.get("description")
+    if not isinstance(description, str):
+        raise UsageError(f"{path}: key 'description': expected a string saying what the suite is for (required)")
+    include = data.get("include", [])
+    if not isinstance(include, list) or not all(isinstance(x, str) for x in include):
+        raise UsageError(f"{path}: key 'include': expected a list of suite names or .toml paths, e.g. [\"mnist\"]")
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise UsageError(f"{path}: key 'defaults': expected a table ([defaults])")
+    blocks = data.get("runs", [])
+    if not isinstance(blocks, list) or not all(isinstance(b, dict) for b in blocks):
+        raise UsageError(f"{path}: key 'runs': expected [[runs]] blocks")
+    if not blocks and not include:
+        raise UsageError(f"{path}: key 'runs': expected at least one [[runs]] block or an include")
+
+    runs: list[RunSpec] = []
+    for entry in include:
+        try:
+            included = _locate(entry, path.parent)
+        except UsageError as err:
+            raise UsageError(f"{path}: key 'include': {err}") from None
+        runs += _read(included, (*stack, path))[1]
+    _check_keys(path, "[defaults]", defaults)
+    for i, block in enumerate(blocks, start=1):
+        label = block.get("label", defaults.get("label"))
+        where = f"[[runs]] block {i}" + (f" ({label})" if isinstance(label, str) else "")
+        _check_keys(path, where, block)
+        runs += _expand(path, where, {"label": f"{path.stem} block {i}", "seeds": [0], **defaults, **block})
+    return description, runs
+
+
+def _check_keys(path: Path, where: str, block: dict) -> None:
+    for key, value in block.items():
+        if key not in _BLOCK_KEYS:
+            raise UsageError(f"{path}: {where}: unknown key {key!r}; allowed: {', '.join(_BLOCK_KEYS)}")
+        valid, expected = _BLOCK_KEYS[key]
+        if not valid(value):
+            raise UsageError(f"{path}: {where}: key {key!r}: expected {expected}, got {value!r}")
+
+
+def _expand(path: Path, where: str, block: dict) -> list[RunSpec]:
+    """One block's runs: methods x eps x seeds x hparam grid, each resolved by `resolve_config`."""
+    def fail(key: str, message: str) -> UsageError:
+        return UsageError(f"{path}: {where}: key {key!r}: {message}")
+
+    for key in _REQUIRED:
+        if key not in block:
+            raise fail(key, f"required (in the block or in [defaults]); expected {_BLOCK_KEYS[key][1]}")
+    try:
+        family = dataset_info(block["dataset"]).family
+    except UsageError as err:
+        raise fail("dataset", str(err)) from None
+    for method in block["methods"]:
+        try:
+            get_method(method)
+        except UsageError as err:
+            raise fail("methods", str(err)) from None
+    try:
+        eps_values = [parse_eps(e) if isinstance(e, str) else float(e) for e in block["eps"]]
+    except UsageError as err:
+        raise fail("eps", str(err)) from None
+    for attack in block["attacks"]:
+        if attack not in EVAL_ATTACKS[family]:
+            raise fail("attacks", f"unknown attack {attack!r} for {block['dataset']}; "
+                                  f"allowed: {', '.join(EVAL_ATTACKS[family])}")
+    hparams = block.get("hparams", {})
+    axes = [v if isinstance(v, list) else [v] for v in hparams.values()]
+    runs = []
+    for method, eps, seed, values in itertools.product(block["methods"], eps_values, block["seeds"],
+                                                       itertools.product(*axes)):
+        overrides = {k: str(v) for k, v in zip(hparams, values)}
+        try:
+            config = resolve_config(method, block["dataset"], eps, arch=block.get("arch"),
+                                    epochs=block.get("epochs"), seed=seed, overrides=overrides,
+                                    select_on=block.get("select_on", "test"), select_n=block.get("select_n"),
+                                    batch_size=block.get("batch_size"), n_train=block.get("n_train"))
+        except UsageError as err:
+            run = " ".join(f"{k}={v}" for k, v in {"method": method, "eps": eps, "seed": seed, **overrides}.items())
+            raise UsageError(f"{path}: {where}: run {run}: {err}") from None
+        runs.append(RunSpec(config, tuple(block["attacks"]), block.get("n_examples"), (block["label"],)))
+    return runs
+
+
+_FIELDS: dict[str, Callable[[dict], Any]] = {
+    "method": lambda c: c["method"], "dataset": lambda c: c["dataset"], "arch": lambda c: c["arch"],
+    "eps": lambda c: c["eps"], "seed": lambda c: c["seed"], "epochs": lambda c: c["schedule"]["epochs"],
+}
+_HPARAM_NAMES = tuple(dict.fromkeys(k for m in METHODS.values() for k in m.HPARAMS))
+_NUMERIC = ("eps", "seed", "epochs")
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _same(actual: Any, text: str) -> bool:
+    """Numbers compare numerically (tolerance 1e-9, so 8/255 matches), anything else as text."""
+    if _is_int(actual) or isinstance(actual, float):
+        wanted = _number(text)
+        return wanted is not None and abs(actual - wanted) <= 1e-9
+    return str(actual) == text
+
+
+def filter_runs(runs: Iterable[RunSpec], only: list[str]) -> list[RunSpec]:
+    """The runs matching every `KEY=VALUE[,VALUE...]` filter (e.g. method=at,trades eps=8/255 b=0.05).
+
+    Keys: method, dataset, arch, eps, seed, epochs, label, or any hyperparameter name; a run
+    without that hyperparameter does not match.
+    """
+    allowed = (*_FIELDS, "label", *_HPARAM_NAMES)
+    tests = []
+    for item in only:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not text.strip():
+            raise UsageError(f"--only {item!r} is not KEY=VALUE[,VALUE...], e.g. method=cat-cent eps=8/255 b=0.05")
+        if key not in allowed:
+            raise UsageError(f"--only {item!r}: unknown key {key!r}; allowed: {', '.join(allowed)}")
+        wanted = [v.strip() for v in text.split(",")]
+        if key in _NUMERIC and any(_number(v) is None for v in wanted):
+            raise UsageError(f"--only {item!r}: {key} takes numbers, e.g. eps=8/255 or seed=0")
+        tests.append((key, wanted))
+
+    def keep(run: RunSpec) -> bool:
+        for key, wanted in tests:
+            if key == "label":
+                ok = any(v in run.labels for v in wanted)
+            elif key in _FIELDS:
+                ok = any(_same(_FIELDS[key](run.config), v) for v in wanted)
+            else:
+                ok = key in run.config["hparams"] and any(_same(run.config["hparams"][key], v) for v in wanted)
+            if not ok:
+                return False
+        return True
+
+    return [run for run in runs if keep(run)]

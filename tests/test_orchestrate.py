@@ -1,0 +1,132 @@
+"""The orchestrator: a killed `cat-bench run` finishes with the same table, concurrent runs share the
+work, dry runs plan, Slurm jobs go through submitit (its local and debug executors here)."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cat_bench import records
+from cat_bench.orchestrate import SlurmJob, run_dir, run_local, state, submit_slurm
+from cat_bench.suite import load_suite
+from cat_bench.train import resolve_device
+
+TINY = """
+description = "two tiny runs for the orchestrator tests"
+[defaults]
+dataset = "mnist-mini"
+eps = [0.3]
+epochs = 2
+n_train = 100
+batch_size = 50
+select_n = 20
+seeds = [0]
+attacks = ["natural", "fgsm", "pgd20"]
+n_examples = 40
+
+[[runs]]
+label = "tiny"
+methods = ["natural", "at"]
+"""
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "cat_bench.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
+
+
+def finish(*args):
+    proc = cli(*args)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    return out
+
+
+def per_seed_table(suite, results):
+    return finish("results", "--suite", suite, "--results", results, "--format", "csv", "--per-seed")
+
+
+def test_sigkill_at_a_random_moment_then_rerun_gives_the_same_table(tiny, tmp_path):
+    t0 = time.time()
+    out = finish("run", "--suite", tiny, "--results", tmp_path / "clean", "--no-progress")
+    duration = time.time() - t0
+    assert "runs finished" in out and str(tmp_path / "clean") in out
+    expected = per_seed_table(tiny, tmp_path / "clean")
+
+    moment = random.Random(os.environ.get("CAT_BENCH_KILL_SEED", "0")).uniform(0.2, 0.9) * duration
+    proc = cli("run", "--suite", tiny, "--results", tmp_path / "killed", "--no-progress")
+    time.sleep(moment)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finish("run", "--suite", tiny, "--results", tmp_path / "killed", "--no-progress")
+
+    assert per_seed_table(tiny, tmp_path / "killed") == expected
+    names = sorted(p.name for p in (tmp_path / "killed" / "runs").iterdir() if p.is_dir())
+    assert names == sorted(s.name for s in load_suite(str(tiny)).runs)  # every run once
+
+
+def test_two_concurrent_runs_train_each_run_exactly_once(tiny, tmp_path):
+    procs = [cli("run", "--suite", tiny, "--results", tmp_path / "shared", "--no-progress") for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    for spec in load_suite(str(tiny)).runs:
+        sessions = records.read_jsonl(run_dir(tmp_path / "shared", spec) / records.SESSIONS)
+        assert [s["start_epoch"] for s in sessions] == [0]  # trained once, by one process
+        assert state(tmp_path / "shared", spec) == "done"
+
+
+def test_dry_run_status_and_filters(tiny, tmp_path):
+    out = finish("run", "--suite", tiny, "--results", tmp_path / "r", "--dry-run")
+    assert "2 runs, 0 done" in out and "GPU-hours" in out
+    out = finish("run", "--suite", tiny, "--results", tmp_path / "r", "--only", "method=at", "--no-progress")
+    out = finish("status", "--suite", tiny, "--results", tmp_path / "r")
+    assert "1 done" in out and "1 to do" in out
+    out = finish("run", "--suite", "paper", "--results", tmp_path / "r", "--dry-run", "--only", "method=cat-cent")
+    assert "GPU-hours" in out and "cifar10" in out
+
+
+def test_bad_suite_and_filter_exit_2(tiny, tmp_path):
+    proc = cli("run", "--suite", tmp_path / "missing.toml", "--results", tmp_path / "r")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "missing.toml" in err
+    proc = cli("run", "--suite", tiny, "--results", tmp_path / "r", "--only", "colour=red")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "colour" in err
+
+
+@pytest.mark.parametrize("cluster", ["debug", "local"])
+def test_slurm_executor_through_submitit(tiny, tmp_path, cluster):
+    submitit = pytest.importorskip("submitit")
+    specs = load_suite(str(tiny)).runs[:1]
+    executor = submitit.AutoExecutor(folder=tmp_path / "slurm" / "%j", cluster=cluster)
+    executor.update_parameters(timeout_min=10)
+    jobs = submit_slurm(tmp_path / "r", specs, executor=executor)
+    assert [job.result() for job in jobs] == ["done"]
+    assert state(tmp_path / "r", specs[0]) == "done"
+
+
+def test_slurm_job_requeues_itself_on_preemption(tiny, tmp_path):
+    submitit = pytest.importorskip("submitit")
+    spec = load_suite(str(tiny)).runs[0]
+    resubmission = SlurmJob(tmp_path, spec).checkpoint()
+    assert isinstance(resubmission, submitit.helpers.DelayedSubmission)
+    assert resubmission.function.spec == spec and resubmission.function.results == tmp_path
+
+
+def test_finished_runs_are_skipped(tiny, tmp_path):
+    specs = load_suite(str(tiny)).runs
+    quiet = dict(device=resolve_device("cpu"), progress=False, log=lambda m: None)
+    assert set(run_local(tmp_path, specs, **quiet).values()) == {"done"}
+    assert set(run_local(tmp_path, specs, **quiet).values()) == {"skipped"}

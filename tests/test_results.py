@@ -1,0 +1,105 @@
+"""Results tables: the golden fixture of real tiny runs (tests/fixtures/make_results_fixture.py) and
+the grouping, formats and unfinished-run handling of cat_bench.results."""
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cat_bench import records
+from cat_bench.errors import UsageError
+from cat_bench.results import collect, format_table, run_row, summarize
+
+FIXTURES = Path(__file__).parent / "fixtures"
+RUNS = FIXTURES / "results_small"
+EXPECTED = FIXTURES / "results_small_expected.csv"
+
+
+@pytest.fixture(scope="module")
+def runs() -> pd.DataFrame:
+    return collect(sorted(RUNS.iterdir()))
+
+
+@pytest.fixture(scope="module")
+def summary(runs) -> pd.DataFrame:
+    return summarize(runs)
+
+
+def test_golden_table():
+    """The committed fixture collects to the committed expected table, byte for byte."""
+    assert format_table(summarize(collect(sorted(RUNS.iterdir()))), "csv") == EXPECTED.read_text()
+
+
+def test_collect_order_is_independent_of_input_order(runs):
+    pd.testing.assert_frame_equal(collect(sorted(RUNS.iterdir(), reverse=True)), runs)
+
+
+def test_run_row(runs):
+    run = next(d for d in sorted(RUNS.iterdir()) if d.name.startswith("at-"))
+    row = run_row(run)
+    config = records.read_json(run / records.CONFIG)["identity"]
+    result = records.read_json(run / records.EVAL)
+    assert row["method"] == "at" and row["seed"] == config["seed"] and row["epochs"] == 1 and row["n_train"] == 100
+    assert row["hp.random_start"] == config["hparams"]["random_start"]
+    assert row["pgd20"] == pytest.approx(100 * result["attacks"]["pgd20"]["accuracy"])
+    assert row["n_examples"] == 50 and row["best_epoch"] == 1 and row["run"] == run.name
+    assert list(runs.columns[:7]) == ["method", "dataset", "arch", "eps", "seed", "epochs", "n_train"]
+    assert list(runs.columns[-7:]) == ["natural", "fgsm", "pgd20", "best_epoch", "n_examples", "masking_flags", "run"]
+
+
+@pytest.mark.parametrize("missing", [records.DONE, records.EVAL])
+def test_unfinished_run_is_none(tmp_path, missing):
+    run = tmp_path / "run"
+    shutil.copytree(next(RUNS.iterdir()), run)
+    assert run_row(run) is not None
+    (run / missing).unlink()
+    assert run_row(run) is None
+    assert collect([run]).empty
+
+
+def test_mean_std_over_seeds(runs, summary):
+    for method in ("at", "cat-cent"):
+        per_run = runs[runs.method == method]
+        row = summary[summary.method == method].iloc[0]
+        assert row["n_seeds"] == 2 == len(per_run)
+        for m in ("natural", "fgsm", "pgd20"):
+            values = per_run[m].to_numpy()
+            assert row[f"{m}_mean"] == pytest.approx(np.mean(values))
+            assert row[f"{m}_std"] == pytest.approx(np.std(values, ddof=1))
+        avgs = per_run[["natural", "fgsm", "pgd20"]].to_numpy().mean(axis=1)  # METHOD.md s4 "Avg", per run
+        assert row["avg_mean"] == pytest.approx(avgs.mean())
+    natural = summary[summary.method == "natural"].iloc[0]
+    assert natural["n_seeds"] == 1 and np.isnan(natural["pgd20_std"])
+    assert "seed" not in summary.columns and "run" not in summary.columns
+
+
+def test_hparams_nan_for_other_methods(summary):
+    natural = summary[summary.method == "natural"].iloc[0]
+    assert all(pd.isna(natural[c]) for c in summary.columns if c.startswith("hp."))
+    at = summary[summary.method == "at"].iloc[0]
+    cat = summary[summary.method == "cat-cent"].iloc[0]
+    assert pd.isna(at["hp.beta"]) and cat["hp.beta"] == 1.0 and pd.isna(cat["hp.random_start"])
+
+
+def test_same_seed_twice_is_refused(runs):
+    with pytest.raises(UsageError, match="cannot be averaged as seeds"):
+        summarize(pd.concat([runs, runs.iloc[[0]]], ignore_index=True))
+
+
+def test_formats(summary):
+    csv = pd.read_csv(io.StringIO(format_table(summary, "csv")))
+    assert list(csv["method"]) == ["at", "cat-cent", "natural"]
+    md = format_table(summary, "markdown")
+    assert md.startswith("| method") and all(f"| {m} " in md for m in ("at", "cat-cent", "natural"))
+    rows = json.loads(format_table(summary, "json"))
+    assert [r["method"] for r in rows] == ["at", "cat-cent", "natural"]
+    assert rows[2]["hp.beta"] is None and rows[2]["pgd20_std"] is None
+
+
+def test_unknown_format(summary):
+    with pytest.raises(UsageError, match=r"'xlsx'.*csv, markdown, json"):
+        format_table(summary, "xlsx")
