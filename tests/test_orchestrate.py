@@ -130,3 +130,14 @@ def test_finished_runs_are_skipped(tiny, tmp_path):
     quiet = dict(device=resolve_device("cpu"), progress=False, log=lambda m: None)
     assert set(run_local(tmp_path, specs, **quiet).values()) == {"done"}
     assert set(run_local(tmp_path, specs, **quiet).values()) == {"skipped"}
+
+
+def test_parallel_workers_share_the_runs(tiny, tmp_path):
+    """The one-process-per-GPU executor, with two CPU 'devices' standing in for GPUs."""
+    from cat_bench.orchestrate import run_parallel
+
+    specs = load_suite(str(tiny)).runs
+    outcome = run_parallel(tmp_path, specs, ["cpu", "cpu"])
+    assert set(outcome) == {s.name for s in specs} and set(outcome.values()) <= {"done", "skipped"}
+    for spec in specs:
+        assert [s["start_epoch"] for s in records.read_jsonl(run_dir(tmp_path, spec) / records.SESSIONS)] == [0]
