@@ -116,7 +116,7 @@ def _train(args) -> None:
     config = resolve_config(args.method, args.dataset, parse_eps(args.eps), arch=args.arch, epochs=args.epochs,
                             seed=args.seed, overrides=parse_sets(args.set), select_on=args.select_on,
                             select_n=args.select_n, batch_size=args.batch_size, n_train=args.n_train)
-    out = args.out or Path("runs") / f"{config['method']}-{config['dataset']}-{records.config_hash(config)}"
+    out = args.out or Path("runs") / records.run_name(config)
     device = resolve_device(args.device)
     print(f"run directory: {out}", file=sys.stderr)
     summary = train(config, out, resume=args.resume, data_root=args.data_root, device=device,

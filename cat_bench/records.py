@@ -99,6 +99,11 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def run_name(config: dict) -> str:
+    """A run directory's name: METHOD-DATASET-HASH of its resolved config."""
+    return f"{config['method']}-{config['dataset']}-{config_hash(config)}"
+
+
 def git_commit() -> str | None:
     """The git commit of the cat-bench checkout, if it is one (None for an installed wheel)."""
     try:

@@ -64,7 +64,7 @@ class RunSpec:
     @property
     def name(self) -> str:
         """The run directory's name, as `cat-bench train` chooses it."""
-        return f"{self.config['method']}-{self.config['dataset']}-{records.config_hash(self.config)}"
+        return records.run_name(self.config)
 
 
 @dataclass(frozen=True)
