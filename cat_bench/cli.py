@@ -85,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("--format", default="markdown", help="csv, markdown or json")
     res.add_argument("--per-seed", action="store_true", help="one row per run instead of mean and std over seeds")
 
+    rp = sub.add_parser("report", help="render a suite's HTML report: paper tables, figures, leaderboard, runs")
+    _suite_args(rp)
+    rp.add_argument("--out", type=Path, help="report folder (default: reports/SUITE)")
+    rp.add_argument("--device", help="device for Figure 2's attack (default: cpu)")
+
     li = sub.add_parser("list", help="list methods, datasets, attacks or architectures")
     li.add_argument("what", choices=LISTABLE)
     return p
@@ -212,6 +217,19 @@ def _results(args) -> None:
     print(format_table(df if args.per_seed else summarize(df), args.format))
 
 
+def _report(args) -> None:
+    import time
+
+    from cat_bench.report import render_report
+    from cat_bench.suite import load_suite
+
+    suite = load_suite(args.suite)
+    out = args.out or Path("reports") / suite.name
+    t0 = time.time()
+    index = render_report(suite, args.results, out, device=args.device or "cpu")
+    print(f"report: {index} ({time.time() - t0:.1f} s); open it in a browser, no server needed")
+
+
 def _list(args) -> None:
     if args.what == "methods":
         from cat_bench.methods import METHODS
@@ -238,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cat-bench` console script."""
     args = _parser().parse_args(argv)
     try:
-        {"train": _train, "eval": _eval, "run": _run, "status": _status, "results": _results,
+        {"train": _train, "eval": _eval, "run": _run, "status": _status, "results": _results, "report": _report,
          "list": _list}[args.command](args)
     except UsageError as err:
         print(f"cat-bench: error: {err}", file=sys.stderr)

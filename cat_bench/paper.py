@@ -1,0 +1,76 @@
+"""The paper's published numbers (Huang et al., ACML 2021, Tables 1-4, 7 and 8) as data.
+
+The CSVs live in the repository's `results/paper/` folder, which pyproject.toml installs as the
+data package `cat_bench.paper_numbers`; they are read through importlib.resources, so the same
+code works from an editable checkout and from a wheel. Format and provenance: results/paper/README.md.
+"""
+
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from cat_bench.errors import UsageError
+
+if TYPE_CHECKING:  # importlib.abc.Traversable moved to importlib.resources.abc in 3.11
+    from importlib.resources.abc import Traversable
+
+TABLES = ("1", "2", "3", "4", "7", "8")
+COLUMNS = ("table", "row", "method", "dataset", "arch", "eps", "a", "b", "metric", "mean", "std")
+PACKAGE = "cat_bench.paper_numbers"
+
+# Used only when the data package is not importable (e.g. running from a source tree that was
+# never installed): the folder beside `cat_bench/` in the repository.
+_SOURCE_TREE_DIR = Path(__file__).resolve().parents[1] / "results" / "paper"
+
+
+def paper_dir() -> Traversable | Path:
+    """The folder holding table<N>.csv: the installed data package, else the source tree's results/paper."""
+    try:
+        return resources.files(PACKAGE)
+    except ModuleNotFoundError:
+        return _SOURCE_TREE_DIR
+
+
+def _eps_value(text: str) -> float:
+    """'8/255' -> 0.0313..., '0.3' -> 0.3."""
+    return float(Fraction(text.strip()))
+
+
+def _read_table(table: str) -> pd.DataFrame:
+    source = paper_dir() / f"table{table}.csv"
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"published numbers for table {table!r} are missing: {source} not found") from None
+    df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    if tuple(df.columns) != COLUMNS:
+        raise UsageError(f"{source}: columns {list(df.columns)}, expected {list(COLUMNS)}")
+    return df
+
+
+def load_published(table: str | None = None) -> pd.DataFrame:
+    """The paper's published numbers in long format, one line per (table, row, metric).
+
+    table: one of TABLES ("1", "2", "3", "4", "7", "8"), or None for all of them concatenated.
+    Columns: table, row, method, dataset, arch, eps (as printed, e.g. "8/255"), a, b (floats,
+    NaN for baselines), metric, mean, std (floats, std NaN where the paper prints none),
+    plus eps_value (eps as a float).
+    """
+    if table is None:
+        names = TABLES
+    else:
+        key = str(table).strip()
+        if key not in TABLES:
+            raise UsageError(f"unknown paper table {table!r}; allowed: {', '.join(TABLES)}")
+        names = (key,)
+    df = pd.concat([_read_table(t) for t in names], ignore_index=True)
+    df["eps_value"] = df["eps"].map(_eps_value)
+    for col in ("a", "b", "mean", "std"):
+        df[col] = pd.to_numeric(df[col].replace("", float("nan")), errors="raise").astype(float)
+    return df
