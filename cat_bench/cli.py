@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="render a suite's HTML report: paper tables, figures, leaderboard, runs")
     _suite_args(rp)
     rp.add_argument("--out", type=Path, help="report folder (default: reports/SUITE)")
-    rp.add_argument("--device", help="device for Figure 2's attack (default: cpu)")
+    _common(rp)
 
     li = sub.add_parser("list", help="list methods, datasets, attacks or architectures")
     li.add_argument("what", choices=LISTABLE)
@@ -226,7 +226,8 @@ def _report(args) -> None:
     suite = load_suite(args.suite)
     out = args.out or Path("reports") / suite.name
     t0 = time.time()
-    index = render_report(suite, args.results, out, device=args.device or "cpu")
+    index = render_report(suite, args.results, out, device=args.device or "cpu", data_root=args.data_root,
+                          suite_ref=args.suite)
     print(f"report: {index} ({time.time() - t0:.1f} s); open it in a browser, no server needed")
 
 

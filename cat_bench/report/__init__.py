@@ -1,0 +1,210 @@
+"""`cat-bench report`: a static HTML report of a suite's results against the paper.
+
+`render_report(suite, results, out)` writes, into `out` (in place, every file atomically):
+
+    index.html           the paper's Tables 1-4, 7, 8 (reproduced vs published), Figures 2-6, the
+                         leaderboard and the list of the suite's runs
+    style.css            the one stylesheet (linked relatively; no JavaScript, no network)
+    figures/*.png        Figures 2-6 (only those with data)
+    runs/<run>.html      one page per finished run: config, training curves, selected epoch,
+    runs/<run>.png       evaluation, time, hardware and versions
+
+Table cells carry `data-cell="table<N>/<row label>/<metric>"` (plus `@<arch>` in Table 4, and
+`.../runs` for the runs column) and `data-mark="above|below|within"` when a difference is shown;
+`read_cells` extracts them from the HTML.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from html.parser import HTMLParser
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from cat_bench import __version__, records
+from cat_bench.results import ATTACK_ORDER
+from cat_bench.suite import SUITES_DIR, Suite, load_suite
+
+from .figures import paper_figures, run_curves
+from .runs import RunRecord, format_eps, format_value, load_runs
+from .tables import (ARCH_LABELS, DATASET_LABELS, METRIC_LABELS, Table, build_tables, leaderboard)
+
+__all__ = ["render_report", "read_cells", "suite_reference"]
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+STATE_LABELS = {"done": "finished", "partial": "in progress", "todo": "not started"}
+
+
+def suite_reference(suite: Suite) -> str:
+    """How commands name the suite: a shipped suite by name, a file by its path (relative to the
+    working directory when it lies below it)."""
+    if suite.path.parent == SUITES_DIR:
+        return suite.name
+    try:
+        return os.path.relpath(suite.path) if suite.path.is_relative_to(Path.cwd()) else str(suite.path)
+    except ValueError:
+        return str(suite.path)
+
+
+def _write(path: Path, text: str) -> None:
+    records._atomic(Path(path), lambda fh: fh.write(text.encode("utf-8")))
+
+
+def _env() -> Environment:
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True, trim_blocks=True,
+                      lstrip_blocks=True, undefined=StrictUndefined, keep_trailing_newline=True)
+    env.filters["pct"] = lambda v, d=2: "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
+    env.filters["eps"] = format_eps
+    env.filters["value"] = format_value
+    env.globals.update(metric_labels=METRIC_LABELS, arch_labels=ARCH_LABELS, dataset_labels=DATASET_LABELS,
+                       state_labels=STATE_LABELS, version=__version__)
+    return env
+
+
+def _attack_settings(settings: dict) -> str:
+    """An attack's key settings in a few words."""
+    kind = settings.get("kind")
+    if kind == "natural":
+        return "clean test images"
+    if kind == "autoattack":
+        return f"AutoAttack standard ({', '.join(settings.get('subattacks', []))}), eps {settings['eps']:.4g}"
+    if kind == "square":
+        return f"Square, {settings.get('steps')} queries, eps {settings['eps']:.4g}"
+    parts = [f"{settings.get('steps')} step{'s' if settings.get('steps') != 1 else ''}",
+             f"step size {settings['alpha']:.4g}", f"eps {settings['eps']:.4g}", f"loss {settings.get('loss')}"]
+    if settings.get("loss") == "cw":
+        parts.append(f"kappa {settings.get('kappa'):g}")
+    rs = settings.get("random_start", "none")
+    parts.append("no random start" if rs == "none" else f"{rs} random start")
+    return ", ".join(parts)
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _flatten(v, f"{prefix}{k}.")
+        else:
+            out.append((prefix + k, "—" if v is None else str(v)))
+    return out
+
+
+def _fmt_seconds(s: float) -> str:
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.2f} h"
+
+
+def _run_page(run: RunRecord, tables: list[Table], curves: bool) -> dict:
+    """The context of one run page."""
+    ev = run.evaluation
+    attacks = ev.get("attacks", {})
+    order = [a for a in ATTACK_ORDER if a in attacks] + sorted(set(attacks) - set(ATTACK_ORDER))
+    rows = [{"name": a, "label": METRIC_LABELS.get(a, a), "accuracy": 100 * attacks[a]["accuracy"],
+             "settings": _attack_settings(attacks[a].get("settings", {})), "seconds": attacks[a].get("seconds")}
+            for a in order]
+    train_s = sum(h.get("seconds", 0.0) for h in run.history)
+    eval_s = sum(a.get("seconds") or 0.0 for a in attacks.values())
+    sessions = records.read_jsonl(run.path / records.SESSIONS)
+    loss_keys = list(dict.fromkeys(k for h in run.history for k in h.get("train", {})))
+    serves = [{"table": t.title, "anchor": t.key, "row": r.label}
+              for t in tables for r in t.rows if any(run.name in rt.runs for rt in r.targets)]
+    best = run.done.get("best_epoch")
+    best_row = next((h for h in run.history if h["epoch"] == best), None)
+    return {
+        "run": run, "ident": run.identity, "eval_rows": rows, "flags": ev.get("flags", []), "key": ev.get("key", {}),
+        "config_json": json.dumps(run.identity, indent=2, sort_keys=True),
+        "train_provenance": _flatten(run.provenance or {}), "eval_provenance": _flatten(ev.get("provenance", {})),
+        "train_seconds": _fmt_seconds(train_s), "eval_seconds": _fmt_seconds(eval_s),
+        "total_seconds": _fmt_seconds(train_s + eval_s), "sessions": len(sessions),
+        "curves": f"{run.name}.png" if curves else None, "history": run.history, "loss_keys": loss_keys,
+        "best_epoch": best, "best_row": best_row, "serves": serves,
+        "hparams": ", ".join(f"{k}={format_value(v)}" for k, v in sorted(run.identity["hparams"].items())) or "none",
+    }
+
+
+def render_report(suite: Suite | str, results: Path, out: Path, *, device: str = "cpu", data_root=None,
+                  suite_ref: str | None = None, published=None) -> Path:
+    """Render the suite's report from its results directory into `out`; returns out/index.html.
+
+    suite: a loaded Suite or a shipped suite name / .toml path. device: where Figure 2's model runs.
+    data_root: dataset root for Figure 2's test images (default: $CAT_BENCH_DATA / the user cache).
+    suite_ref: how the printed commands name the suite (default: its name if shipped, else its path).
+    published: the published numbers (default: cat_bench.paper.load_published()).
+    """
+    if isinstance(suite, (str, os.PathLike)):
+        suite = load_suite(str(suite))
+    results, out = Path(results), Path(out)
+    ref = suite_ref or suite_reference(suite)
+    if published is None:
+        from cat_bench.paper import load_published
+
+        published = load_published()
+    runs, collected = load_runs(suite, results)
+    tables = build_tables(published, collected, suite.runs, ref)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = paper_figures(runs, out / "figures", ref, device=device, data_root=data_root)
+    boards = leaderboard(runs)
+    env = _env()
+
+    _write(out / "style.css", (TEMPLATES / "style.css").read_text())
+    run_tpl = env.get_template("run.html")
+    for run in runs:
+        if run.finished:
+            curves = run_curves(run, out / "runs" / f"{run.name}.png")
+            _write(out / "runs" / f"{run.name}.html",
+                   run_tpl.render(suite=suite, suite_ref=ref, **_run_page(run, tables, curves)))
+
+    counts = {s: sum(r.state == s for r in runs) for s in STATE_LABELS}
+    index = env.get_template("index.html").render(
+        suite=suite, suite_ref=ref, results=str(results), tables=tables, figures=figures, boards=boards, runs=runs,
+        counts=counts, n_finished=sum(r.finished for r in runs))
+    _write(out / "index.html", index)
+    return out / "index.html"
+
+
+class _CellParser(HTMLParser):
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.cells: dict[str, dict] = {}
+        self._depth = 0
+        self._current: tuple[str, dict, list[str]] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.VOID:
+            return
+        if self._current is not None:
+            self._depth += 1
+            return
+        attrs = dict(attrs)
+        if "data-cell" in attrs:
+            self._current = (attrs["data-cell"], attrs, [])
+            self._depth = 1
+
+    def handle_endtag(self, tag):
+        if self._current is None or tag in self.VOID:
+            return
+        self._depth -= 1
+        if self._depth == 0:
+            cid, attrs, parts = self._current
+            self.cells[cid] = {"text": " ".join("".join(parts).split()), "mark": attrs.get("data-mark")}
+            self._current = None
+
+    def handle_data(self, data):
+        if self._current is not None:
+            self._current[2].append(data)
+
+
+def read_cells(html: str) -> dict[str, dict]:
+    """Every element with a data-cell attribute: {cell id: {"text": whitespace-normalized text, "mark": ...}}."""
+    parser = _CellParser()
+    parser.feed(html)
+    parser.close()
+    return parser.cells

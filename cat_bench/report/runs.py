@@ -1,0 +1,80 @@
+"""A suite's runs as the report sees them: each RunSpec with its state and, once finished, its records.
+
+`load_runs` reads every run directory of a suite once (config.json, done, eval.json, history.jsonl)
+so that tables, figures, the leaderboard and the run pages all work from the same snapshot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from cat_bench import records
+from cat_bench.orchestrate import run_dir, state
+from cat_bench.results import collect
+from cat_bench.suite import RunSpec, Suite
+
+
+@dataclass
+class RunRecord:
+    """One run of the suite: its spec, state ('done', 'partial', 'todo') and, when finished, its records."""
+
+    spec: RunSpec
+    path: Path
+    state: str
+    identity: dict | None = None  # config.json["identity"] (finished runs only)
+    provenance: dict | None = None  # config.json["provenance"]
+    done: dict | None = None
+    evaluation: dict | None = None  # eval.json
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def finished(self) -> bool:
+        """Trained and evaluated (what `cat_bench.results.collect` lists), even if the suite wants more attacks."""
+        return self.identity is not None
+
+    def accuracy(self, attack: str) -> float | None:
+        """An evaluated attack's accuracy in percent, or None."""
+        entry = (self.evaluation or {}).get("attacks", {}).get(attack)
+        return None if entry is None else 100 * entry["accuracy"]
+
+
+def load_runs(suite: Suite, results: Path) -> tuple[list[RunRecord], pd.DataFrame]:
+    """Every run of the suite, in suite order, and `collect`'s table of the finished ones."""
+    runs = []
+    for spec in suite.runs:
+        path = run_dir(results, spec)
+        rec = RunRecord(spec, path, state(results, spec))
+        if (path / records.DONE).is_file() and (path / records.EVAL).is_file() and (path / records.CONFIG).is_file():
+            config = records.read_json(path / records.CONFIG)
+            rec.identity, rec.provenance = config["identity"], config.get("provenance", {})
+            rec.done = records.read_json(path / records.DONE)
+            rec.evaluation = records.read_json(path / records.EVAL)
+            rec.history = records.read_jsonl(path / records.HISTORY)
+        runs.append(rec)
+    table = collect([r.path for r in runs if r.finished])
+    return runs, table
+
+
+def format_eps(eps: float) -> str:
+    """A training eps as people write it: 0.3, 8/255."""
+    text = f"{eps:g}"
+    if abs(float(text) - eps) < 1e-12 and len(text) <= 6:
+        return text
+    k = eps * 255
+    if abs(k - round(k)) < 1e-6:
+        return f"{round(k)}/255"
+    return f"{eps:.6g}"
+
+
+def format_value(v) -> str:
+    """A hyperparameter value for an `--only` filter or a label: 5.0 -> 5, 0.05 -> 0.05."""
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)

@@ -1,0 +1,459 @@
+"""The paper's tables side by side with the suite's reproduction, and the leaderboard (pure logic, no HTML).
+
+A published row (cat_bench.paper.load_published, long format) names a configuration: method,
+dataset, architecture, training eps and, for CAT rows, a (cat-bench's `beta`) and b. It matches
+the suite's runs with that method, dataset and architecture, the same training eps (numerically,
+so "8/255" matches 0.0313...), and every method hyperparameter at the value the row implies (a and
+b as printed, all others at the dataset family's defaults). Schedule settings (epochs, n_train,
+...) are not part of the match: a short run is still a reproduction attempt of the row. When runs
+of several schedules match, the group with the most seeds (then the most epochs, then the most
+training images) is shown.
+
+Reproduced = mean and std (ddof=1) over the seeds of that group, from cat_bench.results'
+`collect` and `summarize`. A cell is marked "above" / "below" when |reproduced - published| >
+max(published std, 1 point), else "within". "Avg" is the paper's: the mean of natural and every
+robust accuracy of the row (the table's other columns), per run, then over seeds, and only when
+every run was evaluated on all of them. A published row without a finished run shows "not run
+yet" and the exact `cat-bench run --suite ... --only ...` command that trains and evaluates it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from cat_bench.data import dataset_info
+from cat_bench.errors import UsageError
+from cat_bench.methods import resolve_hparams
+from cat_bench.results import ATTACK_ORDER, summarize
+from cat_bench.suite import SUITES, RunSpec, filter_runs, load_suite
+
+from .runs import RunRecord, format_value
+
+METRICS = ("natural", "fgsm", "pgd20", "pgd100", "cw", "square", "avg")
+METRIC_LABELS = {"natural": "Natural", "fgsm": "FGSM", "pgd20": "PGD-20", "pgd100": "PGD-100", "cw": "CW∞",
+                 "square": "Square", "autoattack": "AutoAttack", "avg": "Avg"}
+ARCH_LABELS = {"smallcnn": "SmallCNN", "preact-resnet18": "PreAct ResNet-18", "wrn-34-10": "WRN-34-10"}
+DATASET_LABELS = {"mnist": "MNIST", "mnist-mini": "MNIST-mini", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+TABLE_CAPTIONS = {
+    "1": "MNIST, SmallCNN, tested at eps 0.3: natural accuracy and accuracy under PGD-20 and PGD-100 (%).",
+    "2": "CIFAR-10, PreAct ResNet-18, tested at eps 8/255 (CW∞ at 0.031); CAT rows are mean ± std over "
+         "5 runs in the paper; Avg is the mean of natural and all robust accuracies.",
+    "3": "CIFAR-10, WideResNet-34-10, the same columns as Table 2. The paper's CATcent (b=0.3) row lost its "
+         "natural accuracy.",
+    "4": "CIFAR-10, accuracy under the black-box Square attack (eps 8/255), PreAct ResNet-18 and WRN-34-10.",
+    "7": "CIFAR-100, PreAct ResNet-18, tested at eps 8/255 (appendix D).",
+    "8": "CIFAR-10, PreAct ResNet-18: CAT's a (beta) with b = 0.05, and b with a = 5; natural and PGD-20 "
+         "accuracy, single runs (appendix E).",
+}
+TOLERANCE_POINTS = 1.0  # a difference within max(published std, 1 point) is not marked
+EPS_TOL = 1e-6
+
+
+def _isnan(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _same_value(a, b) -> bool:
+    """Hyperparameter values: None/NaN alike, numbers with a relative tolerance, anything else exactly."""
+    if _isnan(a) or _isnan(b):
+        return _isnan(a) and _isnan(b)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def fmt_num(v: float, digits: int = 2) -> str:
+    return f"{v:.{digits}f}"
+
+
+def fmt_published(v: float) -> str:
+    """A published number as printed: one decimal at least, two where the paper has them (55.12)."""
+    text = f"{v:.2f}"
+    return text[:-1] if text.endswith("0") else text
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets: the configuration one published row (for one architecture) names
+
+
+@dataclass(frozen=True)
+class Target:
+    """The configuration a published row names for one architecture."""
+
+    method: str
+    dataset: str
+    arch: str
+    eps: str  # as printed, e.g. "8/255"
+    eps_value: float
+    a: float  # NaN for baselines
+    b: float
+
+    @property
+    def overrides(self) -> dict[str, str]:
+        out = {}
+        if not _isnan(self.a):
+            out["beta"] = format_value(float(self.a))
+        if not _isnan(self.b):
+            out["b"] = format_value(float(self.b))
+        return out
+
+    @functools.cached_property
+    def hparams(self) -> dict:
+        """Every method hyperparameter the row implies: a and b as printed, the rest at the defaults."""
+        return resolve_hparams(self.method, dataset_info(self.dataset).family, self.overrides)
+
+    def matches(self, config: dict) -> bool:
+        """Whether a resolved config (RunSpec.config / config.json's identity) is a run of this row."""
+        if (config["method"], config["dataset"], config["arch"]) != (self.method, self.dataset, self.arch):
+            return False
+        if abs(config["eps"] - self.eps_value) > EPS_TOL:
+            return False
+        have = config.get("hparams", {})
+        return all(_same_value(have.get(k), v) for k, v in self.hparams.items()) and set(have) <= set(self.hparams)
+
+    def filters(self) -> list[str]:
+        """`--only` filters naming this row (eps as printed)."""
+        out = [f"method={self.method}", f"dataset={self.dataset}", f"arch={self.arch}", f"eps={self.eps}"]
+        return out + [f"{k}={v}" for k, v in self.overrides.items()]
+
+
+def _run_command(suite_ref: str, filters: Sequence[str]) -> str:
+    return f"cat-bench run --suite {shlex.quote(suite_ref)} --only {' '.join(shlex.quote(f) for f in filters)}"
+
+
+def _train_command(t: Target) -> str:
+    cmd = f"cat-bench train --method {t.method} --dataset {t.dataset} --arch {t.arch} --eps {t.eps}"
+    if t.overrides:
+        cmd += " --set " + " ".join(f"{k}={v}" for k, v in t.overrides.items())
+    return cmd
+
+
+def exact_filters(target: Target, specs: Sequence[RunSpec]) -> list[str]:
+    """The row's filters, plus hyperparameters at their defaults where the suite also has runs that the
+    plain filters would catch but that are not this row (e.g. ablation=none beside Figure 4's A1/A2)."""
+    filters = target.filters()
+    extra = [s for s in filter_runs(specs, filters) if not target.matches(s.config)]
+    named = {f.partition("=")[0] for f in filters}
+    for key, value in target.hparams.items():
+        if not extra:
+            break
+        if key in named or _isnan(value):
+            continue
+        if any(not _same_value(s.config["hparams"].get(key), value) for s in extra):
+            filters.append(f"{key}={format_value(value)}")
+            extra = [s for s in filter_runs(specs, filters) if not target.matches(s.config)]
+    return filters
+
+
+@functools.lru_cache(maxsize=None)
+def _shipped_suite(name: str):
+    return load_suite(name)
+
+
+def locate_shipped(target: Target, exclude: str | None = None) -> tuple[str, tuple[RunSpec, ...]] | None:
+    """The first shipped suite with a run of this row: suites named after the dataset first, `paper` last."""
+    names = sorted((n for n in SUITES if n != exclude),
+                   key=lambda n: (not n.startswith(target.dataset), n == "paper", n))
+    for name in names:
+        try:
+            suite = _shipped_suite(name)
+        except UsageError:
+            continue
+        if any(target.matches(s.config) for s in suite.runs):
+            return name, suite.runs
+    return None
+
+
+def command_for(target: Target, specs: Sequence[RunSpec], suite_ref: str,
+                locate: Callable[[Target], tuple[str, Sequence[RunSpec]] | None] = locate_shipped
+                ) -> tuple[str, str | None]:
+    """The exact command that trains and evaluates this row's runs, and a note when it is not this suite's."""
+    if any(target.matches(s.config) for s in specs):
+        return _run_command(suite_ref, exact_filters(target, specs)), None
+    found = locate(target)
+    if found is None:
+        return _train_command(target), ("no shipped suite trains this configuration; train it, then evaluate "
+                                        "with cat-bench eval RUN_DIR")
+    name, runs = found
+    return _run_command(name, exact_filters(target, runs)), f"not in this suite; the shipped suite {name!r} has it"
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells, rows, tables
+
+
+@dataclass
+class Stat:
+    mean: float
+    std: float  # NaN for one seed
+    n: int  # runs with this value
+
+
+@dataclass
+class Cell:
+    """One (row, column) of a paper table: reproduced, published and their difference."""
+
+    id: str  # data-cell attribute: "table1/<row>/<metric>" (+ "@<arch>" in tables with several architectures)
+    metric: str
+    arch: str
+    status: str  # "reproduced", "not-run", "not-evaluated", "absent" (no published value and no run)
+    n_group: int = 0  # seeds in the reproduced group
+    rep: Stat | None = None
+    pub_mean: float = math.nan
+    pub_std: float = math.nan
+    diff: float | None = None
+    mark: str | None = None  # "above", "below", "within"; None without a difference
+
+    @property
+    def rep_text(self) -> str:
+        if self.status == "not-run":
+            return "not run yet"
+        if self.rep is None:
+            return "not evaluated" if self.status == "not-evaluated" else "—"
+        text = fmt_num(self.rep.mean)
+        if not math.isnan(self.rep.std):
+            text += f" ± {fmt_num(self.rep.std)}"
+        return text
+
+    @property
+    def seeds_text(self) -> str:
+        if self.rep is None:
+            return ""
+        if self.rep.n < self.n_group:
+            return f"({self.rep.n} of {self.n_group} seeds)"
+        return f"({self.rep.n} seed{'s' if self.rep.n != 1 else ''})"
+
+    @property
+    def pub_text(self) -> str:
+        if math.isnan(self.pub_mean):
+            return "not printed"
+        text = fmt_published(self.pub_mean)
+        if not math.isnan(self.pub_std):
+            text += f" ± {fmt_published(self.pub_std)}"
+        return text
+
+    @property
+    def diff_text(self) -> str:
+        if self.diff is None:
+            return ""
+        return f"{self.diff:+.2f}"
+
+    @property
+    def tolerance(self) -> float:
+        return max(0.0 if math.isnan(self.pub_std) else self.pub_std, TOLERANCE_POINTS)
+
+
+@dataclass
+class RowTarget:
+    """What one row shows for one architecture: the runs behind it, or the command to make them."""
+
+    arch: str
+    target: Target
+    runs: list[str] = field(default_factory=list)  # run names averaged into the row, by seed
+    seeds: list[int] = field(default_factory=list)  # their seeds
+    pending: int = 0  # the suite's runs of this row that are not finished
+    command: str | None = None  # to fill (or complete) the row
+    note: str | None = None
+    other_groups: int = 0  # further schedules that matched but are not shown
+
+
+@dataclass
+class Row:
+    id: str  # the printed label, e.g. "CATcent (b=0.05)"
+    label: str
+    cells: list[Cell]
+    targets: list[RowTarget]
+
+    @property
+    def status(self) -> str:
+        if any(c.status == "reproduced" for c in self.cells):
+            return "reproduced"
+        return "not-run" if any(c.status == "not-run" for c in self.cells) else "other"
+
+
+@dataclass
+class Table:
+    id: str  # "1"
+    title: str  # "Table 1"
+    caption: str
+    columns: list[tuple[str, str, str]]  # (arch, metric, header)
+    rows: list[Row]
+
+    @property
+    def key(self) -> str:
+        return f"table{self.id}"
+
+    def n_reproduced(self) -> int:
+        return sum(r.status == "reproduced" for r in self.rows)
+
+
+def _group_key(config: dict) -> str:
+    return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True)
+
+
+def _choose_group(matched: list[RunSpec], collected: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The finished runs of one schedule (most seeds, then most epochs, then most training images)."""
+    groups: dict[str, list[str]] = {}
+    for spec in matched:
+        groups.setdefault(_group_key(spec.config), []).append(spec.name)
+    best, best_rank = None, None
+    for names in groups.values():
+        df = collected[collected["run"].isin(names)]
+        if df.empty:
+            continue
+        rank = (len(df), int(df["epochs"].max()), float(df["n_train"].fillna(math.inf).max()))
+        if best_rank is None or rank > best_rank:
+            best, best_rank = df, rank
+    n_groups = sum(collected["run"].isin(names).any() for names in groups.values())
+    return (best if best is not None else collected.iloc[0:0]), max(n_groups - 1, 0)
+
+
+def build_tables(published: pd.DataFrame, collected: pd.DataFrame, specs: Sequence[RunSpec], suite_ref: str,
+                 locate: Callable[[Target], tuple[str, Sequence[RunSpec]] | None] = locate_shipped) -> list[Table]:
+    """Every published table with the suite's reproduction.
+
+    published: load_published()'s long format; collected: cat_bench.results.collect of the suite's run
+    directories (finished runs); specs: the suite's RunSpecs (their configs identify the runs);
+    suite_ref: how commands name the suite; locate: finds a shipped suite for rows this one lacks.
+    """
+    if "run" not in collected.columns:
+        collected = collected.assign(run=pd.Series(dtype=str))
+    finished = set(collected["run"])
+    tables = []
+    for table_id in dict.fromkeys(published["table"]):
+        pub = published[published["table"] == table_id]
+        archs = list(dict.fromkeys(pub["arch"]))
+        present = set(pub["metric"])
+        metrics = [m for m in METRICS if m in present] + sorted(present - set(METRICS))
+        columns = [(arch, m, METRIC_LABELS.get(m, m) + (f" · {ARCH_LABELS.get(arch, arch)}" if len(archs) > 1 else ""))
+                   for arch in archs for m in metrics if ((pub["arch"] == arch) & (pub["metric"] == m)).any()
+                   or len(archs) == 1]
+        rows = []
+        for label in dict.fromkeys(pub["row"]):
+            lines = pub[pub["row"] == label]
+            row_targets: dict[str, RowTarget] = {}
+            stats: dict[str, tuple[pd.DataFrame, pd.Series | None]] = {}
+            for arch in dict.fromkeys(lines["arch"]):
+                first = lines[lines["arch"] == arch].iloc[0]
+                target = Target(first["method"], first["dataset"], arch, first["eps"], float(first["eps_value"]),
+                                float(first["a"]), float(first["b"]))
+                matched = [s for s in specs if target.matches(s.config)]
+                group, others = _choose_group(matched, collected)
+                seed_of = {s.name: s.config["seed"] for s in matched}
+                names = sorted(group["run"], key=lambda n: (seed_of[n], n))
+                rt = RowTarget(arch, target, runs=names, seeds=[seed_of[n] for n in names], other_groups=others)
+                rt.pending = sum(s.name not in finished for s in matched)
+                if group.empty or rt.pending:
+                    rt.command, rt.note = command_for(target, specs, suite_ref, locate)
+                row_targets[arch] = rt
+                summary = summarize(group).iloc[0] if not group.empty else None
+                stats[arch] = (group, summary)
+            cells = []
+            for arch, metric, _ in columns:
+                cid = f"table{table_id}/{label}/{metric}" + (f"@{arch}" if len(archs) > 1 else "")
+                line = lines[(lines["arch"] == arch) & (lines["metric"] == metric)]
+                pub_mean = float(line["mean"].iloc[0]) if len(line) else math.nan
+                pub_std = float(line["std"].iloc[0]) if len(line) else math.nan
+                if arch not in row_targets:
+                    cells.append(Cell(cid, metric, arch, "absent", pub_mean=pub_mean, pub_std=pub_std))
+                    continue
+                group, summary = stats[arch]
+                if group.empty:
+                    cells.append(Cell(cid, metric, arch, "not-run", pub_mean=pub_mean, pub_std=pub_std))
+                    continue
+                row_metrics = [m for a, m, _ in columns if a == arch and m != "avg"]
+                rep = _stat(group, summary, metric, row_metrics)
+                cell = Cell(cid, metric, arch, "reproduced" if rep else "not-evaluated", n_group=len(group),
+                            rep=rep, pub_mean=pub_mean, pub_std=pub_std)
+                if rep is not None and not math.isnan(pub_mean):
+                    cell.diff = rep.mean - pub_mean
+                    cell.mark = ("above" if cell.diff > cell.tolerance else
+                                 "below" if cell.diff < -cell.tolerance else "within")
+                cells.append(cell)
+            rows.append(Row(label, label, cells, list(row_targets.values())))
+        tables.append(Table(table_id, f"Table {table_id}", TABLE_CAPTIONS.get(table_id, ""), columns, rows))
+    return tables
+
+
+def _stat(group: pd.DataFrame, summary: pd.Series, metric: str, row_metrics: list[str]) -> Stat | None:
+    """Mean, std and count of one metric over the group's seeds (Avg: per run over the row's columns)."""
+    if metric == "avg":
+        if any(m not in group.columns or group[m].isna().any() for m in row_metrics):
+            return None
+        per_run = group[row_metrics].mean(axis=1)
+        return Stat(float(per_run.mean()), float(per_run.std(ddof=1)) if len(per_run) > 1 else math.nan,
+                    len(per_run))
+    if metric not in group.columns or group[metric].isna().all():
+        return None
+    return Stat(float(summary[f"{metric}_mean"]), float(summary[f"{metric}_std"]), int(group[metric].notna().sum()))
+
+
+def cells_frame(tables: Sequence[Table]) -> pd.DataFrame:
+    """Every cell as one line: table, row, metric, arch, status, reproduced mean/std/n, published, diff, mark."""
+    out = []
+    for t in tables:
+        for r in t.rows:
+            for c in r.cells:
+                out.append({"table": t.id, "row": r.id, "metric": c.metric, "arch": c.arch, "cell": c.id,
+                            "status": c.status, "rep_mean": c.rep.mean if c.rep else math.nan,
+                            "rep_std": c.rep.std if c.rep else math.nan, "n": c.rep.n if c.rep else 0,
+                            "pub_mean": c.pub_mean, "pub_std": c.pub_std,
+                            "diff": math.nan if c.diff is None else c.diff, "mark": c.mark})
+    return pd.DataFrame(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Leaderboard
+
+
+@dataclass
+class Entry:
+    rank: int
+    run: RunRecord
+    score: float | None  # accuracy (%) the run is ranked by
+    ranked_by: str | None  # "autoattack" or the strongest attack run
+    accuracies: dict[str, float]
+    flags: list[dict]
+
+
+@dataclass
+class Board:
+    dataset: str
+    attacks: list[str]  # robust attacks present among these runs, in evaluation order
+    entries: list[Entry]
+
+
+def leaderboard(runs: Sequence[RunRecord]) -> list[Board]:
+    """Every evaluated run, one board per dataset, ranked by AutoAttack accuracy, else by its lowest
+    robust accuracy among the attacks it was evaluated on (runs with no robust attack come last)."""
+    by_dataset: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        if run.finished:
+            by_dataset.setdefault(run.identity["dataset"], []).append(run)
+    boards = []
+    for dataset in sorted(by_dataset):
+        scored = []
+        for run in by_dataset[dataset]:
+            acc = {k: 100 * v["accuracy"] for k, v in run.evaluation.get("attacks", {}).items()}
+            if "autoattack" in acc:
+                by, score = "autoattack", acc["autoattack"]
+            else:
+                robust = {k: v for k, v in acc.items() if k != "natural"}
+                by = min(robust, key=lambda k: (robust[k], ATTACK_ORDER.index(k) if k in ATTACK_ORDER else 99),
+                         default=None)
+                score = robust[by] if by else None
+            scored.append((run, score, by, acc))
+        scored.sort(key=lambda s: (s[1] is None, -(s[1] or 0.0), -(s[3].get("natural") or 0.0), s[0].name))
+        present = {k for _, _, _, acc in scored for k in acc if k != "natural"}
+        attacks = [a for a in ATTACK_ORDER if a in present] + sorted(present - set(ATTACK_ORDER))
+        entries = [Entry(i, run, score, by, acc, run.evaluation.get("flags", []))
+                   for i, (run, score, by, acc) in enumerate(scored, start=1)]
+        boards.append(Board(dataset, attacks, entries))
+    return boards

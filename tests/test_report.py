@@ -1,0 +1,275 @@
+"""The HTML report (cat_bench.report): a golden file of Table 1's cells rendered from a committed fixture of
+real tiny MNIST runs (tests/fixtures/make_report_fixture.py), the 'not run yet' commands, figures and
+their no-data notes, run pages, determinism and speed, and the pure table / leaderboard logic."""
+
+import json
+import math
+import re
+import shlex
+import time
+from html import unescape
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cat_bench.report import read_cells, render_report
+from cat_bench.report.runs import load_runs
+from cat_bench.report.tables import Target, build_tables, cells_frame, exact_filters, leaderboard
+from cat_bench.suite import filter_runs, load_suite
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+SUITE = FIXTURES / "report_suite.toml"
+RESULTS = FIXTURES / "report_results"
+EXPECTED = FIXTURES / "report_expected.json"
+SUITE_REF = "tests/fixtures/report_suite.toml"
+RUN_NAMES = sorted(p.name for p in (RESULTS / "runs").iterdir())
+AT_ROW, CAT_ROW, TRADES_ROW = "AT (eps_train=0.3)", "CATcent (eps_train=0.3)", "TRADES (eps_train=0.3)"
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return load_suite(str(SUITE))
+
+
+@pytest.fixture(scope="module")
+def report(suite, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    t0 = time.perf_counter()
+    index = render_report(suite, RESULTS, out, suite_ref=SUITE_REF)
+    return out, index.read_text(), time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def cells(report):
+    return read_cells(report[1])
+
+
+def commands(html: str) -> list[str]:
+    return [unescape(c) for c in re.findall(r'<code class="cmd">(.*?)</code>', html, re.S)]
+
+
+def test_fixture_is_the_suite(suite):
+    """The committed runs are exactly the fixture suite's runs (same resolved configs)."""
+    assert sorted(r.name for r in suite.runs) == RUN_NAMES
+    runs, table = load_runs(suite, RESULTS)
+    assert all(r.state == "done" for r in runs) and len(table) == 3
+
+
+def test_table1_cells_match_the_golden_file(cells):
+    expected = json.loads(EXPECTED.read_text())
+    got = {k: v for k, v in cells.items() if k.startswith("table1/")}
+    assert got == expected
+
+
+def test_reproduced_cells_are_mean_std_over_seeds(cells):
+    """Independently of the golden file: CATcent's cell is the mean ± std (ddof=1) of its two seeds' eval.json."""
+    accs = []
+    for name in RUN_NAMES:
+        if name.startswith("cat-cent"):
+            ev = json.loads((RESULTS / "runs" / name / "eval.json").read_text())
+            accs.append(100 * ev["attacks"]["natural"]["accuracy"])
+    mean, std = sum(accs) / 2, abs(accs[0] - accs[1]) / math.sqrt(2)
+    cell = cells[f"table1/{CAT_ROW}/natural"]
+    assert cell["text"].startswith(f"{mean:.2f} ± {std:.2f} (2 seeds) paper 99.3 {mean - 99.3:+.2f}")
+    assert cell["mark"] == ("below" if mean - 99.3 < -1 else "above" if mean - 99.3 > 1 else "within")
+    assert cells[f"table1/{AT_ROW}/natural"]["text"].split(" paper ")[0].endswith("(1 seed)")
+
+
+def test_unrun_row_shows_not_run_yet_and_the_exact_command(cells):
+    for metric in ("natural", "pgd20", "pgd100"):
+        assert cells[f"table1/{TRADES_ROW}/{metric}"]["text"].startswith("not run yet paper ")
+    text = cells[f"table1/{TRADES_ROW}/runs"]["text"]
+    assert text.startswith("not run yet: ")
+    assert "cat-bench run --suite mnist --only method=trades dataset=mnist arch=smallcnn eps=0.3 " in text + " "
+    # the shipped mnist suite's runs that the command selects are exactly Table 1's TRADES eps 0.3 runs
+    selected = filter_runs(load_suite("mnist").runs, ["method=trades", "dataset=mnist", "arch=smallcnn", "eps=0.3"])
+    assert selected and all(s.config["method"] == "trades" and s.config["eps"] == 0.3 for s in selected)
+
+
+def test_every_command_selects_runs(report):
+    """Every printed `cat-bench run --suite S --only ...` names a suite whose filter selects at least one run."""
+    cmds = commands(report[1])
+    assert len(cmds) > 20
+    suites = {}
+    for cmd in cmds:
+        argv = shlex.split(cmd)
+        if argv[:2] != ["cat-bench", "run"]:
+            continue
+        name, filters = argv[3], argv[5:]
+        if name not in suites:
+            suites[name] = load_suite(str(REPO / name) if name.endswith(".toml") else name)
+        assert filter_runs(suites[name].runs, filters), cmd
+
+
+def test_exact_filters_exclude_other_runs_of_the_same_method():
+    """Table 2's CATcent (b=0.05) in cifar10-preact: Figure 4's ablations and Figure 5's PGD losses share
+    method, eps, a and b, so the command adds ablation=none pgd_loss=ce to select only the row's runs."""
+    runs = load_suite("cifar10-preact").runs
+    target = Target("cat-cent", "cifar10", "preact-resnet18", "8/255", 8 / 255, 5.0, 0.05)
+    filters = exact_filters(target, runs)
+    assert "ablation=none" in filters and "pgd_loss=ce" in filters
+    selected = filter_runs(runs, filters)
+    assert len(selected) == 5 and all(target.matches(s.config) for s in selected)
+
+
+def test_figures_have_an_image_or_a_no_data_note(report):
+    out, html, _ = report
+    for fid in ("2", "3", "4", "5", "6"):
+        section = re.search(rf'<section id="figure{fid}".*?</section>', html, re.S).group(0)
+        imgs = re.findall(r'<img src="([^"]+)"', section)
+        for src in imgs:
+            assert (out / src).is_file(), src
+        if not imgs:
+            assert 'class="nodata"' in section and "cat-bench run --suite" in section
+    # the fixture keeps no checkpoints, so Figure 2 degrades to its note
+    fig2 = re.search(r'<section id="figure2".*?</section>', html, re.S).group(0)
+    assert "<img" not in fig2 and "checkpoint" in fig2
+    assert not (out / "figures" / "figure2.png").exists()
+    for src in re.findall(r'<img src="([^"]+)"', html):
+        assert (out / src).is_file(), src
+
+
+def test_one_page_per_finished_run(report):
+    out, html, _ = report
+    assert sorted(p.stem for p in (out / "runs").glob("*.html")) == RUN_NAMES
+    for href in set(re.findall(r'href="(runs/[^"#]+)"', html)):
+        assert (out / href).is_file(), href
+    page = (out / "runs" / f"{RUN_NAMES[0]}.html").read_text()
+    assert 'href="../style.css"' in page and 'src="' in page
+    for section in ("Selected epoch", "Evaluation", "Training curves", "Config", "Time, hardware and versions"):
+        assert section in page
+    for src in re.findall(r'<img src="([^"]+)"', page):
+        assert (out / "runs" / src).is_file()
+
+
+def test_static_page_needs_no_server_or_network(report):
+    out, html, _ = report
+    assert (out / "style.css").is_file() and 'href="style.css"' in html
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+    assert "Leaderboard" in html and "Table 8" in html
+
+
+def test_rendering_is_deterministic_and_fast(suite, report, tmp_path):
+    out, _, seconds = report
+    render_report(suite, RESULTS, tmp_path, suite_ref=SUITE_REF)
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    for rel in files:
+        assert (out / rel).read_bytes() == (tmp_path / rel).read_bytes(), rel
+    assert seconds < 30
+
+
+def test_leaderboard_ranks_by_strongest_attack(suite, report):
+    runs, _ = load_runs(suite, RESULTS)
+    (board,) = leaderboard(runs)
+    scores = [e.score for e in board.entries]
+    assert scores == sorted(scores, reverse=True)
+    for e in board.entries:
+        assert e.score == min(v for k, v in e.accuracies.items() if k != "natural")
+        assert e.ranked_by in ("pgd20", "pgd100")
+    assert board.attacks == ["pgd20", "pgd100"]
+    assert 'id="leaderboard"' in report[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The pure logic against a stand-in published table
+
+
+def _published(rows: list[dict]) -> pd.DataFrame:
+    base = dict(table="9", method="cat-cent", dataset="mnist", arch="smallcnn", eps="0.3", a=1.0, b=0.3,
+                std=math.nan, eps_value=0.3)
+    return pd.DataFrame([{**base, **r} for r in rows])
+
+
+def test_marks_use_published_std_or_one_point(suite):
+    runs, collected = load_runs(suite, RESULTS)
+    rep = {m: collected[collected.method == "cat-cent"][m].mean() for m in ("natural", "pgd20", "pgd100")}
+    pub = _published([
+        dict(row="CAT", metric="natural", mean=rep["natural"] - 0.9),  # within 1 point
+        dict(row="CAT", metric="pgd20", mean=rep["pgd20"] + 1.5, std=2.0),  # within the published std
+        dict(row="CAT", metric="pgd100", mean=rep["pgd100"] - 1.5),  # above by more than 1 point
+    ])
+    (table,) = build_tables(pub, collected, suite.runs, SUITE_REF)
+    df = cells_frame([table]).set_index("metric")
+    assert df.loc["natural", "mark"] == "within" and df.loc["pgd20", "mark"] == "within"
+    assert df.loc["pgd100", "mark"] == "above"
+    assert df.loc["pgd100", "diff"] == pytest.approx(1.5)
+    assert (df["n"] == 2).all() and (df["status"] == "reproduced").all()
+
+
+def test_avg_only_when_every_column_was_evaluated(suite):
+    _, collected = load_runs(suite, RESULTS)
+    cat = collected[collected.method == "cat-cent"]
+    cols = ["natural", "pgd20", "pgd100"]
+    pub = _published([dict(row="CAT", metric=m, mean=50.0) for m in cols + ["avg"]] +
+                      [dict(row="CAT+", metric=m, mean=50.0) for m in cols + ["fgsm", "avg"]])
+    (table,) = build_tables(pub[pub.row == "CAT"], collected, suite.runs, SUITE_REF)
+    avg = cells_frame([table]).set_index("metric").loc["avg"]
+    per_run = cat[cols].mean(axis=1)
+    assert avg["rep_mean"] == pytest.approx(per_run.mean()) and avg["rep_std"] == pytest.approx(per_run.std())
+    # with an FGSM column the fixture never evaluated, FGSM and Avg are "not evaluated"
+    (table,) = build_tables(pub[pub.row == "CAT+"], collected, suite.runs, SUITE_REF)
+    df = cells_frame([table]).set_index("metric")
+    assert df.loc["fgsm", "status"] == "not-evaluated" and df.loc["avg", "status"] == "not-evaluated"
+    assert df.loc["natural", "status"] == "reproduced"
+
+
+def test_rows_of_this_suite_not_run_yet_name_this_suite(tmp_path):
+    """A row whose runs this suite has but has not finished: 'not run yet' with a command on this suite."""
+    text = SUITE.read_text() + '\n[[runs]]\nmethods = ["trades"]\nseeds = [0, 1]\n'
+    path = tmp_path / "more.toml"
+    path.write_text(text)
+    suite = load_suite(str(path))
+    _, collected = load_runs(suite, RESULTS)
+    pub = _published([dict(row="TRADES", method="trades", a=math.nan, b=math.nan, metric="natural", mean=99.3)])
+    (table,) = build_tables(pub, collected, suite.runs, "more.toml")
+    (row,) = table.rows
+    assert row.cells[0].status == "not-run" and row.cells[0].rep_text == "not run yet"
+    (rt,) = row.targets
+    assert rt.command == "cat-bench run --suite more.toml --only method=trades dataset=mnist arch=smallcnn eps=0.3"
+    assert rt.note is None and rt.pending == 2
+
+
+def test_runs_of_another_schedule_or_hparam_do_not_match(suite):
+    _, collected = load_runs(suite, RESULTS)
+    pub = _published([dict(row="CAT b=0.1", b=0.1, metric="natural", mean=99.0),
+                      dict(row="CAT eps 8/255", eps="8/255", eps_value=8 / 255, metric="natural", mean=99.0)])
+    (table,) = build_tables(pub, collected, suite.runs, SUITE_REF, locate=lambda t: None)
+    for row in table.rows:
+        assert row.cells[0].status == "not-run"
+        assert row.targets[0].command.startswith("cat-bench train --method cat-cent --dataset mnist")
+
+
+def test_figures_3_to_6_draw_from_real_runs(suite, tmp_path):
+    """The fixture's real runs stand in for the figures' labelled runs: each figure draws a PNG."""
+    from cat_bench.report import figures
+
+    runs, _ = load_runs(suite, RESULTS)
+    done = [r for r in runs if r.finished]
+    for fid, draw in (("3", figures.figure3), ("4", figures.figure4), ("5", figures.figure5), ("6", figures.figure6)):
+        assert draw(done, tmp_path / f"figure{fid}.png"), fid
+        assert (tmp_path / f"figure{fid}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not figures.figure3([], tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+
+
+def test_figure2_draws_from_a_trained_cat_model(tmp_path):
+    """A real tiny CATcent run on the shipped mnist-mini, with its checkpoint: Figure 2 is drawn from it."""
+    import torch
+
+    from cat_bench.evaluate import evaluate
+    from cat_bench.report.figures import figure2
+    from cat_bench.report.runs import RunRecord
+    from cat_bench.suite import RunSpec
+    from cat_bench.train import resolve_config, train
+
+    config = resolve_config("cat-cent", "mnist-mini", 0.3, epochs=1, n_train=100, batch_size=50, select_n=20)
+    out = tmp_path / "run"
+    summary = train(config, out, progress=False, log=lambda m: None, device=torch.device("cpu"))
+    result = evaluate(out, "natural", n_examples=20, progress=False, log=lambda m: None, device=torch.device("cpu"))
+    run = RunRecord(RunSpec(config, ("natural",), 20, ("Figure 2",)), out, "done", identity=config, provenance={},
+                    done=summary, evaluation=result)
+    name, text = figure2([run], tmp_path / "figure2.png")
+    assert name == run.name and "epoch 1" in text
+    assert (tmp_path / "figure2.png").is_file()
