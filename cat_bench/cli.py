@@ -90,6 +90,25 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", type=Path, help="report folder (default: reports/SUITE)")
     _common(rp)
 
+    sb = sub.add_parser("submit", help="export a finished, AutoAttack-evaluated run in RobustBench's format")
+    sb.add_argument("run_dir", type=Path)
+    sb.add_argument("--name", required=True, help="RobustBench model name, e.g. Huang2021Calibrated_PRN18")
+    sb.add_argument("--title", help="paper title (model_info's `name`; default: the CAT paper for CAT runs)")
+    sb.add_argument("--authors", help="paper authors, comma-separated (default: the CAT paper's for CAT runs)")
+    sb.add_argument("--venue", help="e.g. 'ACML 2021' (default: the CAT paper's for CAT runs)")
+    sb.add_argument("--link", help="paper URL (default: the CAT paper's for CAT runs)")
+    sb.add_argument("--reported", help="robust accuracy the paper reports, percent (default: none)")
+    sb.add_argument("--footnote", help="text for model_info's footnote")
+    sb.add_argument("--n-examples", type=int,
+                    help="accept an AutoAttack evaluation on this many test points instead of the full test set")
+    sb.add_argument("--gdrive-id", help="Google Drive id of the uploaded checkpoint, for the model-zoo entry")
+    sb.add_argument("--out", type=Path, help="submission folder (default: submissions/NAME)")
+    sb.add_argument("--verify", action="store_true",
+                    help="load the export with RobustBench's load_model and run its benchmark (robustbench extra)")
+    sb.add_argument("--verify-n", type=int, default=100, help="test points for --verify's benchmark (default 100)")
+    sb.add_argument("--batch-size", type=int, help="--verify's batch size (default: 500 on CUDA, 100 on CPU)")
+    _common(sb)
+
     li = sub.add_parser("list", help="list methods, datasets, attacks or architectures")
     li.add_argument("what", choices=LISTABLE)
     return p
@@ -231,6 +250,40 @@ def _report(args) -> None:
     print(f"report: {index} ({time.time() - t0:.1f} s); open it in a browser, no server needed")
 
 
+def _submit(args) -> None:
+    from cat_bench.submit import VerificationFailed, check_name, paper_for, read_run, submit
+    from cat_bench.train import resolve_device
+
+    check_name(args.name)
+    config = read_run(args.run_dir)
+    paper = paper_for(config["method"], title=args.title, authors=args.authors, venue=args.venue, link=args.link,
+                      reported=args.reported)
+    out = args.out or Path("submissions") / args.name
+    device = resolve_device(args.device) if args.verify else None
+    try:
+        written = submit(args.run_dir, args.name, out, paper=paper, n_examples=args.n_examples,
+                         footnote=args.footnote, gdrive_id=args.gdrive_id, verify_it=args.verify,
+                         data_root=args.data_root, verify_n=args.verify_n, batch_size=args.batch_size, device=device,
+                         log=lambda m: print(m, file=sys.stderr))
+    except VerificationFailed as err:
+        print(f"cat-bench: verification FAILED: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    info = written["info"]
+    for key in ("model_info", "checkpoint", "model_zoo_entry", "autoattack_log"):
+        print(f"written: {written[key]}")
+    print(f"{args.name}: clean {info['clean_acc']}%, AutoAttack {info['autoattack_acc']}% at eps {info['eps']}"
+          + (" (unreliable: gradient-masking flags)" if info["unreliable"] else ""))
+    check = written["verification"]
+    if check is not None:
+        clean, robust = 100 * check["clean_acc_robustbench"], 100 * check["autoattack_acc_robustbench"]
+        print(f"verified with robustbench {check['robustbench']}: load_model logits equal cat-bench's "
+              f"(max diff {check['max_abs_logit_diff']:.2g}); benchmark on {check['n_examples']} points: clean "
+              f"{clean:.2f}%, AutoAttack {robust:.2f}% ({out / 'verification.json'})")
+    print("to submit: open an issue or pull request at RobustBench with the model_info JSON, upload the .pt "
+          "and paste model_zoo_entry.py's ENTRY into robustbench/model_zoo/"
+          f"{info['dataset']}.py (with the upload's gdrive_id)")
+
+
 def _list(args) -> None:
     if args.what == "methods":
         from cat_bench.methods import METHODS
@@ -258,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         {"train": _train, "eval": _eval, "run": _run, "status": _status, "results": _results, "report": _report,
-         "list": _list}[args.command](args)
+         "submit": _submit, "list": _list}[args.command](args)
     except UsageError as err:
         print(f"cat-bench: error: {err}", file=sys.stderr)
         return 2
