@@ -8,20 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from fractions import Fraction
 from pathlib import Path
 
 from cat_bench.errors import UsageError
+from cat_bench.presets import parse_eps
 
 LISTABLE = ("methods", "datasets", "attacks", "architectures")
-
-
-def parse_eps(text: str) -> float:
-    """An eps given as a number (0.3) or a fraction (8/255)."""
-    try:
-        return float(Fraction(text)) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise UsageError(f"eps {text!r} is not a number; give e.g. 0.3 or 8/255") from None
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:

@@ -8,7 +8,6 @@ code works from an editable checkout and from a wheel. Format and provenance: re
 from __future__ import annotations
 
 import io
-from fractions import Fraction
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from cat_bench.errors import UsageError
+from cat_bench.presets import parse_eps
 
 if TYPE_CHECKING:  # importlib.abc.Traversable moved to importlib.resources.abc in 3.11
     from importlib.resources.abc import Traversable
@@ -37,9 +37,6 @@ def paper_dir() -> Traversable | Path:
         return _SOURCE_TREE_DIR
 
 
-def _eps_value(text: str) -> float:
-    """'8/255' -> 0.0313..., '0.3' -> 0.3."""
-    return float(Fraction(text.strip()))
 
 
 def _read_table(table: str) -> pd.DataFrame:
@@ -70,7 +67,7 @@ def load_published(table: str | None = None) -> pd.DataFrame:
             raise UsageError(f"unknown paper table {table!r}; allowed: {', '.join(TABLES)}")
         names = (key,)
     df = pd.concat([_read_table(t) for t in names], ignore_index=True)
-    df["eps_value"] = df["eps"].map(_eps_value)
+    df["eps_value"] = df["eps"].map(parse_eps)
     for col in ("a", "b", "mean", "std"):
         df[col] = pd.to_numeric(df[col].replace("", float("nan")), errors="raise").astype(float)
     return df

@@ -8,6 +8,7 @@ kappa, ...) live with each method adapter in `cat_bench.methods`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 
 from cat_bench.errors import UsageError
 
@@ -137,3 +138,11 @@ def eval_attack(family: str, name: str, test_eps: float, override: bool = False)
     eps = p.eps if p.eps is not None and not override else test_eps
     alpha = eps if p.alpha is None else p.alpha
     return AttackPreset(p.kind, p.steps, alpha, p.loss, p.random_start, p.kappa, eps, p.source)
+
+
+def parse_eps(text: str) -> float:
+    """An eps given as a number (0.3) or a fraction (8/255)."""
+    try:
+        return float(Fraction(text)) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(f"eps {text!r} is not a number; give e.g. 0.3 or 8/255") from None

@@ -36,11 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from cat_bench import records
-from cat_bench.cli import parse_eps
 from cat_bench.data import dataset_info
 from cat_bench.errors import UsageError
 from cat_bench.methods import METHODS, get_method
-from cat_bench.presets import EVAL_ATTACKS
+from cat_bench.presets import EVAL_ATTACKS, parse_eps
 from cat_bench.train import resolve_config
 
 if sys.version_info >= (3, 11):
