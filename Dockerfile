@@ -4,6 +4,7 @@ WORKDIR /opt/cat-bench
 COPY pyproject.toml README.md ./
 COPY cat_bench ./cat_bench
 COPY methods ./methods
+COPY results/paper ./results/paper
 RUN pip install --no-cache-dir ".[slurm]"
 ENV CAT_BENCH_DATA=/data
 VOLUME ["/data", "/runs"]
