@@ -21,7 +21,8 @@ from cat_bench.data import TensorLoader, dataset_info, load_split
 from cat_bench.evaluate import correct_under, default_batch_size
 from cat_bench.methods import TrainAttack, get_method
 from cat_bench.presets import eval_attack
-from cat_bench.train import Networks, resolve_config, resolve_device
+from cat_bench.networks import Networks, resolve_device
+from cat_bench.train import resolve_config
 
 
 def _sync(device):
@@ -31,7 +32,7 @@ def _sync(device):
 
 def train_rate(method: str, dataset: str, eps: float, x, y, device, batches: int, fast: bool = True) -> float:
     """Images/s of `method.update` over `batches` batches (after one warm-up batch)."""
-    config = resolve_config(method, dataset, eps)
+    config = resolve_config(method, dataset, eps, schedule="uniform")  # one network and batch for every method
     torch.manual_seed(0)
     nets = Networks(config, device)
     if not fast:
@@ -41,7 +42,7 @@ def train_rate(method: str, dataset: str, eps: float, x, y, device, batches: int
     m = get_method(method)(nets.f, nets.g, config["hparams"], TrainAttack(**config["train_attack"]), autocast)
     opts = {k: torch.optim.SGD(v.parameters(), lr=0.01) for k, v in m.modules().items()}
     loader = TensorLoader(x, y, config["schedule"]["batch_size"], device, shuffle=True,
-                          augment=dataset_info(dataset).family == "cifar", seed=0)
+                          augment=config["schedule"]["augment"], seed=0)
     it = iter(loader.epoch(0))
     xb, yb = next(it)
     m.update(xb, yb, opts, 1)

@@ -1,8 +1,9 @@
 """Every attack of cat-bench, batched and device-agnostic, in [0,1] pixel space (L-inf).
 
 White-box attacks (FGSM, PGD with CE / C&W margin / TRADES-KL losses, FAT's early-stopped PGD)
-are one function, `pgd`. Square and AutoAttack run through pyautoattack. Every attack returns
-x_adv with |x_adv - x| <= eps and x_adv in [0,1].
+are one class, `PGD`. Square and AutoAttack run through pyautoattack. Every attack returns
+x_adv with |x_adv - x| <= eps, and x_adv in [0,1] unless `clip=False` (the CAT MNIST code's
+unclipped "paper" protocol, METHOD.md s4).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ LOSSES = ("ce", "cw", "kl")
 RANDOM_STARTS = ("none", "uniform", "gaussian")
 
 
-def feasible_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pixel bounds of the eps-ball around x intersected with [0,1] (METHOD.md s1 step 1, s4)."""
+def feasible_box(x: torch.Tensor, eps: float, clip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel bounds of the eps-ball around x, intersected with [0,1] when `clip` (METHOD.md s1, s4)."""
+    if not clip:
+        return x - eps, x + eps
     return (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
 
 
@@ -70,6 +73,10 @@ class PGD:
     start (default eps) or the std of a gaussian one (default 0.001, TRADES' code). `tau` turns
     on FAT's early stop (Zhang et al. 2020, Alg. 1): an example whose current iterate is
     misclassified keeps moving for at most `tau` more steps, then is frozen.
+
+    `clip=False` keeps iterates in the eps-ball only, not in [0,1] (CAT's MNIST code).
+    `clip_start=False` leaves the random start itself unprojected, so the first gradient is taken
+    at x + 0.001 N(0,1) even where that leaves [0,1] (the TRADES and MART codes; FAT clips it).
     """
 
     eps: float
@@ -80,6 +87,8 @@ class PGD:
     rs_scale: float | None = None
     kappa: float = 0.0
     tau: int | None = None
+    clip: bool = True
+    clip_start: bool = True
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -91,7 +100,7 @@ class PGD:
         """The attack's full settings, for records."""
         return {"eps": self.eps, "alpha": self.alpha, "steps": self.steps, "loss": self.loss,
                 "random_start": self.random_start, "rs_scale": self._rs_scale(), "kappa": self.kappa,
-                "tau": self.tau}
+                "tau": self.tau, "clip": self.clip, "clip_start": self.clip_start}
 
     def _rs_scale(self) -> float | None:
         if self.random_start == "none":
@@ -107,8 +116,10 @@ class PGD:
         if self.loss == "kl":
             with torch.no_grad():
                 nat_logits = model(x).float()
-        lo, hi = feasible_box(x, self.eps)
-        x_adv = torch.minimum(torch.maximum(x + random_init(x, self.random_start, self._rs_scale() or 0.0), lo), hi)
+        lo, hi = feasible_box(x, self.eps, self.clip)
+        x_adv = x + random_init(x, self.random_start, self._rs_scale() or 0.0)
+        if self.clip_start:
+            x_adv = torch.minimum(torch.maximum(x_adv, lo), hi)
         if self.tau is not None:
             budget = torch.full_like(y, self.tau)
             active = torch.ones_like(y, dtype=torch.bool)

@@ -35,9 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--method", required=True, help="see `cat-bench list methods`")
     t.add_argument("--dataset", required=True, help="mnist, mnist-mini, cifar10, cifar100")
     t.add_argument("--eps", required=True, help="training eps in [0,1] pixels, e.g. 0.3 or 8/255")
-    t.add_argument("--arch", help="classifier (default: smallcnn for MNIST, preact-resnet18 for CIFAR)")
-    t.add_argument("--epochs", type=int, help="override the preset's number of epochs")
-    t.add_argument("--batch-size", type=int, help="override the preset's batch size")
+    t.add_argument("--arch", help="classifier (default: the method's official script's; see `cat-bench list methods`)")
+    t.add_argument("--schedule", default="official",
+                   help="official (default: the method's authors' protocol) or uniform (CAT's protocol for every method)")
+    t.add_argument("--protocol", default="paper",
+                   help="paper (default: each official script's pixel domain; CAT on MNIST never clips to [0,1]) "
+                        "or valid (inputs always in [0,1], RobustBench's convention)")
+    t.add_argument("--epochs", type=int, help="override the protocol's number of epochs")
+    t.add_argument("--batch-size", type=int, help="override the protocol's batch size")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--n-train", type=int, help="train on the first N training examples (quick runs)")
     t.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="method hyperparameters, e.g. beta=5 b=0.05")
@@ -127,23 +132,25 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _train(args) -> None:
     from cat_bench import records
-    from cat_bench.train import resolve_config, resolve_device, train
+    from cat_bench.networks import resolve_device
+    from cat_bench.train import resolve_config, train
 
     config = resolve_config(args.method, args.dataset, parse_eps(args.eps), arch=args.arch, epochs=args.epochs,
                             seed=args.seed, overrides=parse_sets(args.set), select_on=args.select_on,
-                            select_n=args.select_n, batch_size=args.batch_size, n_train=args.n_train)
+                            select_n=args.select_n, batch_size=args.batch_size, n_train=args.n_train,
+                            protocol=args.protocol, schedule=args.schedule)
     out = args.out or Path("runs") / records.run_name(config)
     device = resolve_device(args.device)
     print(f"run directory: {out}", file=sys.stderr)
     summary = train(config, out, resume=args.resume, data_root=args.data_root, device=device,
                     compile=args.compile, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
-    print(f"done: best epoch {summary['best_epoch']} (natural + robust {summary['best_score']:.4f}); "
+    print(f"done: selected epoch {summary['best_epoch']} (rule {summary['selection']}); "
           f"evaluate with: cat-bench eval {out}")
 
 
 def _eval(args) -> None:
     from cat_bench.evaluate import evaluate
-    from cat_bench.train import resolve_device
+    from cat_bench.networks import resolve_device
 
     eps = parse_eps(args.eps) if args.eps is not None else None
     result = evaluate(args.run_dir, args.attacks, n_examples=args.n_examples, eps=eps, batch_size=args.batch_size,
@@ -158,7 +165,7 @@ def _eval(args) -> None:
 def _plan_table(args, specs, with_cost: bool):
     import pandas as pd
 
-    from cat_bench.costs import DEFAULT_TFLOPS, run_gpu_hours
+    from cat_bench.costs import DEFAULT_TFLOPS, run_gpu_hours, train_epochs
     from cat_bench.orchestrate import state
 
     rows = []
@@ -167,6 +174,8 @@ def _plan_table(args, specs, with_cost: bool):
         row = {"run": spec.name, "state": state(args.results, spec), "method": c["method"], "dataset": c["dataset"],
                "arch": c["arch"], "eps": round(c["eps"], 5), "seed": c["seed"], "labels": "; ".join(spec.labels)}
         if with_cost:
+            row["protocol"] = f"{c['protocol']}/{c['schedule']['name']}"
+            row["epochs"] = train_epochs(c)
             row["gpu_hours"] = run_gpu_hours(c, spec.attacks, spec.n_examples, args.gpu_tflops or DEFAULT_TFLOPS)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -176,12 +185,16 @@ def _run(args) -> None:
     import torch
 
     from cat_bench.orchestrate import run_local, run_parallel, state, submit_slurm
-    from cat_bench.train import resolve_device
+    from cat_bench.networks import resolve_device
 
     suite, specs = _suite_specs(args)
     if args.dry_run:
         table = _plan_table(args, specs, with_cost=True)
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        per_method = table.groupby(["method", "dataset", "arch"]).agg(runs=("run", "size"), epochs=("epochs", "max"),
+                                                                      gpu_hours=("gpu_hours", "sum"))
+        print("\nper method (each trains with its authors' protocol unless the suite says otherwise):")
+        print(per_method.to_string(float_format=lambda v: f"{v:.1f}"))
         todo = table[table.state != "done"]
         print(f"{suite.name}: {len(table)} runs, {int((table.state == 'done').sum())} done; "
               f"estimated {todo.gpu_hours.sum():.1f} GPU-hours left ({table.gpu_hours.sum():.1f} in all; "
@@ -244,7 +257,7 @@ def _report(args) -> None:
 
 def _submit(args) -> None:
     from cat_bench.submit import VerificationFailed, check_name, paper_for, read_run, submit
-    from cat_bench.train import resolve_device
+    from cat_bench.networks import resolve_device
 
     check_name(args.name)
     config = read_run(args.run_dir)
@@ -278,11 +291,23 @@ def _submit(args) -> None:
 
 def _list(args) -> None:
     if args.what == "methods":
-        from cat_bench.methods import METHODS
+        from cat_bench.methods import METHODS, protocol_for
         for name, cls in METHODS.items():
             print(f"{name}: {cls.__doc__.splitlines()[0]}")
             for key, hp in cls.HPARAMS.items():
                 print(f"    {key} = {hp.cifar!r} (CIFAR) / {hp.mnist!r} (MNIST)  [{hp.source}]")
+            for dataset, family in (("mnist", "mnist"), ("cifar10", "cifar"), ("cifar100", "cifar")):
+                archs = [cls.DEFAULT_ARCH[family]] + sorted({a for d, a in cls.PROTOCOLS if d == dataset} - {"*"})
+                for arch in dict.fromkeys(archs):
+                    p = protocol_for(name, dataset, arch)
+                    step = f"step {p.attack_step:.4g}" if p.attack_step is not None else f"step eps*{p.attack_step_ratio:.4g}"
+                    print(f"    {dataset}/{arch}: {p.epochs} epochs, batch {p.batch_size}, {p.optimizer} lr {p.lr:g} "
+                          f"wd {p.weight_decay:g}, lr /10 after epochs {list(p.milestones)}"
+                          f"{' (per iteration)' if p.lr_per_iteration else ''}"
+                          f"{f', max {p.max_steps} steps' if p.max_steps else ''}, PGD-{p.attack_steps} {step}, "
+                          f"selection {p.selection}, augment {p.augment}, normalise {p.normalize}"
+                          f"{', ' + ', '.join(f'{k}={v:g}' for k, v in p.hparams.items()) if p.hparams else ''}"
+                          f"  [{p.source}]")
     elif args.what == "datasets":
         from cat_bench.data import DATASETS
         for name, info in DATASETS.items():

@@ -5,7 +5,8 @@ Where the numbers come from:
   input of the dataset's shape (exact for convolutions and linear layers); a backward pass is
   counted as two forwards.
 - Passes per image follow each method's step (METHOD.md s1 for CAT, the adapters for the others):
-  the PGD steps plus the loss's forward/backward passes; CAT adds its mask net g.
+  the PGD steps plus the loss's forward/backward passes; CAT adds its mask net g. Epochs and
+  training-set size are each method's protocol (`max_steps` counted).
 - Evaluation passes follow the attack presets (METHOD.md s4); AutoAttack and Square are
   estimated as if half the test set survives to the query-heavy sub-attacks.
 - The sustained throughput is an assumption, 50 TFLOP/s by default (`--gpu-tflops`): replace it by
@@ -26,9 +27,13 @@ DEFAULT_TFLOPS = 50.0
 TRAIN_SIZE = {"mnist": 60000, "mnist-mini": 10000, "cifar10": 50000, "cifar100": 50000}
 TEST_SIZE = {"mnist": 10000, "mnist-mini": 2000, "cifar10": 10000, "cifar100": 10000}
 # forward+backward passes of f (and of g) per training image, given the PGD steps k
-F_PASSES = {"natural": lambda k: 1, "at": lambda k: k + 1, "trades": lambda k: k + 2 + 1 / 3,
-            "fat": lambda k: k + 2 + 1 / 3, "mart": lambda k: k + 2, "cat-cent": lambda k: k + 3 + 2 / 3,
-            "cat-cw": lambda k: k + 3 + 2 / 3}
+# (a forward alone counts 1/3): AT k PGD steps, f(x_adv), two BatchNorm-tracking forwards; TRADES k
+# steps and a clean forward in eval mode, then f(x), f(x_adv), f(x); MART k steps, f(x), f(x_adv);
+# FAT as TRADES with one clean forward; CAT k steps, a tracking forward, f(x_cal), f(x), then
+# f(x + delta) and f(x_cal') for g's step (back to g's input) and a tracking forward.
+F_PASSES = {"natural": lambda k: 1, "at": lambda k: k + 1 + 2 / 3, "trades": lambda k: k + 3 + 1 / 3,
+            "fat": lambda k: k + 2 + 1 / 3, "mart": lambda k: k + 2, "cat-cent": lambda k: k + 4 + 1,
+            "cat-cw": lambda k: k + 4 + 1}
 G_PASSES = 1 + 1 / 3  # CAT: g forward for f's step, forward+backward for g's own step
 QUERY_ATTACKS = {"square": 5000 / 3 / 2, "autoattack": (100 + 9 * 100 + 9 * 100 + 5000 / 3) / 2}
 
@@ -47,18 +52,34 @@ def forward_flops(dataset: str, arch: str, mask: bool = False) -> float:
     return float(counter.get_total_flops())
 
 
+def train_images(config: dict) -> int:
+    """Training images of one epoch: the protocol's split (less `train_skip`), or the first `n_train`."""
+    ds = config["dataset"]
+    available = TRAIN_SIZE[ds] - config["schedule"].get("train_skip", 0)
+    return min(config["n_train"] or available, available)
+
+
+def train_epochs(config: dict) -> float:
+    """Epochs a run trains: the protocol's, or fewer when `max_steps` ends it first (Madry et al.'s 100k)."""
+    s = config["schedule"]
+    max_steps = s.get("max_steps")
+    if max_steps is None:
+        return s["epochs"]
+    return min(s["epochs"], max_steps * s["batch_size"] / train_images(config))
+
+
 def run_gpu_hours(config: dict, attacks, n_examples: int | None, tflops: float = DEFAULT_TFLOPS) -> float:
     """Estimated GPU-hours of training and evaluating one run."""
     ds, arch, method = config["dataset"], config["arch"], config["method"]
     fb = 3 * forward_flops(ds, arch)  # forward + backward
-    n_train = config["n_train"] or TRAIN_SIZE[ds]
+    n_train = train_images(config)
     k = config["train_attack"]["steps"]
     per_image = F_PASSES[method](k) * fb
     if method.startswith("cat") and config["hparams"].get("ablation") != "A1":
         per_image += G_PASSES * 3 * forward_flops(ds, arch, mask=True)
     sel = config["selection"]
     n_sel = sel["n"] or TEST_SIZE[ds]
-    epochs = config["schedule"]["epochs"]
+    epochs = train_epochs(config)
     flops = epochs * (n_train * per_image + n_sel * (sel["attack"]["steps"] + 1) * fb)
     n_eval = n_examples or TEST_SIZE[ds]
     for name in attacks:

@@ -57,9 +57,11 @@ DATASETS: dict[str, DatasetInfo] = {
                     "normalization inside the model (METHOD.md s2), test eps 8/255",
     ),
     "cifar100": DatasetInfo(
-        # The standard CIFAR-100 channel statistics (inferred: METHOD.md s2 gives only CIFAR-10's).
+        # CIFAR-100's channel statistics as both official scripts write them (CAT's Codes/utils.py
+        # cifar100_mean/std, robust_overfitting's train_cifar100.py CIFAR100_MEAN/STD).
         name="cifar100", family="cifar", num_classes=100, shape=(3, 32, 32),
-        mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), test_eps=8 / 255,
+        mean=(0.5070751592371323, 0.48654887331495095, 0.4409178433670343),
+        std=(0.2673342858792401, 0.2564384629170883, 0.27615047132568404), test_eps=8 / 255,
         description="CIFAR-100 (fine labels), 50000 train / 10000 test 32x32 colour images (torchvision, under "
                     "the data root); test eps 8/255",
     ),
@@ -131,16 +133,22 @@ def _load_mnist_mini(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x.contiguous(), y
 
 
-def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4,
+                     mode: str = "constant") -> torch.Tensor:
     """CIFAR augmentation of a batch (METHOD.md s3), done on x's device without a loop over examples.
 
-    Each example is zero-padded by `padding` pixels on every side, cropped back to its size at a
-    random offset, and flipped horizontally with probability 0.5; offsets and flips are drawn
-    per example from `generator` (on x's device). Works on any dtype, e.g. uint8 images.
+    Each example is padded by `padding` pixels on every side (`mode` "constant": zeros, as
+    torchvision's RandomCrop(32, padding=4) in the TRADES, MART and FAT scripts; "reflect": as
+    cifar10-fast's utils.pad in the CAT and robust_overfitting scripts), cropped back to its size at
+    a random offset, and flipped horizontally with probability 0.5; offsets and flips are drawn per
+    example from `generator` (on x's device). Works on any dtype, e.g. uint8 images.
     """
     n, c, h, w = x.shape
     dev = x.device
-    padded = F.pad(x, (padding, padding, padding, padding))
+    if mode == "reflect":  # F.pad's reflect needs floats
+        padded = F.pad(x.float(), (padding, padding, padding, padding), mode="reflect").to(x.dtype)
+    else:
+        padded = F.pad(x, (padding, padding, padding, padding))
     dy = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=dev)
     dx = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=dev)
     flip = torch.rand(n, 1, generator=generator, device=dev) < 0.5
@@ -151,16 +159,38 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int =
                   rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
 
 
+def random_rotate(x: torch.Tensor, generator: torch.Generator, degrees: float = 15.0) -> torch.Tensor:
+    """Rotate each image about its centre by an angle drawn uniformly from [-degrees, degrees], nearest
+    neighbour, zeros outside: torchvision's RandomRotation(15) defaults, per example and batched."""
+    n = len(x)
+    angle = (torch.rand(n, generator=generator, device=x.device) * 2 - 1) * math.radians(degrees)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False).to(x.dtype)
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, augment: str) -> torch.Tensor:
+    """A protocol's training augmentation (methods.base.AUGMENTATIONS) of a uint8 or float batch."""
+    if augment == "none":
+        return x
+    if augment == "crop-flip-reflect":
+        return random_crop_flip(x, generator, mode="reflect")
+    x = random_crop_flip(x, generator)
+    return random_rotate(x, generator) if augment == "crop-flip-rotate15" else x
+
+
 class TensorLoader:
     """Mini-batches from in-memory tensors held on `device`, reproducible per (seed, epoch).
 
     Each epoch uses its own torch.Generator on the device, seeded from (seed, epoch) only, for
-    the shuffle and the augmentation (`random_crop_flip`), and no global RNG, so epoch k yields
+    the shuffle and the augmentation (`augment_batch`), and no global RNG, so epoch k yields
     the same batches whether or not the run was interrupted and resumed before it.
     """
 
     def __init__(self, x_uint8: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device | str,
-                 shuffle: bool, augment: bool, seed: int, drop_last: bool = False):
+                 shuffle: bool, augment: str, seed: int, drop_last: bool = False):
         """Move the uint8 images and int64 labels to `device` once; batches are cut from them there."""
         if len(x_uint8) != len(y):
             raise ValueError(f"{len(x_uint8)} images but {len(y)} labels")
@@ -192,8 +222,7 @@ class TensorLoader:
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.x[idx]
-            if self.augment:
-                x = random_crop_flip(x, generator)
+            x = augment_batch(x, generator, self.augment)
             yield x.float().div_(255), self.y[idx]
 
 

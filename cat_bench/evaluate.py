@@ -16,7 +16,8 @@ from cat_bench import records
 from cat_bench.attacks import PGD, run_autoattack
 from cat_bench.data import dataset_info, load_split
 from cat_bench.errors import UsageError
-from cat_bench.presets import EVAL_ATTACKS, AttackPreset, eval_attack
+from cat_bench.networks import Networks, resolve_device
+from cat_bench.presets import EVAL_ATTACKS, AttackPreset, clips, eval_attack
 from cat_bench.progress import progress_bar
 
 AUTOATTACK_STANDARD = ["apgd-ce", "apgd-t", "fab-t", "square"]
@@ -65,9 +66,10 @@ def masking_flags(acc: dict[str, float]) -> list[dict]:
     return flags
 
 
-def _settings(name: str, preset: AttackPreset, seed: int) -> dict:
-    s = {"name": name, **preset.as_dict(), "source": preset.source}
+def _settings(name: str, preset: AttackPreset, seed: int, clip: bool) -> dict:
+    s = {"name": name, **preset.as_dict(), "source": preset.source, "clip": clip}
     if preset.kind in ("square", "autoattack"):
+        s["clip"] = True  # pyautoattack keeps every iterate in [0,1]
         s.update(seed=seed, norm="Linf", library="pyautoattack")
         s["subattacks"] = ["square"] if preset.kind == "square" else AUTOATTACK_STANDARD
     return s
@@ -88,8 +90,6 @@ def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps:
              batch_size: int | None = None, data_root=None, device: torch.device | None = None, progress: bool = True,
              log=print) -> dict:
     """Evaluate a run's selected checkpoint; writes and returns eval.json's content."""
-    from cat_bench.train import Networks, resolve_device
-
     run_dir = Path(run_dir)
     if not (run_dir / records.CONFIG).is_file():
         raise UsageError(f"{run_dir} is not a run directory (no {records.CONFIG}); train one with cat-bench train --out")
@@ -120,6 +120,7 @@ def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps:
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     test_eps = eps if eps is not None else info.test_eps
+    clip = clips(info.family, config.get("protocol", "valid"))  # runs from before protocols always clipped
     key = {"checkpoint": records.BEST, "epoch": best_epoch, "n_examples": len(y), "eps": test_eps}
 
     path = run_dir / records.EVAL
@@ -130,7 +131,7 @@ def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps:
 
     for name in names:
         preset = eval_attack(info.family, name, test_eps, override=eps is not None)
-        settings = _settings(name, preset, config["seed"])
+        settings = _settings(name, preset, config["seed"], clip)
         done = result["attacks"].get(name)
         if done is not None and done["settings"] == settings:
             log(f"{name}: {100 * done['accuracy']:.2f}% (already evaluated)")
@@ -140,7 +141,7 @@ def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps:
         if preset.kind in ("natural", "pgd"):
             attack = None if preset.kind == "natural" else PGD(
                 eps=preset.eps, alpha=preset.alpha, steps=preset.steps, loss=preset.loss,
-                random_start=preset.random_start, kappa=preset.kappa)
+                random_start=preset.random_start, kappa=preset.kappa, clip=clip)
             with progress_bar(-(-len(y) // batch_size), name, enabled=progress) as advance:
                 correct = correct_under(model, x, y, attack, batch_size, advance)
         else:

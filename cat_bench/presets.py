@@ -1,8 +1,9 @@
-"""The paper's protocol constants, declared once, each with its source.
+"""The paper's evaluation constants, declared once, each with its source.
 
-Training schedules are METHOD.md section 3, checkpoint selection is section 3 ("Checkpoint
-selection", Appendix C), evaluation attacks are section 4. Method hyperparameters (beta, b,
-kappa, ...) live with each method adapter in `cat_bench.methods`.
+Checkpoint selection's attack is METHOD.md section 3 ("Checkpoint selection", Appendix C),
+evaluation attacks are section 4, the pixel-domain protocols section 4. Each method's training
+protocol (schedule, train attack, selection rule) and hyperparameters live with its adapter in
+`cat_bench.methods`.
 """
 
 from __future__ import annotations
@@ -13,67 +14,15 @@ from fractions import Fraction
 from cat_bench.errors import UsageError
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """Optimiser, learning-rate schedule and training attack of one dataset/architecture."""
-
-    batch_size: int
-    epochs: int
-    optimizer: str  # "sgd" or "adam"
-    lr: float
-    milestones: tuple[int, ...]  # epochs (1-based, as in the paper) where lr is divided by 10
-    momentum: float
-    weight_decay: float
-    attack_steps: int
-    attack_step_ratio: float  # PGD step size = ratio * eps (CIFAR: 2/255 for 8/255; MNIST: eps/20)
-    source: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+# Pixel-domain protocols (METHOD.md s4). "paper": what each official script does (CAT's MNIST code
+# never clips x + delta or x + M * delta to [0,1], in training, selection or test; every CIFAR
+# script and every baseline's MNIST script clips); "valid": inputs always in [0,1] (RobustBench).
+PROTOCOLS = ("paper", "valid")
 
 
-_CIFAR10_SGD = dict(
-    batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
-    attack_steps=10, attack_step_ratio=0.25,
-)
-
-SCHEDULES: dict[tuple[str, str], Schedule] = {
-    ("mnist", "smallcnn"): Schedule(
-        batch_size=100, epochs=40, optimizer="adam", lr=1e-3, milestones=(30,), momentum=0.0,
-        weight_decay=0.0, attack_steps=20, attack_step_ratio=1 / 20,
-        source="METHOD.md s3 (MNIST): Adam 1e-3 for f and g, /10 at 30, 40 epochs, 20 steps of eps/20 (code)",
-    ),
-    ("cifar10", "preact-resnet18"): Schedule(
-        epochs=140, milestones=(100, 120), **_CIFAR10_SGD,
-        source="METHOD.md s3 (CIFAR-10, PreAct ResNet-18): SGD 0.1, /10 at 100, /100 at 120, 140 epochs",
-    ),
-    ("cifar10", "wrn-34-10"): Schedule(
-        epochs=140, milestones=(100, 110), **_CIFAR10_SGD,
-        source="METHOD.md s3 (CIFAR-10, WRN-34-10): /10 at 100, /100 at 110 (code); 140 epochs (paper App. D)",
-    ),
-    ("cifar100", "preact-resnet18"): Schedule(
-        epochs=120, milestones=(100, 110), **_CIFAR10_SGD,
-        source="METHOD.md s3 (CIFAR-100): 120 epochs, /10 at 100 and 110",
-    ),
-}
-
-DEFAULT_ARCH = {"mnist": "smallcnn", "cifar": "preact-resnet18"}
-
-
-def schedule_for(family: str, dataset: str, arch: str) -> Schedule:
-    """The paper's schedule for a dataset/architecture (METHOD.md s3).
-
-    mnist-mini uses MNIST's schedule. A CIFAR architecture without its own entry (e.g. a small
-    WRN for tests) takes its dataset's PreAct ResNet-18 schedule.
-    """
-    base = "mnist" if family == "mnist" else dataset
-    if (base, arch) in SCHEDULES:
-        return SCHEDULES[(base, arch)]
-    fallback = (base, DEFAULT_ARCH[family])
-    if fallback not in SCHEDULES:
-        raise UsageError(f"no schedule for dataset {dataset!r} with architecture {arch!r}; "
-                         f"known: {sorted(SCHEDULES)}")
-    return SCHEDULES[fallback]
+def clips(family: str, protocol: str) -> bool:
+    """Whether selection and evaluation attacks keep x + delta in [0,1] under `protocol`."""
+    return family == "cifar" or protocol == "valid"
 
 
 @dataclass(frozen=True)
@@ -117,7 +66,8 @@ EVAL_ATTACKS: dict[str, dict[str, AttackPreset]] = {
     },
 }
 
-# Per-epoch checkpoint selection (METHOD.md s3, Appendix C): natural + robust accuracy.
+# The attack of per-epoch checkpoint selection (METHOD.md s3, Appendix C); the rule (natural +
+# robust, robust, final) is the method's protocol.
 SELECTION: dict[str, AttackPreset] = {
     "cifar": AttackPreset("pgd", steps=10, alpha=2 / 255, random_start="uniform", eps=8 / 255,
                           source="METHOD.md s3: PGD-10, random start, eps 8/255, step 2/255"),

@@ -17,10 +17,10 @@ import pandas as pd
 from cat_bench import records
 from cat_bench.errors import UsageError
 
-CONFIG_COLUMNS = ["method", "dataset", "arch", "eps", "seed", "epochs", "n_train"]
+CONFIG_COLUMNS = ["method", "dataset", "arch", "protocol", "schedule", "eps", "seed", "epochs", "n_train"]
 HP_PREFIX = "hp."
 ATTACK_ORDER = ["natural", "fgsm", "pgd20", "pgd100", "cw", "square", "autoattack"]  # METHOD.md s4
-RUN_METRICS = ["best_epoch", "n_examples", "masking_flags"]
+RUN_METRICS = ["best_epoch", "n_examples", "masking_flags", "mask_flag_epochs"]
 FORMATS = ("csv", "markdown", "json")
 FLOAT_FORMAT = "%.4f"
 
@@ -31,7 +31,9 @@ def run_row(run_dir: Path) -> dict | None:
     Keys: the config columns (`epochs` is the schedule's), `hp.<key>` per method hyperparameter, one
     column per evaluated attack with its accuracy in percent, `best_epoch` (from `done`),
     `n_examples` (eval.json's key), `masking_flags` (how many gradient-masking flags evaluation
-    raised) and `run` (the directory's name).
+    raised), `mask_flag_epochs` (CAT: epochs whose mean mask collapsed or saturated; 0 for other
+    methods) and `run` (the directory's name). `protocol` is "valid" for runs recorded before
+    protocols existed (they clipped to [0,1]).
     """
     run_dir = Path(run_dir)
     if not (run_dir / records.DONE).is_file() or not (run_dir / records.EVAL).is_file():
@@ -42,12 +44,15 @@ def run_row(run_dir: Path) -> dict | None:
     config = records.read_json(run_dir / records.CONFIG)["identity"]
     done = records.read_json(run_dir / records.DONE)
     result = records.read_json(run_dir / records.EVAL)
-    row = {"method": config["method"], "dataset": config["dataset"], "arch": config["arch"], "eps": config["eps"],
-           "seed": config["seed"], "epochs": config["schedule"]["epochs"], "n_train": config["n_train"]}
+    row = {"method": config["method"], "dataset": config["dataset"], "arch": config["arch"],
+           "protocol": config.get("protocol", "valid"), "schedule": config["schedule"].get("name", "official"),
+           "eps": config["eps"], "seed": config["seed"], "epochs": config["schedule"]["epochs"],
+           "n_train": config["n_train"]}
     row.update({HP_PREFIX + k: v for k, v in config["hparams"].items()})
     row.update({name: 100 * a["accuracy"] for name, a in result["attacks"].items()})
     row.update(best_epoch=done["best_epoch"], n_examples=result["key"]["n_examples"],
-               masking_flags=len(result.get("flags", [])), run=run_dir.name)
+               masking_flags=len(result.get("flags", [])), mask_flag_epochs=len(done.get("mask_flag_epochs", [])),
+               run=run_dir.name)
     return row
 
 

@@ -139,6 +139,10 @@ def read_run(run_dir: Path) -> dict:
         raise UsageError(f"run {run_dir} is on {dataset}, which RobustBench does not host (it has "
                          f"{', '.join(ROBUSTBENCH_DATASETS[:-1])} and {ROBUSTBENCH_DATASETS[-1]}); "
                          f"only cifar10 and cifar100 runs can be submitted")
+    if not config.get("train_attack", {}).get("clip", True) or not config["selection"]["attack"].get("clip", True):
+        raise UsageError(f"run {run_dir} was trained under the {config['protocol']!r} protocol, whose inputs leave "
+                         f"[0,1]; RobustBench takes models trained and evaluated on valid images: train it again "
+                         f"with --protocol valid")
     if not (run_dir / records.DONE).is_file():
         raise UsageError(f"run {run_dir} is unfinished (no `{records.DONE}` marker); finish training first: "
                          f"cat-bench train --resume --out {run_dir} with the options it was started with "
@@ -188,8 +192,10 @@ def finished_autoattack(run_dir: Path, config: dict, best_epoch: int, n_examples
     return result
 
 
-def _footnote(user: str | None, n: int, total: int, flags: list[dict]) -> str:
+def _footnote(user: str | None, n: int, total: int, flags: list[dict], config: dict) -> str:
     parts = [user.strip()] if user and user.strip() else []
+    parts.append(f"Trained by cat-bench under the {config.get('protocol', 'valid')!r} protocol (inputs in [0,1]) "
+                 f"with the {config['schedule'].get('name', 'official')!r} schedule.")
     if n < total:
         parts.append(f"AutoAttack (standard, pyautoattack) on the first {n} of the {total} test points, not the "
                      f"full test set.")
@@ -274,7 +280,7 @@ def export(run_dir: Path, name: str, out: Path, *, paper: PaperInfo | None = Non
         "clean_acc": percent(result["attacks"]["natural"]["accuracy"]),
         "reported": paper.reported,
         "autoattack_acc": percent(result["attacks"]["autoattack"]["accuracy"]),
-        "footnote": _footnote(footnote, n, total, result.get("flags", [])),
+        "footnote": _footnote(footnote, n, total, result.get("flags", []), config),
         "unreliable": bool(result.get("flags")),
     }
     paths = {
@@ -312,7 +318,7 @@ def verify(out: Path, name: str, run_dir: Path, *, data_root=None, n_examples: i
     from cat_bench import robustbench_compat as compat
     from cat_bench.evaluate import correct_under, default_batch_size
     from cat_bench.models import build_classifier
-    from cat_bench.train import resolve_device
+    from cat_bench.networks import resolve_device
 
     if not compat.available():
         raise UsageError("--verify needs the robustbench extra: pip install -e '.[robustbench]' "

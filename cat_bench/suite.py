@@ -17,6 +17,9 @@ Schema (smoke.toml carries the same description):
       hparams = {beta = 5, b = [0.05, 0.1]}   optional: value or list of values (a list is a grid axis)
       epochs, batch_size, n_train, select_n   optional ints: default, the preset (METHOD.md s3)
       select_on = "test"              optional: "test" (the paper, Appendix C) or "val"
+      protocol = "paper"              optional: "paper" (default) or "valid" (inputs always in [0,1])
+      schedule = "official"           optional: "official" (default: each method's authors' protocol)
+                                      or "uniform" (CAT's protocol for every method)
       attacks = ["natural", "pgd20"]  required: evaluation attacks, in order (METHOD.md s4)
       n_examples = 500                optional: first N test examples; default, the full test set
 
@@ -107,6 +110,8 @@ _BLOCK_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "hparams": (_hparam_table, "a table of hyperparameter = value or [values], e.g. {beta = 5, b = [0.05, 0.1]}"),
     "epochs": _INT, "batch_size": _INT, "n_train": _INT, "select_n": _INT,
     "select_on": (_is_str, '"test" or "val"'),
+    "protocol": (_is_str, '"paper" or "valid"'),
+    "schedule": (_is_str, '"official" or "uniform"'),
     "attacks": (_list_of(_is_str), 'a non-empty list of attack names, e.g. ["natural", "pgd20"]'),
     "n_examples": (lambda v: _is_int(v) and v > 0, "a positive integer"),
 }
@@ -233,7 +238,9 @@ def _expand(path: Path, where: str, block: dict) -> list[RunSpec]:
             config = resolve_config(method, block["dataset"], eps, arch=block.get("arch"),
                                     epochs=block.get("epochs"), seed=seed, overrides=overrides,
                                     select_on=block.get("select_on", "test"), select_n=block.get("select_n"),
-                                    batch_size=block.get("batch_size"), n_train=block.get("n_train"))
+                                    batch_size=block.get("batch_size"), n_train=block.get("n_train"),
+                                    protocol=block.get("protocol", "paper"),
+                                    schedule=block.get("schedule", "official"))
         except UsageError as err:
             run = " ".join(f"{k}={v}" for k, v in {"method": method, "eps": eps, "seed": seed, **overrides}.items())
             raise UsageError(f"{path}: {where}: run {run}: {err}") from None
@@ -244,6 +251,7 @@ def _expand(path: Path, where: str, block: dict) -> list[RunSpec]:
 _FIELDS: dict[str, Callable[[dict], Any]] = {
     "method": lambda c: c["method"], "dataset": lambda c: c["dataset"], "arch": lambda c: c["arch"],
     "eps": lambda c: c["eps"], "seed": lambda c: c["seed"], "epochs": lambda c: c["schedule"]["epochs"],
+    "protocol": lambda c: c.get("protocol", "valid"), "schedule": lambda c: c["schedule"].get("name", "official"),
 }
 _HPARAM_NAMES = tuple(dict.fromkeys(k for m in METHODS.values() for k in m.HPARAMS))
 _NUMERIC = ("eps", "seed", "epochs")

@@ -1,14 +1,16 @@
-"""The training core every method shares (METHOD.md s3).
+"""The training core every method shares (METHOD.md s3), running each method's own protocol.
 
-`resolve_config` turns command-line choices into a fully resolved config (the run's identity);
-`train` runs it into a run directory: per-epoch checkpoint with everything needed to continue,
-append-only history, best-checkpoint selection on natural + robust accuracy, a `done` marker.
+`resolve_config` turns command-line choices into a fully resolved config (the run's identity):
+the method's official protocol (or the uniform one), the pixel-domain protocol, the training and
+selection attacks. `train` runs it into a run directory: per-epoch checkpoint with everything
+needed to continue, append-only history, the protocol's checkpoint selection, a `done` marker.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
 import time
@@ -22,21 +24,27 @@ from cat_bench.attacks import PGD
 from cat_bench.data import TensorLoader, dataset_info, load_split, split_train_val
 from cat_bench.errors import UsageError
 from cat_bench.evaluate import correct_under, default_batch_size
-from cat_bench.methods import TrainAttack, get_method, resolve_hparams
-from cat_bench.models import build_classifier, build_mask_net
-from cat_bench.presets import DEFAULT_ARCH, SELECTION, schedule_for
+from cat_bench.methods import TrainAttack, default_arch, get_method, protocol_for, resolve_hparams
+from cat_bench.methods.base import lr_at
+from cat_bench.models import build_classifier
+from cat_bench.networks import Networks, resolve_device
+from cat_bench.presets import PROTOCOLS, SELECTION, clips
 from cat_bench.progress import progress_bar
 
 SELECT_ON = ("test", "val")
+MASK_HEALTHY = (0.01, 0.99)  # an epoch's mean mask outside this range: collapsed (M ~ 0) or saturated (M ~ 1)
 
 
 def resolve_config(method: str, dataset: str, eps: float, *, arch: str | None = None, epochs: int | None = None,
                    seed: int = 0, overrides: dict[str, str] | None = None, select_on: str = "test",
                    select_n: int | None = None, batch_size: int | None = None,
-                   n_train: int | None = None) -> dict[str, Any]:
+                   n_train: int | None = None, protocol: str = "paper", schedule: str = "official") -> dict[str, Any]:
     """The fully resolved config of a training run: every constant the run depends on, with defaults filled.
 
-    Raises UsageError for unknown names and out-of-range values, naming what is allowed.
+    `schedule`: "official" (the method's authors' protocol) or "uniform" (CAT's, for every method).
+    `protocol`: "paper" (each official script's pixel domain: CAT's MNIST code never clips to
+    [0,1], METHOD.md s4) or "valid" (inputs always in [0,1]). Raises UsageError for unknown names
+    and out-of-range values, naming what is allowed.
     """
     info = dataset_info(dataset)
     cls = get_method(method)
@@ -44,68 +52,67 @@ def resolve_config(method: str, dataset: str, eps: float, *, arch: str | None = 
         raise UsageError(f"eps {eps!r} is outside (0, 1]; give it in [0,1] pixel units, e.g. 0.3 or 0.0314 (8/255)")
     if select_on not in SELECT_ON:
         raise UsageError(f"--select-on {select_on!r}; allowed: {', '.join(SELECT_ON)}")
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"--protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
     for name, value in (("epochs", epochs), ("select-n", select_n), ("batch-size", batch_size),
                         ("n-train", n_train)):
         if value is not None and value < 1:
             raise UsageError(f"--{name} {value!r} must be a positive integer")
-    arch = arch or DEFAULT_ARCH[info.family]
+    arch = arch or default_arch(method, info.family, schedule)
     with torch.device("meta"):  # validates the architecture name without allocating weights
         build_classifier(arch, info.num_classes, info.shape[0], info.mean, info.std)
-    schedule = schedule_for(info.family, dataset, arch).as_dict()
-    schedule.pop("source")
+    proto = protocol_for(method, dataset, arch, schedule)
+    sched = {"name": schedule, **proto.as_dict()}
+    for key in ("source", "hparams", "attack_steps", "attack_step", "attack_step_ratio", "eps_decimals",
+                "selection", "select_at_train_eps"):
+        sched.pop(key)
+    sched["train_skip"] = proto.train_skip if dataset == "mnist" else 0  # the script's own dataset only
     if epochs is not None:
-        schedule["epochs"] = epochs
+        sched["epochs"] = epochs
     if batch_size is not None:
-        schedule["batch_size"] = batch_size
+        sched["batch_size"] = batch_size
+    train_clip = clips(info.family, protocol) or cls.clips_on_mnist
+    train_attack = proto.train_attack(eps, train_clip)
     selection = SELECTION[info.family].as_dict()
+    if proto.select_at_train_eps:
+        selection["eps"] = eps
+    selection["clip"] = clips(info.family, protocol)
     config = {
         "method": cls.name, "dataset": dataset, "n_train": n_train, "arch": arch, "eps": eps, "seed": seed,
-        "hparams": resolve_hparams(method, info.family, overrides or {}),
-        "schedule": schedule,
-        "train_attack": {"eps": eps, "alpha": eps * schedule["attack_step_ratio"], "steps": schedule["attack_steps"]},
-        "selection": {"on": select_on, "n": select_n, "attack": selection},
+        "protocol": protocol,
+        "hparams": resolve_hparams(method, info.family, overrides or {}, proto),
+        "schedule": sched,
+        "train_attack": train_attack,
+        "selection": {"on": select_on, "n": select_n, "rule": proto.selection, "attack": selection},
     }
     return json.loads(json.dumps(config))  # the form it has once stored (tuples become lists)
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """The device to run on: the given name, else CUDA when present, else CPU."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}; allowed: cpu, cuda, cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    return device
+def config_sources(config: dict) -> dict:
+    """Where each default of a resolved config comes from: the protocol's script, each hyperparameter's source."""
+    cls = get_method(config["method"])
+    proto = protocol_for(config["method"], config["dataset"], config["arch"], config["schedule"]["name"])
+    return {"protocol": proto.source, "hparams": {k: hp.source for k, hp in cls.HPARAMS.items()}}
 
 
-class Networks:
-    """f (and g for methods with a mask net) for a resolved config, on a device."""
+def _epoch_means(sums: dict[str, torch.Tensor], n_steps: int) -> dict[str, float]:
+    """An epoch's mean of each per-step loss; for CAT also the mask's std over every pixel of the epoch."""
+    means = {k: (v / n_steps).item() for k, v in sums.items()}
+    if "mask_sq" in means:
+        means["mask_std"] = math.sqrt(max(means.pop("mask_sq") - means["mask_mean"] ** 2, 0.0))
+    return means
 
-    def __init__(self, config: dict, device: torch.device):
-        info = dataset_info(config["dataset"])
-        self.f = build_classifier(config["arch"], info.num_classes, info.shape[0], info.mean, info.std)
-        self.g = build_mask_net(info.family, info.shape[0]) if get_method(config["method"]).uses_mask_net else None
-        for net in self.all().values():
-            net.to(device)
-            if device.type == "cuda":
-                net.to(memory_format=torch.channels_last)
 
-    def all(self) -> dict[str, torch.nn.Module]:
-        return {k: v for k, v in (("f", self.f), ("g", self.g)) if v is not None}
-
-    def state(self) -> dict[str, dict]:
-        return {k: v.state_dict() for k, v in self.all().items()}
-
-    def load(self, state: dict[str, dict]) -> None:
-        for k, net in self.all().items():
-            net.load_state_dict(state[k])
+def mask_flag(train_means: dict) -> str | None:
+    """"collapsed" or "saturated" when an epoch's mean mask leaves MASK_HEALTHY, else None."""
+    mean = train_means.get("mask_mean")
+    if mean is None or MASK_HEALTHY[0] <= mean <= MASK_HEALTHY[1]:
+        return None
+    return "collapsed" if mean < MASK_HEALTHY[0] else "saturated"
 
 
 def _optimizer(schedule: dict, params) -> torch.optim.Optimizer:
-    """SGD or Adam as the schedule preset says (METHOD.md s3), the same for f and g."""
+    """SGD or Adam as the protocol says, the same for f and g (CAT's code)."""
     if schedule["optimizer"] == "adam":
         return torch.optim.Adam(params, lr=schedule["lr"], weight_decay=schedule["weight_decay"])
     return torch.optim.SGD(params, lr=schedule["lr"], momentum=schedule["momentum"],
@@ -172,11 +179,13 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
         torch.backends.cudnn.benchmark = True
 
     x_train, y_train = load_split(config["dataset"], "train", data_root)
+    skip = schedule.get("train_skip", 0)
+    x_train, y_train = x_train[skip:], y_train[skip:]
     if config["n_train"] is not None:
         x_train, y_train = x_train[: config["n_train"]], y_train[: config["n_train"]]
     x_train, y_train, x_sel, y_sel = _selection_data(config, data_root, x_train, y_train)
     loader = TensorLoader(x_train, y_train, schedule["batch_size"], device, shuffle=True,
-                          augment=info.family == "cifar", seed=config["seed"])
+                          augment=schedule["augment"], seed=config["seed"])
     x_sel, y_sel = x_sel.to(device), y_sel.to(device)
 
     nets = Networks(config, device)
@@ -186,22 +195,23 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
                                           autocast)
     trained = method.modules()
     optimizers = {k: _optimizer(schedule, m.parameters()) for k, m in trained.items()}
-    schedulers = {k: torch.optim.lr_scheduler.MultiStepLR(o, list(schedule["milestones"]), gamma=0.1)
-                  for k, o in optimizers.items()}
     sel = config["selection"]["attack"]
+    rule = config["selection"]["rule"]
     eval_batch = default_batch_size(device)
     select_attack = PGD(eps=sel["eps"], alpha=sel["alpha"], steps=sel["steps"], loss=sel["loss"],
-                        random_start=sel["random_start"])
+                        random_start=sel["random_start"], clip=sel["clip"])
+    max_steps = schedule.get("max_steps")
+    epochs = schedule["epochs"] if max_steps is None else min(schedule["epochs"], math.ceil(max_steps / len(loader)))
 
     start, best = 0, {"epoch": None, "score": float("-inf")}
     if ckpt is None:
-        records.write_json(out / records.CONFIG, {"identity": config, "provenance": records.provenance(device)})
+        records.write_json(out / records.CONFIG, {"identity": config, "sources": config_sources(config),
+                                                  "provenance": records.provenance(device)})
         (out / records.HISTORY).unlink(missing_ok=True)
     else:
         nets.load(ckpt["nets"])
         for k in optimizers:
             optimizers[k].load_state_dict(ckpt["optimizers"][k])
-            schedulers[k].load_state_dict(ckpt["schedulers"][k])
         _set_rng_state(ckpt["rng"], device)
         start, best = ckpt["epoch"], ckpt["best"]
         kept = [r for r in records.read_jsonl(out / records.HISTORY) if r["epoch"] <= start]
@@ -213,48 +223,56 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
     records.append_jsonl(out / records.SESSIONS, {"pid": os.getpid(), "host": socket.gethostname(),
                                                   "start_epoch": start, "started": time.time()})
     began = time.time()
-    with progress_bar(schedule["epochs"] - start, f"{out.name} epochs", enabled=progress) as next_epoch:
-        for epoch in range(start, schedule["epochs"]):
+    with progress_bar(epochs - start, f"{out.name} epochs", enabled=progress) as next_epoch:
+        for epoch in range(start, epochs):
             t0 = time.time()
             for net in trained.values():
                 net.train()
             sums: dict[str, torch.Tensor] = {}
-            with progress_bar(len(loader), f"epoch {epoch + 1}/{schedule['epochs']}", enabled=progress) as advance:
-                for x, y in loader.epoch(epoch):
+            n_steps = len(loader) if max_steps is None else min(len(loader), max_steps - epoch * len(loader))
+            with progress_bar(n_steps, f"epoch {epoch + 1}/{epochs}", enabled=progress) as advance:
+                for i, (x, y) in zip(range(n_steps), loader.epoch(epoch)):
+                    lr = lr_at(schedule, epoch, i, len(loader))
+                    for o in optimizers.values():
+                        for group in o.param_groups:
+                            group["lr"] = lr
                     if device.type == "cuda":
                         x = x.contiguous(memory_format=torch.channels_last)
                     losses = method.update(x, y, optimizers, epoch + 1)
                     for k, v in losses.items():
                         sums[k] = sums.get(k, 0.0) + v
                     advance()
-            lr = optimizers["f"].param_groups[0]["lr"]
-            for s in schedulers.values():
-                s.step()
             train_seconds = time.time() - t0
+            n_images = min(len(y_train), n_steps * schedule["batch_size"])
 
             nets.f.eval()
             with contextlib.nullcontext() if autocast is None else autocast:
                 nat = correct_under(nets.f, x_sel, y_sel, None, eval_batch).sum().item() / len(y_sel)
                 rob = correct_under(nets.f, x_sel, y_sel, select_attack, eval_batch).sum().item() / len(y_sel)
-            score = nat + rob
-            if score > best["score"]:
+            score = rob if rule == "rob" else nat + rob
+            if rule == "final" or score > best["score"]:
                 best = {"epoch": epoch + 1, "score": score}
                 records.save_checkpoint(out / records.BEST, {"nets": nets.state(), "epoch": epoch + 1, "score": score})
-            row = {"epoch": epoch + 1, "lr": lr, "train": {k: (v / len(loader)).item() for k, v in sums.items()},
+            row = {"epoch": epoch + 1, "lr": lr, "train": _epoch_means(sums, n_steps),
                    "nat_acc": nat, "rob_acc": rob, "score": score, "best_epoch": best["epoch"],
-                   "train_seconds": train_seconds, "images_per_s": len(y_train) / train_seconds,
+                   "train_seconds": train_seconds, "images_per_s": n_images / train_seconds,
                    "seconds": time.time() - t0}
+            flag = mask_flag(row["train"])
+            if flag is not None:
+                row["mask_flag"] = flag
+                log(f"WARNING, epoch {epoch + 1}: mask {flag} (mean mask {row['train']['mask_mean']:.4g}; healthy "
+                    f"within {MASK_HEALTHY}): x_cal is {'x' if flag == 'collapsed' else 'x + delta'}, CAT does not calibrate")
             records.append_jsonl(out / records.HISTORY, row)
             records.save_checkpoint(out / records.LAST, {
                 "nets": nets.state(), "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                "schedulers": {k: s.state_dict() for k, s in schedulers.items()}, "rng": _rng_state(device),
-                "epoch": epoch + 1, "best": best})
+                "rng": _rng_state(device), "epoch": epoch + 1, "best": best})
             losses_txt = " ".join(f"{k} {v:.4f}" for k, v in row["train"].items())
-            log(f"epoch {epoch + 1}/{schedule['epochs']}: {losses_txt} | nat {100 * nat:.2f} rob {100 * rob:.2f} "
+            log(f"epoch {epoch + 1}/{epochs}: {losses_txt} | nat {100 * nat:.2f} rob {100 * rob:.2f} "
                 f"(best epoch {best['epoch']}) | {row['images_per_s']:.0f} img/s")
             next_epoch()
 
-    summary = {"best_epoch": best["epoch"], "best_score": best["score"], "epochs": schedule["epochs"],
-               "seconds_this_session": time.time() - began}
+    flagged = [r["epoch"] for r in records.read_jsonl(out / records.HISTORY) if "mask_flag" in r]
+    summary = {"best_epoch": best["epoch"], "best_score": best["score"], "epochs": epochs,
+               "selection": rule, "mask_flag_epochs": flagged, "seconds_this_session": time.time() - began}
     records.write_json(out / records.DONE, summary)
     return summary

@@ -6,10 +6,11 @@ The folder is the top-level `methods/` of the repository; pyproject.toml maps it
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from cat_bench.errors import UsageError
-from cat_bench.methods.base import Hparam, Method, TrainAttack
+from cat_bench.methods.base import Hparam, Method, Protocol, TrainAttack
 from cat_bench.methods.cat import CATcent, CATcw
 from cat_bench.methods.fat import FAT
 from cat_bench.methods.at import AT
@@ -19,7 +20,13 @@ from cat_bench.methods.trades import TRADES
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (Natural, AT, TRADES, MART, FAT, CATcent, CATcw)}
 
-__all__ = ["METHODS", "Hparam", "Method", "TrainAttack", "get_method", "resolve_hparams"]
+__all__ = ["METHODS", "SCHEDULES", "Hparam", "Method", "Protocol", "TrainAttack", "default_arch", "get_method",
+           "protocol_for", "resolve_hparams"]
+
+# "official": each method's own authors' protocol (the default); "uniform": CAT's protocol for
+# every method, for controlled comparisons (the methods keep their own losses and attacks).
+SCHEDULES = ("official", "uniform")
+UNIFORM = CATcent
 
 
 def get_method(name: str) -> type[Method]:
@@ -29,10 +36,45 @@ def get_method(name: str) -> type[Method]:
     return METHODS[name]
 
 
-def resolve_hparams(name: str, family: str, overrides: dict[str, str]) -> dict[str, Any]:
-    """A method's defaults for a dataset family with `--set key=value` overrides applied and checked."""
+def _check_schedule(schedule: str) -> None:
+    if schedule not in SCHEDULES:
+        raise UsageError(f"--schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
+
+
+def default_arch(name: str, family: str, schedule: str = "official") -> str:
+    """The architecture a method's official script trains on a dataset family (uniform: CAT's)."""
+    _check_schedule(schedule)
+    cls = get_method(name) if schedule == "official" else UNIFORM
+    return cls.DEFAULT_ARCH[family]
+
+
+def protocol_for(name: str, dataset: str, arch: str, schedule: str = "official") -> Protocol:
+    """The Protocol a method trains with on (dataset, arch): its authors' script, else CAT's.
+
+    mnist-mini takes MNIST's protocol. Under `schedule="uniform"` every method takes CAT's.
+    """
+    _check_schedule(schedule)
+    base = "mnist" if dataset.startswith("mnist") else dataset
+    own = get_method(name)
+    for cls in ((own, UNIFORM) if schedule == "official" else (UNIFORM,)):
+        for key in ((base, arch), (base, "*")):
+            if key in cls.PROTOCOLS:
+                proto = cls.PROTOCOLS[key]
+                if cls is UNIFORM and own is not UNIFORM and not issubclass(own, UNIFORM):
+                    why = "--schedule uniform" if schedule == "uniform" else f"no official {base} script for {name}"
+                    proto = replace(proto, hparams={}, source=f"{why}: the uniform protocol (CAT's), {proto.source}")
+                return proto
+    raise UsageError(f"no training protocol for dataset {dataset!r}; known: {sorted({d for d, _ in UNIFORM.PROTOCOLS})}")
+
+
+def resolve_hparams(name: str, family: str, overrides: dict[str, str],
+                    protocol: Protocol | None = None) -> dict[str, Any]:
+    """A method's defaults for a dataset family, then its protocol's values, then `--set key=value`
+    overrides, each checked."""
     cls = get_method(name)
     hparams = {k: hp.default(family) for k, hp in cls.HPARAMS.items()}
+    if protocol is not None:
+        hparams.update({k: v for k, v in protocol.hparams.items() if k in hparams})
     for key, raw in overrides.items():
         if key not in cls.HPARAMS:
             allowed = ", ".join(cls.HPARAMS) or "none"

@@ -1,14 +1,15 @@
-"""What every method adapter shares: declared hyperparameters, the train attack, one update step.
+"""What every method adapter shares: declared hyperparameters, its authors' protocol, one update step.
 
-A method is one class with a single per-step `update` (DomainBed's shape). The training core
-(`cat_bench.train`) owns data, optimisers, schedules, checkpoints and selection; an adapter only
-says how one batch changes the weights.
+A method is one class with a single per-step `update` (DomainBed's shape) and a `PROTOCOLS` table:
+how its official script trains it on each dataset/architecture (schedule, train attack, checkpoint
+selection, augmentation, normalisation). The training core (`cat_bench.train`) runs the protocol;
+an adapter only says how one batch changes the weights.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -30,21 +31,96 @@ class Hparam:
         return self.cifar if family == "cifar" else self.mnist
 
 
+SELECTIONS = ("nat+rob", "rob", "final")
+AUGMENTATIONS = ("none", "crop-flip-reflect", "crop-flip", "crop-flip-rotate15")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How one method's official script trains it on one dataset/architecture (its `source`).
+
+    `milestones`: lr is divided by 10 once that many epochs are complete (torch's MultiStepLR);
+    with `lr_per_iteration` the lr is set before every batch from t = epoch + (i+1)/n instead
+    (Rice et al.'s piecewise schedule). `max_steps` ends training after that many optimiser steps
+    (Madry et al.'s 100k). `eps_decimals`: the script writes eps and step as decimals (TRADES'
+    0.031 and 0.007 for 8/255), so the train attack uses round(eps, d) and round(step, d).
+    `selection`: the epoch kept, "nat+rob" (best natural + robust test accuracy, CAT), "rob" (best
+    robust, Rice et al.'s early stopping) or "final". `select_at_train_eps`: the selection attack
+    runs at the training eps (Rice et al.) instead of the paper's test eps. `train_skip`: training
+    images left out at the start (TensorFlow's MNIST loader keeps the first 5,000 for validation).
+    """
+
+    batch_size: int
+    epochs: int
+    optimizer: str  # "sgd" or "adam"
+    lr: float
+    milestones: tuple[int, ...]
+    attack_steps: int
+    selection: str
+    source: str
+    attack_step: float | None = None  # the script's PGD step, whatever the eps
+    attack_step_ratio: float | None = None  # or a step that scales with eps: ratio * eps
+    hparams: dict = field(default_factory=dict)  # the script's values of the method's hyperparameters
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_per_iteration: bool = False
+    max_steps: int | None = None
+    eps_decimals: int | None = None
+    select_at_train_eps: bool = False
+    normalize: bool = True
+    augment: str = "none"
+    train_skip: int = 0
+
+    def __post_init__(self):
+        assert self.selection in SELECTIONS and self.augment in AUGMENTATIONS, self
+        assert (self.attack_step is None) != (self.attack_step_ratio is None), self
+
+    def train_attack(self, eps: float, clip: bool) -> dict:
+        """The training PGD's eps, step, steps and clip for a run at `eps`."""
+        alpha = self.attack_step if self.attack_step is not None else self.attack_step_ratio * eps
+        if self.eps_decimals is not None:
+            eps, alpha = round(eps, self.eps_decimals), round(alpha, self.eps_decimals)
+        return {"eps": eps, "alpha": alpha, "steps": self.attack_steps, "clip": clip}
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+
+def lr_at(schedule: dict, epoch: int, batch: int, n_batches: int) -> float:
+    """The lr of batch `batch` of epoch `epoch` (both 0-based) under a stored Protocol, as its script sets it."""
+    t = epoch + (batch + 1) / n_batches if schedule["lr_per_iteration"] else epoch
+    return schedule["lr"] * 0.1 ** sum(t >= m for m in schedule["milestones"])
+
+
 @dataclass(frozen=True)
 class TrainAttack:
-    """The training attack's budget from the schedule preset (METHOD.md s3); methods pick the loss."""
+    """The training attack's budget from the protocol (METHOD.md s3); methods pick the loss.
+
+    `clip`: iterates (and CAT's calibrated example) stay in [0,1]; False only for CAT on MNIST
+    under the paper protocol (METHOD.md s4).
+    """
 
     eps: float
     alpha: float
     steps: int
+    clip: bool = True
 
 
 class Method:
-    """Base class of the method adapters; subclasses set `name`, `HPARAMS` and `update`."""
+    """Base class of the method adapters; subclasses set `name`, `HPARAMS`, `PROTOCOLS` and `update`.
+
+    `PROTOCOLS` maps (dataset, architecture) to the official script's Protocol; "*" as the
+    architecture matches any. `DEFAULT_ARCH` is the architecture the script trains per family.
+    A method without an entry for a dataset trains with the uniform protocol (CAT's).
+    """
 
     name: ClassVar[str]
     HPARAMS: ClassVar[dict[str, Hparam]] = {}
+    PROTOCOLS: ClassVar[dict[tuple[str, str], Protocol]] = {}
+    DEFAULT_ARCH: ClassVar[dict[str, str]] = {"mnist": "smallcnn", "cifar": "preact-resnet18"}
     uses_mask_net: ClassVar[bool] = False
+    clips_on_mnist: ClassVar[bool] = True  # the official MNIST script keeps inputs in [0,1]
 
     def __init__(self, f: nn.Module, g: nn.Module | None, hparams: dict[str, Any], attack: TrainAttack,
                  autocast: contextlib.AbstractContextManager | None = None):
@@ -63,10 +139,22 @@ class Method:
         return {"f": self.f}
 
     def pgd(self, loss: str, random_start: str, rs_scale: float | None = None, kappa: float = 0.0,
-            tau: int | None = None) -> PGD:
-        """The training PGD with this run's eps/step/steps and a method's own loss and start."""
+            tau: int | None = None, clip_start: bool = True) -> PGD:
+        """The training PGD with this run's eps/step/steps/clip and a method's own loss and start."""
         return PGD(eps=self.attack.eps, alpha=self.attack.alpha, steps=self.attack.steps, loss=loss,
-                   random_start=random_start, rs_scale=rs_scale, kappa=kappa, tau=tau)
+                   random_start=random_start, rs_scale=rs_scale, kappa=kappa, tau=tau, clip=self.attack.clip,
+                   clip_start=clip_start)
+
+    def track_bn(self, x: torch.Tensor) -> None:
+        """A gradient-free train-mode forward that only moves f's BatchNorm running statistics.
+
+        The official scripts make such forwards (Rice et al.'s and CAT's restart bookkeeping after
+        PGD, their clean forward after the step, TRADES' second clean forward); the running
+        statistics, and so every evaluation, depend on them. Skipped for nets without BatchNorm.
+        """
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.f.modules()):
+            with torch.no_grad():
+                self.f(x)
 
     def update(self, x: torch.Tensor, y: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer],
                epoch: int) -> dict[str, torch.Tensor]:

@@ -1,4 +1,9 @@
-"""Calibrated Adversarial Training (Huang et al., ACML 2021): CATcent and CATcw (METHOD.md s1)."""
+"""Calibrated Adversarial Training (Huang et al., ACML 2021): CATcent and CATcw (METHOD.md s1).
+
+Everything about CAT is here: its losses (Eq. 13, 14), its one training step (Algorithm 1) and
+its authors' protocol (TienjinHuang/Calibrated-adversarial-training, Codes/Train_MNIST.py,
+Codes/Train_CIFAR10.py, Codes/Train_CIFAR100.py).
+"""
 
 from __future__ import annotations
 
@@ -6,65 +11,100 @@ import torch
 import torch.nn.functional as F
 
 from cat_bench.attacks import kl_div
-from cat_bench.methods.base import Hparam, Method
+from cat_bench.methods.base import Hparam, Method, Protocol
 
 ABLATIONS = ("none", "A1", "A2")
+_CODE = "TienjinHuang/Calibrated-adversarial-training Codes/"
 
 
-def calibrate(x: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor | float) -> torch.Tensor:
-    """Calibrated adversarial example x_cal = clip(x + M * delta, 0, 1) (Eq. 10-11)."""
-    return torch.clamp(x + mask * delta, 0.0, 1.0)
+def calibrate(x: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor | float, clip: bool = True) -> torch.Tensor:
+    """Calibrated adversarial example x_cal = clip(x + M * delta, 0, 1) (Eq. 10-11).
+
+    `clip=False`: x + M * delta as the MNIST code computes it (METHOD.md s4, paper protocol).
+    """
+    x_cal = x + mask * delta
+    return torch.clamp(x_cal, 0.0, 1.0) if clip else x_cal
 
 
 def loss_f(logits_nat: torch.Tensor, logits_cal: torch.Tensor, y: torch.Tensor, beta: float,
            weighted: bool) -> torch.Tensor:
     """L_f = beta * KL(p(x) || p(x_cal)) + (1/B) sum_i (1 - p_y(x_i)) CE(f(x_i), y_i)  (Eq. 13).
 
-    KL summed over classes, averaged over the batch. The weight (1 - p_y(x) + 1e-7) is not detached
+    KL summed over classes and batch, times 1/B. The weight (1.0000001 - p_y(x)) is not detached
     (code); `weighted=False` is plain CE (ablations A1, A2).
     """
     ce = F.cross_entropy(logits_nat.float(), y, reduction="none")
     if weighted:
         p_y = F.softmax(logits_nat.float(), dim=1).gather(1, y[:, None]).squeeze(1)
-        ce = (1.0 - p_y + 1e-7) * ce
-    return beta * kl_div(logits_nat, logits_cal).mean() + ce.mean()
+        ce = ce * (1.0000001 - p_y)
+    return beta * kl_div(logits_nat, logits_cal).sum() / len(y) + ce.sum() / len(y)
 
 
 def loss_g(logits_adv: torch.Tensor, logits_cal: torch.Tensor, y: torch.Tensor, b: float,
-           kl_reduction: str = "sum") -> torch.Tensor:
+           kl_reduction: str = "batchmean") -> torch.Tensor:
     """L_g = KL(p(x+delta) || p(x_cal')) + b * CE(f(x_cal'), y)  (Eq. 14).
 
-    METHOD.md states the "sum / B" reduction for Eq. 13 only. For Eq. 14 the KL is summed over
-    classes and over the batch by default ("sum", as `KLDivLoss(size_average=False)` in the TRADES
-    code CAT builds on; inferred): with "batchmean" the mask collapses to 0 within ten Adam steps
-    on MNIST (measured, see README) and CAT degenerates to natural training. CE is averaged.
+    "batchmean" (default, the code's): the KL summed over classes and batch, times 1/B
+    (`(1.0 / batch_size) * KLDivLoss(size_average=False)` in Train_MNIST.py and
+    `KLDivLoss(reduction="sum")` in Train_CIFAR10.py). "sum" (option): not divided by B. CE is
+    the batch mean in both.
     """
-    kl = kl_div(logits_adv, logits_cal)
-    kl = kl.sum() if kl_reduction == "sum" else kl.mean()
+    kl = kl_div(logits_adv, logits_cal).sum()
+    if kl_reduction == "batchmean":
+        kl = kl / len(y)
     return kl + b * F.cross_entropy(logits_cal.float(), y)
+
+
+def _cifar(epochs: int, milestones: tuple[int, ...], script: str) -> Protocol:
+    return Protocol(
+        batch_size=128, epochs=epochs, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
+        milestones=milestones, attack_steps=10, attack_step=2 / 255, selection="nat+rob",
+        augment="crop-flip-reflect",
+        source=f"{_CODE}{script}: SGD 0.1 momentum 0.9 wd 5e-4 for f and g, batch 128, {epochs} epochs, "
+               f"lr_schedule(epoch) /10 at {milestones[0]}, /100 at {milestones[1]}; PGD-10 step 2/255 "
+               f"(train mode); reflect-padded crop + flip (utils.pad); keeps the best test nat + PGD-10 acc",
+    )
 
 
 class CATcent(Method):
     """CAT with a cross-entropy PGD (CATcent). One step: attack, update f, then update g.
 
     Eq. 9: delta = PGD on f (train mode, code) from a uniform start. Eq. 10-11: M = g(x+delta),
-    x_cal = clip(x + M delta, 0, 1). Eq. 13: f steps on L_f with M constant. Eq. 14: g steps on
-    L_g computed with the just-updated f, whose weights are not stepped.
+    x_cal = x + M delta (clipped to [0,1] unless the MNIST paper protocol). Eq. 13: f steps on L_f
+    with M constant. Eq. 14: g steps on L_g computed with the just-updated f, whose weights are
+    not stepped. Forwards run in Train_CIFAR10.py's order, which decides BatchNorm's running
+    statistics: PGD, its restart-bookkeeping forward, g, f(x_cal), f(x); g, f(x+delta),
+    f(x_cal'); a clean f(x) after both steps.
     """
 
     name = "cat-cent"
     uses_mask_net = True
+    clips_on_mnist = False  # Train_MNIST.py clamps delta to [-eps, eps] only (METHOD.md s4)
     HPARAMS = {
-        "beta": Hparam(5.0, 1.0, "METHOD.md s1: a (beta) = 5 on CIFAR, 1 on MNIST (code's b)"),
-        "b": Hparam(0.05, 0.3, "METHOD.md s1: b = 0.05 on CIFAR, 0.3 on MNIST (code's b1)"),
-        "kappa": Hparam(50.0, 150.0, "METHOD.md s1: CW margin kappa 50 on CIFAR, 150 on MNIST (code)"),
-        "rs_scale": Hparam(None, 0.1, "METHOD.md s1: uniform start in [-eps, eps] (CIFAR), [-0.1, 0.1] (MNIST) (code)"),
+        "beta": Hparam(5.0, 1.0, "Train_CIFAR10.py --b 5 (paper's a); Train_MNIST.py: KL term unweighted (1)"),
+        "b": Hparam(0.05, 0.3, "Train_CIFAR10.py --b1 0.05; Train_MNIST.py: 0.3*temp_loss1"),
+        "kappa": Hparam(50.0, 150.0, "cwloss(confidence=50) in Train_CIFAR10.py, 150 in Train_MNIST.py"),
+        "rs_scale": Hparam(None, 0.1, "attack_pgd: delta.uniform_(-eps, eps) (CIFAR); pgd_linf: U(-0.1, 0.1) (MNIST)"),
         "pgd_loss": Hparam("ce", "ce", "METHOD.md s1: CATcent ascends CE; Fig. 5 compares ce / kl / cw",
                            choices=("ce", "kl", "cw")),
-        "g_kl_reduction": Hparam("sum", "sum", "inferred (METHOD.md gives '/B' for Eq. 13 only); see loss_g",
-                                 choices=("sum", "batchmean")),
+        "g_kl_reduction": Hparam("batchmean", "batchmean",
+                                 "Train_MNIST.py / Train_CIFAR10.py: (1.0 / batch_size) * KLDivLoss(sum) in L_g; "
+                                 "'sum' (not / B) is an option", choices=("batchmean", "sum")),
         "ablation": Hparam("none", "none", "METHOD.md s1 (Sec. 5.2.3): A1 = no mask + plain CE; A2 = mask + plain CE",
                            choices=ABLATIONS),
+    }
+    PROTOCOLS = {
+        ("mnist", "*"): Protocol(
+            batch_size=100, epochs=40, optimizer="adam", lr=1e-3, momentum=0.0, milestones=(31,),
+            attack_steps=20, attack_step_ratio=1 / 20, selection="nat+rob", normalize=False,
+            source=f"{_CODE}Train_MNIST.py: Adam 1e-3 for f and g, set to 1e-4 when t == 30 (after 31 "
+                   f"epochs), 40 epochs, batch 100, PGD-20 of step eps/20, no [0,1] clip; keeps the "
+                   f"best test_err + adv_err (PGD-20, eps 0.3, step 0.015)",
+        ),
+        ("cifar10", "wrn-34-10"): _cifar(140, (100, 110), "Train_CIFAR10.py --model WideResNet"),
+        ("cifar10", "*"): _cifar(140, (100, 120), "Train_CIFAR10.py --model PreActResNet18"),
+        ("cifar100", "wrn-34-10"): _cifar(120, (100, 110), "Train_CIFAR100.py --model WideResNet"),
+        ("cifar100", "*"): _cifar(120, (100, 110), "Train_CIFAR100.py"),
     }
 
     def modules(self):
@@ -74,18 +114,21 @@ class CATcent(Method):
 
     def update(self, x, y, optimizers, epoch):
         h = self.hparams
+        clip = self.attack.clip
         use_mask = h["ablation"] != "A1"
         attack = self.pgd(h["pgd_loss"], "uniform", rs_scale=h["rs_scale"], kappa=h["kappa"])
         with self.autocast():
             x_adv = attack(self.f, x, y)
+            self.track_bn(x_adv)
             delta = x_adv - x
             if use_mask:
                 with torch.no_grad():
                     mask = self.g(x_adv)
             else:
                 mask = 1.0
+            logits_cal = self.f(calibrate(x, delta, mask, clip))
             logits_nat = self.f(x)
-            lf = loss_f(logits_nat, self.f(calibrate(x, delta, mask)), y, h["beta"], weighted=h["ablation"] == "none")
+            lf = loss_f(logits_nat, logits_cal, y, h["beta"], weighted=h["ablation"] == "none")
         self.step(optimizers["f"], lf)
         losses = {"loss_f": lf.detach()}
         if use_mask:
@@ -93,7 +136,7 @@ class CATcent(Method):
                 mask = self.g(x_adv)
                 with torch.no_grad():
                     logits_adv = self.f(x_adv)
-                lg = loss_g(logits_adv, self.f(calibrate(x, delta, mask)), y, h["b"], h["g_kl_reduction"])
+                lg = loss_g(logits_adv, self.f(calibrate(x, delta, mask, clip)), y, h["b"], h["g_kl_reduction"])
             g_params = [p for p in self.g.parameters() if p.requires_grad]
             grads = torch.autograd.grad(lg, g_params)
             for p, grad in zip(g_params, grads):
@@ -101,6 +144,9 @@ class CATcent(Method):
             optimizers["g"].step()
             losses["loss_g"] = lg.detach()
             losses["mask_mean"] = mask.detach().float().mean()
+            losses["mask_sq"] = mask.detach().float().square().mean()
+        with self.autocast():
+            self.track_bn(x)
         return losses
 
 
@@ -109,5 +155,5 @@ class CATcw(CATcent):
 
     name = "cat-cw"
     HPARAMS = {**CATcent.HPARAMS,
-               "pgd_loss": Hparam("cw", "cw", "METHOD.md s1: CATcw ascends the C&W margin loss",
+               "pgd_loss": Hparam("cw", "cw", "Train_CIFAR10.py --attackloss cw; Train_MNIST.py --attacktrain cw",
                                   choices=("ce", "kl", "cw"))}

@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cat_bench.data import (DATASETS, TensorLoader, dataset_info, load_split, random_crop_flip,
+from cat_bench.data import (DATASETS, TensorLoader, augment_batch, dataset_info, load_split, random_crop_flip,
+                            random_rotate,
                             resolve_data_root, split_train_val)
 from cat_bench.errors import UsageError
 
@@ -170,10 +171,36 @@ def test_random_crop_flip():
     assert torch.allclose(floats * 255, out.float())
 
 
+def test_reflect_padded_crop_matches_cifar10_fast():
+    """mode="reflect": each output is a crop (or flipped crop) of np.pad(..., mode="reflect"), as the
+    CAT and robust_overfitting scripts' utils.pad; zero padding would put zeros at the borders."""
+    x = torch.randint(1, 256, (32, 3, 32, 32), dtype=torch.uint8)
+    out = random_crop_flip(x, torch.Generator().manual_seed(5), mode="reflect")
+    padded = torch.from_numpy(np.pad(x.numpy(), [(0, 0), (0, 0), (4, 4), (4, 4)], mode="reflect"))
+    crops = padded.unfold(2, 32, 1).unfold(3, 32, 1).permute(0, 2, 3, 1, 4, 5).reshape(32, -1, 3, 32, 32)
+    crops = torch.cat([crops, crops.flip(-1)], dim=1)
+    assert torch.equal((crops == out.unsqueeze(1)).flatten(2).all(-1).sum(1) >= 1, torch.ones(32, dtype=torch.bool))
+    assert (out > 0).all()  # x has no zero pixel, and reflection adds none
+
+
+def test_rotation_augmentation():
+    """random_rotate (train_cifar100.py's RandomRotation(15)): per-example angles within 15 degrees,
+    nearest neighbour (no new pixel values), zeros where the rotated image leaves the frame."""
+    x = torch.randint(1, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    out = random_rotate(x, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    zeros = (out[:, 0] == 0).flatten(1).sum(1)
+    assert (zeros > 0).float().mean() > 0.8 and len(torch.unique(zeros)) > 10  # angles differ per example
+    assert zeros.max() < 0.15 * 32 * 32  # at most 15 degrees: a thin border, not a half-turned image
+    values = set(x[:, 0].unique().tolist()) | {0}
+    assert set(out[:, 0].unique().tolist()) <= values  # nearest neighbour
+    assert torch.equal(augment_batch(x, torch.Generator(), "none"), x)
+
+
 def make_loader(n=103, batch_size=16, **kwargs):
     """A loader over n random CIFAR-shaped images whose label is their index."""
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    kwargs = {"shuffle": True, "augment": True, "seed": 3, **kwargs}
+    kwargs = {"shuffle": True, "augment": "crop-flip", "seed": 3, **kwargs}
     return x, TensorLoader(x, torch.arange(n), batch_size, "cpu", **kwargs)
 
 
@@ -203,7 +230,7 @@ def test_tensor_loader_covers_epoch():
     assert torch.equal(y.sort().values, torch.arange(103)) and y.dtype == torch.int64
     xs = torch.cat([x for x, _ in got])
     assert xs.dtype == torch.float32 and xs.min() >= 0 and xs.max() <= 1
-    _, plain = make_loader(shuffle=False, augment=False)
+    _, plain = make_loader(shuffle=False, augment="none")
     xp, yp = next(iter(plain.epoch(0)))
     assert torch.equal(yp, torch.arange(16)) and torch.equal(xp, x[:16].float() / 255)
     _, dropped = make_loader(drop_last=True)

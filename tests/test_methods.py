@@ -11,7 +11,6 @@ from torch import nn
 from cat_bench.errors import UsageError
 from cat_bench.methods import METHODS, TrainAttack, get_method, resolve_hparams
 from cat_bench.methods.base import Method
-from cat_bench.methods.cat import loss_f
 
 N, C = 6, 3
 
@@ -98,22 +97,23 @@ def test_mart_loss():
 
 
 def cat_hand_losses(f_before, f_after, g_before, x, y, x_adv, beta, b, weighted=True, mask=True):
-    """Eq. 13 with f before its step, Eq. 14 (KL summed over the batch) with the updated f and old g."""
+    """Eq. 13 with f before its step, Eq. 14 (KL sum / B, the code's) with the updated f and old g."""
     delta = x_adv - x
     m = g_before(x_adv).detach() if mask else torch.ones_like(x)
     x_cal = torch.clamp(x + m * delta, 0, 1)
     p, pc = probs(f_before, x), probs(f_before, x_cal)
-    w = [(1 - p[i, y[i]] + 1e-7) if weighted else 1.0 for i in range(N)]
+    w = [(1.0000001 - p[i, y[i]]) if weighted else 1.0 for i in range(N)]
     lf = beta * np.mean([kl(p[i], pc[i]) for i in range(N)]) + np.mean(
         [w[i] * -math.log(p[i, y[i]]) for i in range(N)])
     pa, pc2 = probs(f_after, x_adv), probs(f_after, x_cal)
-    lg = np.sum([kl(pa[i], pc2[i]) for i in range(N)]) + b * np.mean([-math.log(pc2[i, y[i]]) for i in range(N)])
+    lg = np.mean([kl(pa[i], pc2[i]) for i in range(N)]) + b * np.mean([-math.log(pc2[i, y[i]]) for i in range(N)])
     return lf, lg
 
 
 @pytest.mark.parametrize("name", ["cat-cent", "cat-cw"])
-def test_cat_losses_and_step_order(name):
-    """L_f (Eq. 13) uses f before its step; L_g (Eq. 14) sees the just-updated f; g's step leaves f alone."""
+def test_cat_losses_by_hand(name):
+    """L_f (Eq. 13) in float64 by hand with f before its step; L_g (Eq. 14) with the just-updated f.
+    (The whole step against the official code is tests/test_golden_steps.py.)"""
     x, y, x_adv = data()
     m, opts = make(name, beta=5, b=0.05)
     fix_attack(m, x_adv)
@@ -122,17 +122,8 @@ def test_cat_losses_and_step_order(name):
     lf, lg = cat_hand_losses(f0, m.f, g0, x, y, x_adv, beta=5.0, b=0.05)
     assert out["loss_f"].item() == pytest.approx(lf, rel=1e-5)
     assert out["loss_g"].item() == pytest.approx(lg, rel=1e-5)
-    # with the old f, L_g would differ: g really saw the updated f
     _, lg_old_f = cat_hand_losses(f0, f0, g0, x, y, x_adv, beta=5.0, b=0.05)
-    assert abs(lg_old_f - lg) > 1e-4
-    # f moved by exactly one SGD step on L_f (g's update did not touch f's weights)
-    f_expected = copy.deepcopy(f0)
-    x_cal = torch.clamp(x + g0(x_adv).detach() * (x_adv - x), 0, 1)
-    loss = loss_f(f_expected(x), f_expected(x_cal), y, beta=5.0, weighted=True)
-    grads = torch.autograd.grad(loss, list(f_expected.parameters()))
-    for p_exp, grad, p_got in zip(f_expected.parameters(), grads, m.f.parameters()):
-        assert torch.allclose(p_exp - 0.5 * grad, p_got, atol=1e-6)
-    # and g moved too
+    assert abs(lg_old_f - lg) > 1e-4  # g really saw the updated f
     assert any(not torch.equal(a, b) for a, b in zip(g0.parameters(), m.g.parameters()))
 
 

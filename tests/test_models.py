@@ -15,14 +15,33 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def test_mnist_baseline_models_match_their_scripts():
+    """madry-cnn: mnist_challenge model.py's layer sizes (3,274,634 weights), truncated-normal init
+    within 2 std of 0.1 and biases 0.1; trades-smallcnn: TRADES small_cnn.py (312,202 weights) with
+    a zero last layer and dropout 0.5."""
+    madry = build_classifier("madry-cnn", 10, 1)
+    assert n_params(madry) == (5 * 5 * 32 + 32) + (5 * 5 * 32 * 64 + 64) + (7 * 7 * 64 * 1024 + 1024) + (1024 * 10 + 10)
+    weights = [m.weight for m in madry.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert all(w.abs().max() <= 0.2 for w in weights) and 0.08 < weights[2].std() < 0.1
+    assert all(torch.equal(m.bias, torch.full_like(m.bias, 0.1)) for m in madry.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    trades = build_classifier("trades-smallcnn", 10, 1)
+    assert n_params(trades) == (9 * 32 + 32) + (9 * 32 * 32 + 32) + (9 * 32 * 64 + 64) + (9 * 64 * 64 + 64) + (
+        64 * 16 * 200 + 200) + (200 * 200 + 200) + (200 * 10 + 10)
+    last = trades.net.classifier[-1]
+    assert not last.weight.any() and not last.bias.any()
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.5 for m in trades.modules())
+
+
 def test_registry_names():
-    """The three paper architectures are registered."""
-    assert set(ARCHITECTURES) == {"smallcnn", "preact-resnet18", "wrn-34-10"}
+    """The paper's architectures and the baselines' official MNIST models are registered."""
+    assert set(ARCHITECTURES) == {"smallcnn", "madry-cnn", "trades-smallcnn", "preact-resnet18", "wrn-34-10"}
 
 
 @pytest.mark.parametrize(
     ("arch", "channels", "size"),
-    [("smallcnn", 1, 28), ("preact-resnet18", 3, 32), ("wrn-16-2", 3, 32), ("wrn-10-1", 3, 32)],
+    [("smallcnn", 1, 28), ("madry-cnn", 1, 28), ("trades-smallcnn", 1, 28), ("preact-resnet18", 3, 32),
+     ("wrn-16-2", 3, 32), ("wrn-10-1", 3, 32)],
 )
 def test_classifier_output_shape(arch, channels, size):
     """Each classifier maps (N, C, H, W) to (N, num_classes) logits."""

@@ -13,7 +13,7 @@ import pytest
 from cat_bench import records
 from cat_bench.orchestrate import SlurmJob, run_dir, run_local, state, submit_slurm
 from cat_bench.suite import load_suite
-from cat_bench.train import resolve_device
+from cat_bench.networks import resolve_device
 
 TINY = """
 description = "two tiny runs for the orchestrator tests"

@@ -82,9 +82,9 @@ def test_unrun_row_shows_not_run_yet_and_the_exact_command(cells):
         assert cells[f"table1/{TRADES_ROW}/{metric}"]["text"].startswith("not run yet paper ")
     text = cells[f"table1/{TRADES_ROW}/runs"]["text"]
     assert text.startswith("not run yet: ")
-    assert "cat-bench run --suite mnist --only method=trades dataset=mnist arch=smallcnn eps=0.3 " in text + " "
+    assert "cat-bench run --suite mnist --only method=trades dataset=mnist arch=trades-smallcnn eps=0.3 " in text + " "
     # the shipped mnist suite's runs that the command selects are exactly Table 1's TRADES eps 0.3 runs
-    selected = filter_runs(load_suite("mnist").runs, ["method=trades", "dataset=mnist", "arch=smallcnn", "eps=0.3"])
+    selected = filter_runs(load_suite("mnist").runs, ["method=trades", "dataset=mnist", "arch=trades-smallcnn", "eps=0.3"])
     assert selected and all(s.config["method"] == "trades" and s.config["eps"] == 0.3 for s in selected)
 
 
@@ -223,12 +223,13 @@ def test_rows_of_this_suite_not_run_yet_name_this_suite(tmp_path):
     path.write_text(text)
     suite = load_suite(str(path))
     _, collected = load_runs(suite, RESULTS)
-    pub = _published([dict(row="TRADES", method="trades", a=math.nan, b=math.nan, metric="natural", mean=99.3)])
+    pub = _published([dict(row="TRADES", method="trades", arch="trades-smallcnn", a=math.nan, b=math.nan,
+                           metric="natural", mean=99.3)])
     (table,) = build_tables(pub, collected, suite.runs, "more.toml")
     (row,) = table.rows
     assert row.cells[0].status == "not-run" and row.cells[0].rep_text == "not run yet"
     (rt,) = row.targets
-    assert rt.command == "cat-bench run --suite more.toml --only method=trades dataset=mnist arch=smallcnn eps=0.3"
+    assert rt.command == "cat-bench run --suite more.toml --only method=trades dataset=mnist arch=trades-smallcnn eps=0.3"
     assert rt.note is None and rt.pending == 2
 
 

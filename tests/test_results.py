@@ -47,8 +47,10 @@ def test_run_row(runs):
     assert row["hp.random_start"] == config["hparams"]["random_start"]
     assert row["pgd20"] == pytest.approx(100 * result["attacks"]["pgd20"]["accuracy"])
     assert row["n_examples"] == 50 and row["best_epoch"] == 1 and row["run"] == run.name
-    assert list(runs.columns[:7]) == ["method", "dataset", "arch", "eps", "seed", "epochs", "n_train"]
-    assert list(runs.columns[-7:]) == ["natural", "fgsm", "pgd20", "best_epoch", "n_examples", "masking_flags", "run"]
+    assert list(runs.columns[:9]) == ["method", "dataset", "arch", "protocol", "schedule", "eps", "seed", "epochs",
+                                     "n_train"]
+    assert list(runs.columns[-8:]) == ["natural", "fgsm", "pgd20", "best_epoch", "n_examples", "masking_flags",
+                                       "mask_flag_epochs", "run"]
 
 
 @pytest.mark.parametrize("missing", [records.DONE, records.EVAL])

@@ -93,6 +93,13 @@ def test_refusals_exit_2_with_a_clear_message(synthetic_cifar, tmp_path, capsys)
     assert code == 2 and "mnist-mini" in err and "RobustBench does not host" in err
     assert "cifar10, cifar100 and imagenet" in err
 
+    unclipped = shutil.copytree(run, tmp_path / "unclipped")  # as a run whose inputs left [0,1] would record
+    stored = records.read_json(unclipped / records.CONFIG)
+    stored["identity"]["train_attack"]["clip"] = False
+    records.write_json(unclipped / records.CONFIG, stored)
+    code, _, err = run_cli(["submit", str(unclipped), "--name", NAME, "--out", str(out)] + PAPER, capsys)
+    assert code == 2 and "leave [0,1]" in err and "--protocol valid" in err
+
     code, _, err = run_cli(["submit", str(tmp_path / "nothing"), "--name", NAME] + PAPER, capsys)
     assert code == 2 and "not a run directory" in err
     assert not out.exists()  # no refusal wrote anything
@@ -127,6 +134,7 @@ def test_submit_exports_and_robustbench_verifies_it(synthetic_cifar, tmp_path, c
     assert info["autoattack_acc"] == f"{100 * result['attacks']['autoattack']['accuracy']:.2f}"
     assert info["reported"] == "12.5" and info["additional_data"] is False and info["number_forward_passes"] == 1
     assert "first 8 of the 10000 test points" in info["footnote"]
+    assert "'paper' protocol (inputs in [0,1])" in info["footnote"]
     assert info["unreliable"] is bool(result["flags"])
     assert info["name"] == "A tiny natural model" and info["link"] == "https://example.org/tiny"
 

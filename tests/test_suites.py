@@ -70,49 +70,120 @@ def test_runs_shared_by_several_blocks_merge():
     assert len(b03) == 10 and all("square" not in r.attacks and "Table 4" not in r.labels for r in b03)
 
 
+# Each method's protocol, literally as its official script writes it (read with the search tool):
+# (optimizer, lr, momentum, weight decay, batch, epochs, milestones = completed epochs before each /10,
+# PGD steps, PGD step or None for CAT's eps/20, selection rule, augmentation, normalisation).
+SCRIPTS = {
+    # Calibrated-adversarial-training Codes/Train_MNIST.py: `if t == 30` after 0-based epoch t.
+    ("cat", "mnist", "smallcnn"): ("adam", 1e-3, 0.0, 0.0, 100, 40, [31], 20, None, "nat+rob", "none", False),
+    # Codes/Train_CIFAR10.py / Train_CIFAR100.py: lr_schedule(epoch), t < 100, t < 120 (110 for WRN, CIFAR-100).
+    ("cat", "cifar10", "preact-resnet18"): ("sgd", 0.1, 0.9, 5e-4, 128, 140, [100, 120], 10, 2 / 255, "nat+rob",
+                                            "crop-flip-reflect", True),
+    ("cat", "cifar10", "wrn-34-10"): ("sgd", 0.1, 0.9, 5e-4, 128, 140, [100, 110], 10, 2 / 255, "nat+rob",
+                                      "crop-flip-reflect", True),
+    ("cat", "cifar100", "preact-resnet18"): ("sgd", 0.1, 0.9, 5e-4, 128, 120, [100, 110], 10, 2 / 255, "nat+rob",
+                                             "crop-flip-reflect", True),
+    # robust_overfitting train_cifar.py: 200 epochs, piecewise t/200 < 0.5, < 0.75; model_best on test robust acc.
+    ("at", "cifar10", "preact-resnet18"): ("sgd", 0.1, 0.9, 5e-4, 128, 200, [100, 150], 10, 2 / 255, "rob",
+                                           "crop-flip-reflect", True),
+    ("at", "cifar10", "wrn-34-10"): ("sgd", 0.1, 0.9, 5e-4, 128, 200, [100, 150], 10, 2 / 255, "rob",
+                                     "crop-flip-reflect", True),
+    ("at", "cifar100", "preact-resnet18"): ("sgd", 0.1, 0.9, 5e-4, 128, 200, [100, 150], 10, 2 / 255, "rob",
+                                            "crop-flip-rotate15", True),
+    # mnist_challenge config.json: Adam 1e-4 (train.py), batch 50, k 40, a 0.01, 100000 steps.
+    ("at", "mnist", "madry-cnn"): ("adam", 1e-4, 0.0, 0.0, 50, 91, [], 40, 0.01, "final", "none", False),
+    # TRADES train_trades_mnist.py: adjust_learning_rate epoch >= 55, 75, 90 (1-based).
+    ("trades", "mnist", "trades-smallcnn"): ("sgd", 0.01, 0.9, 0.0, 128, 100, [54, 74, 89], 40, 0.01, "final",
+                                             "none", False),
+    # train_trades_cifar10.py: 76 epochs, epoch >= 75, 90, 100 (1-based), --wd 2e-4, step 0.007.
+    ("trades", "cifar10", "preact-resnet18"): ("sgd", 0.1, 0.9, 2e-4, 128, 76, [74, 89, 99], 10, 0.007, "final",
+                                               "crop-flip", False),
+    ("trades", "cifar10", "wrn-34-10"): ("sgd", 0.1, 0.9, 2e-4, 128, 76, [74, 89, 99], 10, 0.007, "final",
+                                         "crop-flip", False),
+    # MART train_resnet.py (lr 0.01, wd 3.5e-3, 120 epochs) and train_wideresnet.py (lr 0.1, wd 7e-4, 90).
+    ("mart", "cifar10", "preact-resnet18"): ("sgd", 0.01, 0.9, 3.5e-3, 128, 120, [74, 89, 99], 10, 0.007, "final",
+                                             "crop-flip", False),
+    ("mart", "cifar10", "wrn-34-10"): ("sgd", 0.1, 0.9, 7e-4, 128, 90, [74, 89, 99], 10, 0.007, "final",
+                                       "crop-flip", False),
+    # FAT_for_TRADES.py: 85 epochs, epoch >= 75, 90 (1-based), wd 2e-4.
+    ("fat", "cifar10", "preact-resnet18"): ("sgd", 0.1, 0.9, 2e-4, 128, 85, [74, 89], 10, 0.007, "final",
+                                            "crop-flip", False),
+    ("fat", "cifar10", "wrn-34-10"): ("sgd", 0.1, 0.9, 2e-4, 128, 85, [74, 89], 10, 0.007, "final",
+                                      "crop-flip", False),
+}
+
+
 def _schedule_checks(c: dict) -> None:
     s, sel, attack = c["schedule"], c["selection"], c["train_attack"]
-    assert (sel["on"], sel["n"], c["n_train"]) == ("test", None, None)
-    if c["dataset"] == "mnist":  # METHOD.md s3, MNIST
-        assert (s["optimizer"], s["lr"], s["epochs"], s["milestones"], s["batch_size"]) == ("adam", 1e-3, 40, [30], 100)
-        assert attack["steps"] == 20 and attack["alpha"] == pytest.approx(c["eps"] / 20)
-        assert c["eps"] in (0.3, 0.4)
+    assert (sel["on"], sel["n"], c["n_train"], c["protocol"], s["name"]) == ("test", None, None, "paper", "official")
+    family = "cat" if c["method"] in CAT else c["method"]
+    (opt, lr, momentum, wd, batch, epochs, milestones, steps, step, rule, augment,
+     normalize) = SCRIPTS[(family, c["dataset"], c["arch"])]
+    assert (s["optimizer"], s["lr"], s["weight_decay"], s["batch_size"], s["epochs"], s["milestones"]) == (
+        opt, lr, wd, batch, epochs, milestones)
+    assert opt == "adam" or s["momentum"] == momentum
+    assert (attack["steps"], sel["rule"], s["augment"], s["normalize"]) == (steps, rule, augment, normalize)
+    assert attack["alpha"] == pytest.approx(c["eps"] / 20 if step is None else step)
+    assert s["lr_per_iteration"] == (family == "at" and c["dataset"] != "mnist")
+    if family in ("trades", "mart", "fat"):
+        assert attack["eps"] == round(c["eps"], 3)  # the scripts' --epsilon 0.031 for 8/255
+    if c["dataset"] == "mnist":  # METHOD.md s3-s4: selection PGD-20 at 0.3, no clip under the paper protocol
+        assert c["eps"] in (0.3, 0.4) and attack["clip"] == (family != "cat")
         assert sel["attack"] == {"kind": "pgd", "steps": 20, "alpha": 0.015, "eps": 0.3, "random_start": "none",
-                                 "loss": "ce", "kappa": 0.0}
+                                 "loss": "ce", "kappa": 0.0, "clip": False}
+        assert (s["max_steps"], s["train_skip"]) == ((100_000, 5000) if family == "at" else (None, 0))
         return
-    # METHOD.md s3, CIFAR: SGD 0.1 momentum 0.9 wd 5e-4 batch 128; PGD-10 of eps/4 (2/255 at 8/255).
-    assert (s["optimizer"], s["lr"], s["momentum"], s["weight_decay"], s["batch_size"]) == ("sgd", 0.1, 0.9, 5e-4, 128)
-    assert attack["steps"] == 10 and attack["alpha"] == pytest.approx(c["eps"] / 4)
-    if c["eps"] == pytest.approx(8 / 255):
-        assert attack["alpha"] == pytest.approx(2 / 255)
-    epochs_milestones = {("cifar10", "preact-resnet18"): (140, [100, 120]), ("cifar10", "wrn-34-10"): (140, [100, 110]),
-                         ("cifar100", "preact-resnet18"): (120, [100, 110])}
-    assert (s["epochs"], s["milestones"]) == epochs_milestones[(c["dataset"], c["arch"])]
+    assert attack["clip"] and sel["attack"]["clip"]
     assert sel["attack"]["steps"] == 10 and sel["attack"]["random_start"] == "uniform"
-    assert sel["attack"]["eps"] == pytest.approx(8 / 255) and sel["attack"]["alpha"] == pytest.approx(2 / 255)
+    assert sel["attack"]["alpha"] == pytest.approx(2 / 255)
+    # CAT selects at 8/255 whatever eps_train (Train_CIFAR10.py); Rice et al. at the training eps.
+    assert sel["attack"]["eps"] == pytest.approx(c["eps"] if family == "at" else 8 / 255)
 
 
-def test_paper_configs_match_method_md_constants():
+def test_paper_configs_match_the_official_scripts():
     runs = load("paper").runs
     for run in runs:
         c, h = run.config, run.config["hparams"]
         _schedule_checks(c)
         if c["dataset"] != "mnist" and "Figure 3" not in run.labels:
             assert c["eps"] == pytest.approx(8 / 255)  # all CIFAR eps_train 8/255 (Figure 3 sweeps it)
+        if c["method"] == "mart":
+            assert h["beta"] == (6.0 if c["arch"] == "wrn-34-10" else 5.0)
+        if c["method"] in ("trades", "fat"):
+            assert h["beta"] == (1.0 if c["dataset"] == "mnist" else 6.0)
         if c["method"] not in CAT:
             continue
-        if c["dataset"] == "mnist":  # METHOD.md s1: MNIST defaults
-            assert (h["beta"], h["b"], h["kappa"]) == (1.0, 0.3, 150.0)
+        assert h["g_kl_reduction"] == "batchmean"  # (1.0 / batch_size) * KLDivLoss(sum), both scripts
+        if c["dataset"] == "mnist":  # Train_MNIST.py
+            assert (h["beta"], h["b"], h["kappa"], h["rs_scale"]) == (1.0, 0.3, 150.0, 0.1)
             continue
-        assert h["kappa"] == 50.0
+        assert h["kappa"] == 50.0 and h["rs_scale"] is None
         if "Table 8" not in run.labels:
             assert h["beta"] == 5.0
         if set(run.labels) <= {"Figure 3", "Figure 4"}:  # blocks that set no b: the CIFAR default
             assert h["b"] == 0.05
         if {"Table 2", "Table 3", "Table 7"} & set(run.labels):
             assert h["b"] in (0.05, 0.1, 0.3)
-    assert {r.config["arch"] for r in runs} == {"smallcnn", "preact-resnet18", "wrn-34-10"}
+    assert {r.config["arch"] for r in runs} == {"smallcnn", "madry-cnn", "trades-smallcnn", "preact-resnet18",
+                                                "wrn-34-10"}
     assert {r.config["dataset"] for r in runs} == {"mnist", "cifar10", "cifar100"}
+
+
+def test_uniform_schedule_is_one_named_option():
+    """--schedule uniform: every method takes CAT's protocol, and the run is another run (another hash)."""
+    block = 'methods = ["at", "trades"]\ndataset = "cifar10"\neps = ["8/255"]\nattacks = ["natural"]\n'
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "u.toml"
+        path.write_text(f'description = "u"\n[[runs]]\n{block}schedule = "uniform"\n[[runs]]\n{block}')
+        runs = load_suite(str(path)).runs
+    uniform, official = runs[:2], runs[2:]
+    for u, o in zip(uniform, official):
+        assert u.name != o.name and u.config["schedule"]["name"] == "uniform"
+        assert (u.config["schedule"]["epochs"], u.config["schedule"]["milestones"]) == (140, [100, 120])
+        assert u.config["selection"]["rule"] == "nat+rob"
+    assert [o.config["schedule"]["epochs"] for o in official] == [200, 76]
 
 
 def test_paper_cat_rows_of_tables_1_2_3_7_have_five_seeds():
@@ -153,7 +224,8 @@ def test_filters():
     assert filter_runs(runs, ["method=at", "b=0.05"]) == []  # AT has no b
     paper = load("paper").runs
     assert len(filter_runs(paper, ["arch=wrn-34-10"])) == 34
-    assert len(filter_runs(paper, ["dataset=mnist", "epochs=40"])) == 23
+    assert len(filter_runs(paper, ["dataset=mnist", "epochs=40"])) == 20  # CAT's 40; AT 91, TRADES 100 epochs
+    assert len(filter_runs(paper, ["protocol=paper"])) == len(paper)
     with pytest.raises(UsageError, match="colour"):
         filter_runs(runs, ["colour=red"])
     with pytest.raises(UsageError, match="KEY=VALUE"):

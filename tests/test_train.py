@@ -48,11 +48,13 @@ def test_run_directory_holds_config_history_checkpoints_and_done(uninterrupted):
     assert stored["identity"]["seed"] == 0
     assert stored["identity"]["hparams"]["beta"] == 1.0  # MNIST default a (METHOD.md s1)
     preset = resolve_config("cat-cent", "mnist-mini", 0.3)
-    assert preset["train_attack"] == {"eps": 0.3, "alpha": pytest.approx(0.015), "steps": 20}  # METHOD.md s3
+    assert preset["train_attack"] == {"eps": 0.3, "alpha": pytest.approx(0.015), "steps": 20, "clip": False}
     assert preset["schedule"]["optimizer"] == "adam" and preset["schedule"]["epochs"] == 40
     rows = records.read_jsonl(out / records.HISTORY)
     assert [r["epoch"] for r in rows] == [1, 2]
-    assert {"loss_f", "loss_g", "mask_mean"} <= set(rows[0]["train"])
+    assert {"loss_f", "loss_g", "mask_mean", "mask_std"} <= set(rows[0]["train"])
+    assert stored["sources"]["protocol"].startswith("TienjinHuang/Calibrated-adversarial-training Codes/Train_MNIST.py")
+    assert "Train_MNIST.py" in stored["sources"]["hparams"]["b"]
     assert all(0 <= r["nat_acc"] <= 1 and 0 <= r["rob_acc"] <= 1 for r in rows)
     done = records.read_json(out / records.DONE)
     assert done["best_epoch"] == max(rows, key=lambda r: r["score"])["epoch"]
@@ -133,7 +135,9 @@ def test_cifar_path_on_synthetic_cifar_files(synthetic_cifar, tmp_path):
     root = synthetic_cifar("cifar10", n_train=40, n_test=20)
     config = resolve_config("trades", "cifar10", 8 / 255, arch="wrn-10-1", epochs=1, batch_size=20)
     assert config["schedule"]["optimizer"] == "sgd" and config["train_attack"]["steps"] == 10
-    assert config["selection"]["attack"]["random_start"] == "uniform"
+    assert config["train_attack"]["eps"] == 0.031 and config["train_attack"]["alpha"] == 0.007  # as the script writes
+    assert config["selection"]["attack"]["random_start"] == "uniform" and config["selection"]["rule"] == "final"
+    assert not config["schedule"]["normalize"] and config["schedule"]["augment"] == "crop-flip"
     train(config, tmp_path / "cifar", data_root=root, **QUIET)
     row = records.read_jsonl(tmp_path / "cifar" / records.HISTORY)[0]
     assert row["epoch"] == 1 and 0 <= row["nat_acc"] <= 1

@@ -12,6 +12,7 @@ from torch import nn
 
 from cat_bench.errors import UsageError
 from cat_bench.models.masknet import CifarMaskNet, MnistMaskNet
+from cat_bench.models.mnist_baselines import MadryCNN, TradesSmallCNN
 from cat_bench.models.normalize import Normalize
 from cat_bench.models.preact_resnet import PreActResNet18
 from cat_bench.models.smallcnn import SmallCNN
@@ -28,6 +29,8 @@ __all__ = [
 
 ARCHITECTURES: dict[str, str] = {
     "smallcnn": "MNIST small CNN: 4 convs (32,32,64,64) + 2 linears, no normalization (METHOD.md s.2)",
+    "madry-cnn": "MNIST CNN of Madry et al. (mnist_challenge model.py): 2 convs 5x5 + pools, linear 1024",
+    "trades-smallcnn": "MNIST SmallCNN of TRADES (models/small_cnn.py): 4 convs 3x3 + pools, 200-200, dropout 0.5",
     "preact-resnet18": "PreAct ResNet-18 for CIFAR, as in Rice et al. 2020 (METHOD.md s.2)",
     "wrn-34-10": "WideResNet-34-10 for CIFAR, as in TRADES / MART (METHOD.md s.2)",
 }
@@ -37,7 +40,7 @@ MASK_FAMILIES: dict[str, str] = {
     "cifar": "ResNet-18 trunk mask net, nearest resize, conv + sigmoid (METHOD.md s.2)",
 }
 
-_ALLOWED = "smallcnn, preact-resnet18, wrn-34-10 (or wrn-DEPTH-WIDTH)"
+_ALLOWED = "smallcnn, madry-cnn, trades-smallcnn, preact-resnet18, wrn-34-10 (or wrn-DEPTH-WIDTH)"
 _WRN_PATTERN = re.compile(r"wrn-(\d+)-(\d+)")
 
 
@@ -63,6 +66,10 @@ def _build_net(arch: str, num_classes: int, in_channels: int) -> nn.Module:
     """Build the bare network for ``arch``; raise UsageError for unknown names or bad depths."""
     if arch == "smallcnn":
         return SmallCNN(num_classes=num_classes, in_channels=in_channels)
+    if arch == "madry-cnn":
+        return MadryCNN(num_classes=num_classes, in_channels=in_channels)
+    if arch == "trades-smallcnn":
+        return TradesSmallCNN(num_classes=num_classes, in_channels=in_channels)
     if arch == "preact-resnet18":
         return PreActResNet18(num_classes=num_classes, in_channels=in_channels)
     match = _WRN_PATTERN.fullmatch(arch)

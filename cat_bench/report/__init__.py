@@ -30,7 +30,7 @@ from cat_bench.suite import SUITES_DIR, Suite, load_suite
 
 from .figures import paper_figures, run_curves
 from .runs import RunRecord, format_eps, format_value, load_runs
-from .tables import (ARCH_LABELS, DATASET_LABELS, METRIC_LABELS, Table, build_tables, leaderboard)
+from .tables import (ARCH_LABELS, DATASET_LABELS, METRIC_LABELS, Table, build_tables, leaderboard, mask_flags)
 
 __all__ = ["render_report", "read_cells", "suite_reference"]
 
@@ -118,6 +118,8 @@ def _run_page(run: RunRecord, tables: list[Table], curves: bool) -> dict:
     best_row = next((h for h in run.history if h["epoch"] == best), None)
     return {
         "run": run, "ident": run.identity, "eval_rows": rows, "flags": ev.get("flags", []), "key": ev.get("key", {}),
+        "mask_flags": mask_flags(run.history), "mask_means": [h["train"]["mask_mean"] for h in run.history
+                                                               if "mask_mean" in h.get("train", {})],
         "config_json": json.dumps(run.identity, indent=2, sort_keys=True),
         "train_provenance": _flatten(run.provenance or {}), "eval_provenance": _flatten(ev.get("provenance", {})),
         "train_seconds": _fmt_seconds(train_s), "eval_seconds": _fmt_seconds(eval_s),

@@ -179,7 +179,7 @@ def _figure2_panels(run: RunRecord, device: str, data_root):
     from cat_bench.data import load_split
     from cat_bench.methods.cat import calibrate
     from cat_bench.presets import eval_attack
-    from cat_bench.train import Networks
+    from cat_bench.networks import Networks
 
     dev = torch.device(device)
     nets = Networks(run.identity, dev)

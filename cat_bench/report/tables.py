@@ -39,10 +39,12 @@ from .runs import RunRecord, format_value
 METRICS = ("natural", "fgsm", "pgd20", "pgd100", "cw", "square", "avg")
 METRIC_LABELS = {"natural": "Natural", "fgsm": "FGSM", "pgd20": "PGD-20", "pgd100": "PGD-100", "cw": "CW∞",
                  "square": "Square", "autoattack": "AutoAttack", "avg": "Avg"}
-ARCH_LABELS = {"smallcnn": "SmallCNN", "preact-resnet18": "PreAct ResNet-18", "wrn-34-10": "WRN-34-10"}
+ARCH_LABELS = {"smallcnn": "SmallCNN", "madry-cnn": "Madry CNN", "trades-smallcnn": "TRADES SmallCNN", "preact-resnet18": "PreAct ResNet-18", "wrn-34-10": "WRN-34-10"}
 DATASET_LABELS = {"mnist": "MNIST", "mnist-mini": "MNIST-mini", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 TABLE_CAPTIONS = {
-    "1": "MNIST, SmallCNN, tested at eps 0.3: natural accuracy and accuracy under PGD-20 and PGD-100 (%).",
+    "1": "MNIST, tested at eps 0.3: natural accuracy and accuracy under PGD-20 and PGD-100 (%). CAT: its "
+         "SmallCNN; AT and TRADES: the networks of their official MNIST scripts (Madry et al.'s CNN, TRADES' "
+         "SmallCNN; the paper does not say which it used). Paper protocol: CAT's inputs are not clipped to [0,1].",
     "2": "CIFAR-10, PreAct ResNet-18, tested at eps 8/255 (CW∞ at 0.031); CAT rows are mean ± std over "
          "5 runs in the paper; Avg is the mean of natural and all robust accuracies.",
     "3": "CIFAR-10, WideResNet-34-10, the same columns as Table 2. The paper's CATcent (b=0.3) row lost its "
@@ -113,6 +115,8 @@ class Target:
         """Whether a resolved config (RunSpec.config / config.json's identity) is a run of this row."""
         if (config["method"], config["dataset"], config["arch"]) != (self.method, self.dataset, self.arch):
             return False
+        if (config.get("protocol", "valid"), config["schedule"].get("name", "official")) != ("paper", "official"):
+            return False  # the published numbers are the paper protocol with each method's own schedule
         if abs(config["eps"] - self.eps_value) > EPS_TOL:
             return False
         have = config.get("hparams", {})
@@ -329,36 +333,39 @@ def build_tables(published: pd.DataFrame, collected: pd.DataFrame, specs: Sequen
     tables = []
     for table_id in dict.fromkeys(published["table"]):
         pub = published[published["table"] == table_id]
-        archs = list(dict.fromkeys(pub["arch"]))
+        # Column groups: one per architecture (Table 4's ResNet / WRN columns); MNIST's rows each name
+        # their own method's network in one group.
+        pub = pub.assign(col=pub["arch"].where(pub["dataset"] != "mnist", "mnist"))
+        archs = list(dict.fromkeys(pub["col"]))
         present = set(pub["metric"])
         metrics = [m for m in METRICS if m in present] + sorted(present - set(METRICS))
         columns = [(arch, m, METRIC_LABELS.get(m, m) + (f" · {ARCH_LABELS.get(arch, arch)}" if len(archs) > 1 else ""))
-                   for arch in archs for m in metrics if ((pub["arch"] == arch) & (pub["metric"] == m)).any()
+                   for arch in archs for m in metrics if ((pub["col"] == arch) & (pub["metric"] == m)).any()
                    or len(archs) == 1]
         rows = []
         for label in dict.fromkeys(pub["row"]):
             lines = pub[pub["row"] == label]
             row_targets: dict[str, RowTarget] = {}
             stats: dict[str, tuple[pd.DataFrame, pd.Series | None]] = {}
-            for arch in dict.fromkeys(lines["arch"]):
-                first = lines[lines["arch"] == arch].iloc[0]
-                target = Target(first["method"], first["dataset"], arch, first["eps"], float(first["eps_value"]),
-                                float(first["a"]), float(first["b"]))
+            for col in dict.fromkeys(lines["col"]):
+                first = lines[lines["col"] == col].iloc[0]
+                target = Target(first["method"], first["dataset"], first["arch"], first["eps"],
+                                float(first["eps_value"]), float(first["a"]), float(first["b"]))
                 matched = [s for s in specs if target.matches(s.config)]
                 group, others = _choose_group(matched, collected)
                 seed_of = {s.name: s.config["seed"] for s in matched}
                 names = sorted(group["run"], key=lambda n: (seed_of[n], n))
-                rt = RowTarget(arch, target, runs=names, seeds=[seed_of[n] for n in names], other_groups=others)
+                rt = RowTarget(target.arch, target, runs=names, seeds=[seed_of[n] for n in names], other_groups=others)
                 rt.pending = sum(s.name not in finished for s in matched)
                 if group.empty or rt.pending:
                     rt.command, rt.note = command_for(target, specs, suite_ref, locate)
-                row_targets[arch] = rt
+                row_targets[col] = rt
                 summary = summarize(group).iloc[0] if not group.empty else None
-                stats[arch] = (group, summary)
+                stats[col] = (group, summary)
             cells = []
             for arch, metric, _ in columns:
                 cid = f"table{table_id}/{label}/{metric}" + (f"@{arch}" if len(archs) > 1 else "")
-                line = lines[(lines["arch"] == arch) & (lines["metric"] == metric)]
+                line = lines[(lines["col"] == arch) & (lines["metric"] == metric)]
                 pub_mean = float(line["mean"].iloc[0]) if len(line) else math.nan
                 pub_std = float(line["std"].iloc[0]) if len(line) else math.nan
                 if arch not in row_targets:
@@ -430,6 +437,16 @@ class Board:
     entries: list[Entry]
 
 
+def mask_flags(history: Sequence[dict]) -> list[dict]:
+    """CAT's mask-health flags: one per kind (collapsed, saturated) with the epochs that raised it."""
+    epochs: dict[str, list[int]] = {}
+    for row in history:
+        if "mask_flag" in row:
+            epochs.setdefault(row["mask_flag"], []).append(row["epoch"])
+    return [{"flag": f"mask {kind}", "detail": f"mean mask outside [0.01, 0.99] in epoch(s) {', '.join(map(str, e))}"}
+            for kind, e in epochs.items()]
+
+
 def leaderboard(runs: Sequence[RunRecord]) -> list[Board]:
     """Every evaluated run, one board per dataset, ranked by AutoAttack accuracy, else by its lowest
     robust accuracy among the attacks it was evaluated on (runs with no robust attack come last)."""
@@ -453,7 +470,7 @@ def leaderboard(runs: Sequence[RunRecord]) -> list[Board]:
         scored.sort(key=lambda s: (s[1] is None, -(s[1] or 0.0), -(s[3].get("natural") or 0.0), s[0].name))
         present = {k for _, _, _, acc in scored for k in acc if k != "natural"}
         attacks = [a for a in ATTACK_ORDER if a in present] + sorted(present - set(ATTACK_ORDER))
-        entries = [Entry(i, run, score, by, acc, run.evaluation.get("flags", []))
+        entries = [Entry(i, run, score, by, acc, run.evaluation.get("flags", []) + mask_flags(run.history))
                    for i, (run, score, by, acc) in enumerate(scored, start=1)]
         boards.append(Board(dataset, attacks, entries))
     return boards

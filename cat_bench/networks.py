@@ -1,0 +1,52 @@
+"""The networks of a run (f, and g for CAT) built from its resolved config, and the device to use."""
+
+from __future__ import annotations
+
+import torch
+
+from cat_bench.data import dataset_info
+from cat_bench.errors import UsageError
+from cat_bench.methods import get_method
+from cat_bench.models import build_classifier, build_mask_net
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """The device to run on: the given name, else CUDA when present, else CPU."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; allowed: cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+class Networks:
+    """f (and g for methods with a mask net) for a resolved config, on a device.
+
+    f normalises its input inside when the protocol says so (the CIFAR scripts of CAT and Rice et
+    al.); the TRADES, MART and FAT scripts feed [0,1] pixels to the network as they are.
+    """
+
+    def __init__(self, config: dict, device: torch.device):
+        info = dataset_info(config["dataset"])
+        normalize = config["schedule"].get("normalize", True)
+        mean, std = (info.mean, info.std) if normalize else (None, None)
+        self.f = build_classifier(config["arch"], info.num_classes, info.shape[0], mean, std)
+        self.g = build_mask_net(info.family, info.shape[0]) if get_method(config["method"]).uses_mask_net else None
+        for net in self.all().values():
+            net.to(device)
+            if device.type == "cuda":
+                net.to(memory_format=torch.channels_last)
+
+    def all(self) -> dict[str, torch.nn.Module]:
+        return {k: v for k, v in (("f", self.f), ("g", self.g)) if v is not None}
+
+    def state(self) -> dict[str, dict]:
+        return {k: v.state_dict() for k, v in self.all().items()}
+
+    def load(self, state: dict[str, dict]) -> None:
+        for k, net in self.all().items():
+            net.load_state_dict(state[k])

@@ -1,0 +1,95 @@
+"""Pixel-domain protocols (METHOD.md s4) and each method's official protocol, end to end on CPU.
+
+"paper": each official script's own domain (CAT's MNIST code never clips x + delta or x + M*delta to
+[0,1], in training, selection or test); "valid": inputs always in [0,1]. The tests watch every
+input the classifier sees, in training, in per-epoch selection and in evaluation.
+"""
+
+import pytest
+import torch
+
+from cat_bench import records
+from cat_bench.errors import UsageError
+from cat_bench.evaluate import evaluate
+from cat_bench.methods import protocol_for
+from cat_bench.methods.base import lr_at
+from cat_bench.models import Classifier
+from cat_bench.networks import resolve_device
+from cat_bench.train import resolve_config, train
+
+QUIET = dict(device=resolve_device("cpu"), progress=False, log=lambda m: None)
+SMALL = dict(epochs=1, n_train=100, batch_size=50, select_n=20)
+
+
+class InputRange:
+    """Min and max of every input a Classifier (f) receives while active."""
+
+    def __enter__(self):
+        self.lo, self.hi = float("inf"), float("-inf")
+
+        def hook(module, args):
+            if isinstance(module, Classifier):
+                self.lo, self.hi = min(self.lo, args[0].min().item()), max(self.hi, args[0].max().item())
+
+        self.handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def test_clip_settings_per_protocol():
+    paper = resolve_config("cat-cent", "mnist", 0.4)
+    valid = resolve_config("cat-cent", "mnist", 0.4, protocol="valid")
+    assert paper["protocol"] == "paper" and not paper["train_attack"]["clip"]
+    assert not paper["selection"]["attack"]["clip"]
+    assert valid["train_attack"]["clip"] and valid["selection"]["attack"]["clip"]
+    assert records.run_name(paper) != records.run_name(valid)  # part of the run's identity
+    # The baselines' MNIST scripts clip (mnist_challenge, TRADES); every CIFAR script clips.
+    assert resolve_config("at", "mnist", 0.3)["train_attack"]["clip"]
+    assert resolve_config("trades", "mnist", 0.3)["train_attack"]["clip"]
+    assert resolve_config("cat-cw", "cifar10", 8 / 255)["train_attack"]["clip"]
+    with pytest.raises(UsageError, match="'clipped'.*paper, valid"):
+        resolve_config("cat-cent", "mnist", 0.3, protocol="clipped")
+    with pytest.raises(UsageError, match="'authors'.*official, uniform"):
+        resolve_config("cat-cent", "mnist", 0.3, schedule="authors")
+
+
+@pytest.mark.parametrize("protocol", ["paper", "valid"])
+def test_cat_on_mnist_clips_only_under_the_valid_protocol(tmp_path, protocol):
+    """Paper protocol: f sees inputs outside [0,1] in training, selection and evaluation; valid: never."""
+    config = resolve_config("cat-cent", "mnist-mini", 0.4, protocol=protocol, **SMALL)
+    with InputRange() as during_training:
+        train(config, tmp_path, **QUIET)
+    with InputRange() as during_eval:
+        result = evaluate(tmp_path, "natural,pgd20", n_examples=20, **QUIET)
+    assert result["attacks"]["pgd20"]["settings"]["clip"] == (protocol == "valid")
+    for seen in (during_training, during_eval):
+        if protocol == "paper":
+            assert seen.lo < -0.05 and seen.hi > 1.05
+        else:
+            assert 0.0 <= seen.lo and seen.hi <= 1.0
+
+
+def test_lr_schedules_follow_the_scripts():
+    """Milestones count completed epochs (CAT's `t == 30` drops after 31); Rice et al. set the lr per batch
+    from epoch + (i+1)/n, so the last batch of epoch 100 already trains at lr/10."""
+    cat = protocol_for("cat-cent", "mnist", "smallcnn").as_dict()
+    assert [lr_at(cat, e, 0, 600) for e in (30, 31)] == [1e-3, pytest.approx(1e-4)]
+    at = protocol_for("at", "cifar10", "preact-resnet18").as_dict()
+    assert lr_at(at, 99, 389, 391) == 0.1 and lr_at(at, 99, 390, 391) == pytest.approx(0.01)
+    assert lr_at(at, 149, 390, 391) == pytest.approx(0.001)
+    trades = protocol_for("trades", "cifar10", "preact-resnet18").as_dict()
+    assert [lr_at(trades, e, 0, 391) for e in (73, 74, 75)] == [0.1, pytest.approx(0.01), pytest.approx(0.01)]
+
+
+def test_max_steps_and_final_selection(tmp_path):
+    """Madry et al.'s AT stops after max_steps optimiser steps, mid-epoch, and keeps the last epoch."""
+    config = resolve_config("at", "mnist-mini", 0.3, epochs=3, n_train=100, select_n=10)
+    config["schedule"]["max_steps"] = 3  # 2 batches of 50 an epoch: epochs 1 (2 steps) and 2 (1 step)
+    config["train_attack"]["steps"] = 2
+    summary = train(config, tmp_path, **QUIET)
+    rows = records.read_jsonl(tmp_path / records.HISTORY)
+    assert [r["epoch"] for r in rows] == [1, 2] and summary["epochs"] == 2
+    assert summary["best_epoch"] == 2 and summary["selection"] == "final"
+    assert records.load_checkpoint(tmp_path / records.BEST)["epoch"] == 2
