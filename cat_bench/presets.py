@@ -17,7 +17,7 @@ from cat_bench.errors import UsageError
 # Pixel-domain protocols (METHOD.md s4). "paper": what each official script does (CAT's MNIST code
 # never clips x + delta or x + M * delta to [0,1], in training, selection or test; every CIFAR
 # script and every baseline's MNIST script clips); "valid": inputs always in [0,1] (RobustBench).
-PROTOCOLS = ("paper", "valid")
+PIXEL_PROTOCOLS = ("paper", "valid")
 
 
 def clips(family: str, protocol: str) -> bool:

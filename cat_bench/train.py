@@ -28,7 +28,7 @@ from cat_bench.methods import TrainAttack, default_arch, get_method, protocol_fo
 from cat_bench.methods.base import lr_at
 from cat_bench.models import build_classifier
 from cat_bench.networks import Networks, resolve_device
-from cat_bench.presets import PROTOCOLS, SELECTION, clips
+from cat_bench.presets import PIXEL_PROTOCOLS, SELECTION, clips
 from cat_bench.progress import progress_bar
 
 SELECT_ON = ("test", "val")
@@ -52,8 +52,8 @@ def resolve_config(method: str, dataset: str, eps: float, *, arch: str | None = 
         raise UsageError(f"eps {eps!r} is outside (0, 1]; give it in [0,1] pixel units, e.g. 0.3 or 0.0314 (8/255)")
     if select_on not in SELECT_ON:
         raise UsageError(f"--select-on {select_on!r}; allowed: {', '.join(SELECT_ON)}")
-    if protocol not in PROTOCOLS:
-        raise UsageError(f"--protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
+    if protocol not in PIXEL_PROTOCOLS:
+        raise UsageError(f"--protocol {protocol!r}; allowed: {', '.join(PIXEL_PROTOCOLS)}")
     for name, value in (("epochs", epochs), ("select-n", select_n), ("batch-size", batch_size),
                         ("n-train", n_train)):
         if value is not None and value < 1:

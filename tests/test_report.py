@@ -233,6 +233,27 @@ def test_rows_of_this_suite_not_run_yet_name_this_suite(tmp_path):
     assert rt.note is None and rt.pending == 2
 
 
+def test_every_published_row_is_trained_by_a_shipped_suite():
+    """Each row's target (with its method's official protocol, e.g. MART's beta 5 on ResNet-18) is
+    matched by a run of the paper suite; the same run under --protocol valid or --schedule uniform is not."""
+    from cat_bench.paper import load_published
+    from cat_bench.report.tables import locate_shipped
+    from cat_bench.train import resolve_config
+
+    pub = pd.concat([load_published(t) for t in ("1", "2", "3", "4", "7", "8")])
+    seen = 0
+    for _, line in pub.drop_duplicates(["table", "row", "arch"]).iterrows():
+        target = Target(line["method"], line["dataset"], line["arch"], line["eps"], float(line["eps_value"]),
+                        float(line["a"]), float(line["b"]))
+        assert locate_shipped(target) is not None, (line["table"], line["row"], line["arch"])
+        seen += 1
+    assert seen > 40
+    mart = Target("mart", "cifar10", "preact-resnet18", "8/255", 8 / 255, math.nan, math.nan)
+    assert mart.matches(resolve_config("mart", "cifar10", 8 / 255))
+    assert not mart.matches(resolve_config("mart", "cifar10", 8 / 255, protocol="valid"))
+    assert not mart.matches(resolve_config("mart", "cifar10", 8 / 255, schedule="uniform"))
+
+
 def test_runs_of_another_schedule_or_hparam_do_not_match(suite):
     _, collected = load_runs(suite, RESULTS)
     pub = _published([dict(row="CAT b=0.1", b=0.1, metric="natural", mean=99.0),

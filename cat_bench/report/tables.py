@@ -30,7 +30,7 @@ import pandas as pd
 
 from cat_bench.data import dataset_info
 from cat_bench.errors import UsageError
-from cat_bench.methods import resolve_hparams
+from cat_bench.methods import protocol_for, resolve_hparams
 from cat_bench.results import ATTACK_ORDER, summarize
 from cat_bench.suite import SUITES, RunSpec, filter_runs, load_suite
 
@@ -108,8 +108,10 @@ class Target:
 
     @functools.cached_property
     def hparams(self) -> dict:
-        """Every method hyperparameter the row implies: a and b as printed, the rest at the defaults."""
-        return resolve_hparams(self.method, dataset_info(self.dataset).family, self.overrides)
+        """Every method hyperparameter the row implies: a and b as printed, the rest at the defaults of
+        the method's official protocol for this dataset and network (MART's beta 5 for ResNet-18)."""
+        return resolve_hparams(self.method, dataset_info(self.dataset).family, self.overrides,
+                               protocol_for(self.method, self.dataset, self.arch))
 
     def matches(self, config: dict) -> bool:
         """Whether a resolved config (RunSpec.config / config.json's identity) is a run of this row."""
