@@ -79,6 +79,8 @@ def _attack_settings(settings: dict) -> str:
         parts.append(f"kappa {settings.get('kappa'):g}")
     rs = settings.get("random_start", "none")
     parts.append("no random start" if rs == "none" else f"{rs} random start")
+    if settings.get("clip") is False:
+        parts.append("not clipped to [0,1] (paper protocol)")
     return ", ".join(parts)
 
 
