@@ -172,7 +172,6 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
         return records.read_json(out / records.DONE)
     ckpt = _prepare_run_dir(out, config, resume)
     out.mkdir(parents=True, exist_ok=True)
-    info = dataset_info(config["dataset"])
     schedule = config["schedule"]
     torch.manual_seed(config["seed"])
     if device.type == "cuda":

@@ -86,7 +86,6 @@ class Protocol:
         return asdict(self)
 
 
-
 def lr_at(schedule: dict, epoch: int, batch: int, n_batches: int) -> float:
     """The lr of batch `batch` of epoch `epoch` (both 0-based) under a stored Protocol, as its script sets it."""
     t = epoch + (batch + 1) / n_batches if schedule["lr_per_iteration"] else epoch
