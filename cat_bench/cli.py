@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--select-n", type=int, help="examples used by the selection metric (default: the whole split)")
     t.add_argument("--out", type=Path, help="run directory (default: runs/METHOD-DATASET-HASH)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    t.add_argument("--stop-after-epoch", type=int, metavar="K",
+                   help="train at most up to epoch K this time (a compute budget, not part of the run's identity; "
+                        "--resume continues)")
     t.add_argument("--compile", action="store_true", help="torch.compile the classifier")
     _common(t)
 
@@ -65,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train and evaluate every run of a suite, skipping finished ones")
     _suite_args(r)
     r.add_argument("--dry-run", action="store_true", help="print the plan (runs, done, GPU-hour estimate) and stop")
+    r.add_argument("--stop-after-epoch", type=int, metavar="K",
+                   help="train each run at most up to epoch K this time (a compute budget; rerun to continue)")
     r.add_argument("--gpu-tflops", type=float, help="sustained TFLOP/s assumed by the estimate (default 50)")
     r.add_argument("--executor", choices=("local", "slurm"), default="local",
                    help="local: here, one process per visible GPU; slurm: one job-array task per run (submitit)")
@@ -142,8 +147,15 @@ def _train(args) -> None:
     out = args.out or Path("runs") / records.run_name(config)
     device = resolve_device(args.device)
     print(f"run directory: {out}", file=sys.stderr)
+    if args.stop_after_epoch is not None and args.stop_after_epoch < 1:
+        raise UsageError(f"--stop-after-epoch {args.stop_after_epoch!r} must be a positive integer")
     summary = train(config, out, resume=args.resume, data_root=args.data_root, device=device,
-                    compile=args.compile, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+                    compile=args.compile, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
+                    stop_after_epoch=args.stop_after_epoch)
+    if not summary.get("done", True):
+        print(f"stopped after epoch {summary['epochs_trained']} of {summary['epochs']}; continue with: "
+              f"cat-bench train ... --resume --out {out}")
+        return
     print(f"done: selected epoch {summary['best_epoch']} (rule {summary['selection']}); "
           f"evaluate with: cat-bench eval {out}")
 
@@ -213,10 +225,16 @@ def _run(args) -> None:
         gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
         outcome = run_parallel(args.results, specs, gpus, data_root=args.data_root)
     else:
+        if args.stop_after_epoch is not None and args.stop_after_epoch < 1:
+            raise UsageError(f"--stop-after-epoch {args.stop_after_epoch!r} must be a positive integer")
         outcome = run_local(args.results, specs, device=device, data_root=args.data_root,
-                            progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+                            progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
+                            stop_after_epoch=args.stop_after_epoch)
     trained = sum(v == "done" for v in outcome.values())
-    print(f"{suite.name}: {len(specs)} runs finished ({trained} this time) in {args.results / 'runs'}; "
+    stopped = sum(v == "stopped" for v in outcome.values())
+    finished = len(specs) - stopped - sum(v == "busy" for v in outcome.values())
+    print(f"{suite.name}: {finished} of {len(specs)} runs finished ({trained} this time)"
+          f"{f', {stopped} stopped at --stop-after-epoch' if stopped else ''} in {args.results / 'runs'}; "
           f"table: cat-bench results --suite {args.suite} --results {args.results}")
 
 

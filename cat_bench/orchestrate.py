@@ -51,8 +51,9 @@ def _lock(results: Path, spec: RunSpec) -> FileLock:
 
 
 def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=None, progress: bool = True,
-            log: Callable[[str], None] = print, wait: bool = False) -> str:
-    """Train and evaluate one run under its lock; returns 'done', 'skipped' (already done) or 'busy'."""
+            log: Callable[[str], None] = print, wait: bool = False, stop_after_epoch: int | None = None) -> str:
+    """Train and evaluate one run under its lock; returns 'done', 'skipped' (already done), 'busy' or
+    'stopped' (trained up to `stop_after_epoch`, a compute budget; not evaluated yet)."""
     lock = _lock(results, spec)
     try:
         lock.acquire(timeout=-1 if wait else 0)
@@ -62,7 +63,10 @@ def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=Non
         if state(results, spec) == "done":
             return "skipped"
         out = run_dir(results, spec)
-        train(spec.config, out, resume=True, data_root=data_root, device=device, progress=progress, log=log)
+        summary = train(spec.config, out, resume=True, data_root=data_root, device=device, progress=progress,
+                        log=log, stop_after_epoch=stop_after_epoch)
+        if not summary.get("done", True):
+            return "stopped"
         evaluate(out, ",".join(spec.attacks), n_examples=spec.n_examples, data_root=data_root, device=device,
                  progress=progress, log=log)
         return "done"
@@ -71,17 +75,18 @@ def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=Non
 
 
 def run_local(results: Path, specs: Sequence[RunSpec], *, device: torch.device, data_root=None,
-              progress: bool = True, log: Callable[[str], None] = print) -> dict[str, str]:
+              progress: bool = True, log: Callable[[str], None] = print,
+              stop_after_epoch: int | None = None) -> dict[str, str]:
     """Run jobs one after another on one device; runs held by another process are waited for last."""
     outcome: dict[str, str] = {}
     with progress_bar(len(specs), "suite runs", enabled=progress) as advance:
         for wait in (False, True):
             for spec in specs:
-                if outcome.get(spec.name) in ("done", "skipped"):
+                if outcome.get(spec.name) in ("done", "skipped", "stopped"):
                     continue
                 log(f"run {spec.name} ({spec.config['method']}, {', '.join(spec.labels) or 'no label'})")
                 outcome[spec.name] = run_job(results, spec, device=device, data_root=data_root, progress=progress,
-                                             log=log, wait=wait)
+                                             log=log, wait=wait, stop_after_epoch=stop_after_epoch)
                 if outcome[spec.name] != "busy":
                     advance()
     return outcome

@@ -23,6 +23,7 @@ from cat_bench.errors import UsageError
 
 CONFIG = "config.json"
 HISTORY = "history.jsonl"
+TRACE = "trace.jsonl"  # CAT: the mask (mean, std) and losses every few batches
 SESSIONS = "sessions.jsonl"
 DONE = "done"
 EVAL = "eval.json"

@@ -103,6 +103,14 @@ def _epoch_means(sums: dict[str, torch.Tensor], n_steps: int) -> dict[str, float
     return means
 
 
+def _trace_row(losses: dict[str, torch.Tensor], epoch: int, batch: int, n_batches: int) -> dict:
+    """One trace.jsonl line: where in training (1-based epoch and batch, global step) and CAT's mask and losses."""
+    mean, sq = losses["mask_mean"].item(), losses["mask_sq"].item()
+    return {"epoch": epoch + 1, "batch": batch + 1, "step": epoch * n_batches + batch + 1, "mask_mean": mean,
+            "mask_std": math.sqrt(max(sq - mean ** 2, 0.0)),
+            **{k: losses[k].item() for k in ("loss_f", "loss_g") if k in losses}}
+
+
 def mask_flag(train_means: dict) -> str | None:
     """"collapsed" or "saturated" when an epoch's mean mask leaves MASK_HEALTHY, else None."""
     mean = train_means.get("mask_mean")
@@ -161,8 +169,15 @@ def _prepare_run_dir(out: Path, config: dict, resume: bool) -> dict | None:
 
 
 def train(config: dict, out: Path, *, resume: bool = False, data_root=None, device: torch.device | None = None,
-          compile: bool = False, progress: bool = True, log=print) -> dict:
-    """Train a resolved config into `out`; returns the `done` summary. Resumes from checkpoints/last.pt."""
+          compile: bool = False, progress: bool = True, log=print, stop_after_epoch: int | None = None,
+          trace_every: int = 10) -> dict:
+    """Train a resolved config into `out`; returns the `done` summary. Resumes from checkpoints/last.pt.
+
+    `stop_after_epoch`: a compute budget, not part of the run's identity: training stops once that
+    epoch is checkpointed, writes no `done` and returns {"done": False, ...}; `--resume` continues.
+    `trace_every`: CAT's mask (mean, std over its pixels) and losses go to trace.jsonl on the first
+    batch of each epoch and every `trace_every` batches after it.
+    """
     out = Path(out)
     device = device or resolve_device(None)
     if (out / records.DONE).exists():
@@ -207,23 +222,26 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
         records.write_json(out / records.CONFIG, {"identity": config, "sources": config_sources(config),
                                                   "provenance": records.provenance(device)})
         (out / records.HISTORY).unlink(missing_ok=True)
+        (out / records.TRACE).unlink(missing_ok=True)
     else:
         nets.load(ckpt["nets"])
         for k in optimizers:
             optimizers[k].load_state_dict(ckpt["optimizers"][k])
         _set_rng_state(ckpt["rng"], device)
         start, best = ckpt["epoch"], ckpt["best"]
-        kept = [r for r in records.read_jsonl(out / records.HISTORY) if r["epoch"] <= start]
-        (out / records.HISTORY).unlink(missing_ok=True)
-        for row in kept:
-            records.append_jsonl(out / records.HISTORY, row)
+        for name in (records.HISTORY, records.TRACE):  # drop what an interrupted epoch wrote
+            kept = [r for r in records.read_jsonl(out / name) if r["epoch"] <= start]
+            (out / name).unlink(missing_ok=True)
+            for row in kept:
+                records.append_jsonl(out / name, row)
         log(f"{out}: resuming after epoch {start}")
 
     records.append_jsonl(out / records.SESSIONS, {"pid": os.getpid(), "host": socket.gethostname(),
                                                   "start_epoch": start, "started": time.time()})
     began = time.time()
-    with progress_bar(epochs - start, f"{out.name} epochs", enabled=progress) as next_epoch:
-        for epoch in range(start, epochs):
+    until = epochs if stop_after_epoch is None else max(start, min(epochs, stop_after_epoch))
+    with progress_bar(until - start, f"{out.name} epochs", enabled=progress) as next_epoch:
+        for epoch in range(start, until):
             t0 = time.time()
             for net in trained.values():
                 net.train()
@@ -240,6 +258,8 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
                     losses = method.update(x, y, optimizers, epoch + 1)
                     for k, v in losses.items():
                         sums[k] = sums.get(k, 0.0) + v
+                    if "mask_mean" in losses and i % trace_every == 0:
+                        records.append_jsonl(out / records.TRACE, _trace_row(losses, epoch, i, len(loader)))
                     advance()
             train_seconds = time.time() - t0
             n_images = min(len(y_train), n_steps * schedule["batch_size"])
@@ -270,6 +290,9 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
                 f"(best epoch {best['epoch']}) | {row['images_per_s']:.0f} img/s")
             next_epoch()
 
+    if until < epochs:
+        log(f"{out}: stopped after epoch {until} of {epochs} (--stop-after-epoch); continue with --resume")
+        return {"done": False, "epochs_trained": until, "epochs": epochs}
     flagged = [r["epoch"] for r in records.read_jsonl(out / records.HISTORY) if "mask_flag" in r]
     summary = {"best_epoch": best["epoch"], "best_score": best["score"], "epochs": epochs,
                "selection": rule, "mask_flag_epochs": flagged, "seconds_this_session": time.time() - began}

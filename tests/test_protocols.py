@@ -93,3 +93,23 @@ def test_max_steps_and_final_selection(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2] and summary["epochs"] == 2
     assert summary["best_epoch"] == 2 and summary["selection"] == "final"
     assert records.load_checkpoint(tmp_path / records.BEST)["epoch"] == 2
+
+
+def test_stop_after_epoch_is_a_budget_and_the_mask_is_traced(tmp_path):
+    """--stop-after-epoch leaves a resumable run without `done` (same identity); trace.jsonl holds CAT's
+    mask every `trace_every` batches, and a resumed run ends as an uninterrupted one."""
+    config = resolve_config("cat-cent", "mnist-mini", 0.3, epochs=2, n_train=100, batch_size=25, select_n=10)
+    first = train(config, tmp_path / "a", stop_after_epoch=1, trace_every=2, **QUIET)
+    assert first == {"done": False, "epochs_trained": 1, "epochs": 2}
+    assert not (tmp_path / "a" / records.DONE).exists()
+    trace = records.read_jsonl(tmp_path / "a" / records.TRACE)
+    assert [(r["epoch"], r["batch"], r["step"]) for r in trace] == [(1, 1, 1), (1, 3, 3)]
+    assert all(0 <= r["mask_mean"] <= 1 and r["mask_std"] >= 0 and "loss_g" in r for r in trace)
+    train(config, tmp_path / "a", resume=True, trace_every=2, **QUIET)
+    train(config, tmp_path / "b", trace_every=2, **QUIET)
+    for name in (records.TRACE, records.DONE):
+        a, b = (records.read_jsonl if name == records.TRACE else records.read_json)(tmp_path / "a" / name), \
+            (records.read_jsonl if name == records.TRACE else records.read_json)(tmp_path / "b" / name)
+        if name == records.DONE:
+            a, b = {k: v for k, v in a.items() if "seconds" not in k}, {k: v for k, v in b.items() if "seconds" not in k}
+        assert a == b

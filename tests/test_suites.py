@@ -24,7 +24,8 @@ PREACT = (TABLE2
           + 2  # Figure 4: A1, A2 (the full CATcent is Table 2's)
           + 2 * 2  # Figure 5: KL and CW PGD loss x b in {0.05, 0.1} (CE is Table 2's)
           + 2 * 2)  # Figure 6: 2 CAT x b in {0.001, 0.01} (the other four b are Table 8's)
-COUNTS = {"smoke": 7, "mnist": MNIST, "cifar10-preact": PREACT, "cifar10-wrn": TABLE2, "cifar100": 1 + 2 * 2 * 5}
+COUNTS = {"smoke": 7, "mnist": MNIST, "cifar10-preact": PREACT, "cifar10-wrn": TABLE2, "cifar100": 1 + 2 * 2 * 5,
+          "mnist-fidelity": 2 * 2}  # CATcw, CATcent x the code's and the batch-summed Eq. 14
 
 
 def test_shipped_suites_load_with_the_run_counts_their_blocks_imply():
