@@ -39,6 +39,23 @@ def paper_dir() -> Traversable | Path:
 
 
 
+LOG_COLUMNS = ("method", "dataset", "eps", "g_kl_reduction", "epoch", "metric", "error")
+
+
+def load_authors_log() -> pd.DataFrame:
+    """The authors' training log of CATcw on MNIST (METHOD.md s3; results/paper/authors_log.csv).
+
+    One line per (epoch, metric): test error in % on the full test set at test eps 0.3 ("natural"
+    or "pgd20"), for the run trained at eps 0.4 with Train_MNIST.py (whose Eq. 14 reduction is
+    `batchmean`). Adds `accuracy` = 100 - error.
+    """
+    source = paper_dir() / "authors_log.csv"
+    df = pd.read_csv(io.StringIO(source.read_text(encoding="utf-8")))
+    if tuple(df.columns) != LOG_COLUMNS:
+        raise UsageError(f"{source}: columns {list(df.columns)}, expected {list(LOG_COLUMNS)}")
+    return df.assign(accuracy=100.0 - df["error"])
+
+
 def _read_table(table: str) -> pd.DataFrame:
     source = paper_dir() / f"table{table}.csv"
     try:

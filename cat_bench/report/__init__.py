@@ -26,9 +26,11 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from cat_bench import __version__, records
 from cat_bench.results import ATTACK_ORDER
+from cat_bench.paper import load_authors_log
 from cat_bench.suite import SUITES_DIR, Suite, load_suite
 
-from .figures import paper_figures, run_curves
+from .fidelity import TOLERANCE, accuracy_plot, fidelity_runs, fmt, mask_plot
+from .figures import draw_figure2, figure2_panels, paper_figures, run_curves
 from .runs import RunRecord, format_eps, format_value, load_runs
 from .tables import (ARCH_LABELS, DATASET_LABELS, METRIC_LABELS, Table, build_tables, leaderboard, mask_flags)
 
@@ -164,12 +166,41 @@ def render_report(suite: Suite | str, results: Path, out: Path, *, device: str =
             _write(out / "runs" / f"{run.name}.html",
                    run_tpl.render(suite=suite, suite_ref=ref, **_run_page(run, tables, curves)))
 
+    fidelity = _fidelity(runs, out, device, data_root)
+    if fidelity:
+        _write(out / "fidelity.html", env.get_template("fidelity.html").render(suite=suite, suite_ref=ref, fidelity=fidelity))
+
     counts = {s: sum(r.state == s for r in runs) for s in STATE_LABELS}
     index = env.get_template("index.html").render(
         suite=suite, suite_ref=ref, results=str(results), tables=tables, figures=figures, boards=boards, runs=runs,
-        counts=counts, n_finished=sum(r.finished for r in runs))
+        counts=counts, n_finished=sum(r.finished for r in runs), fidelity=fidelity)
     _write(out / "index.html", index)
     return out / "index.html"
+
+
+def _fidelity(runs: list[RunRecord], out: Path, device: str, data_root) -> dict | None:
+    """The Fidelity section's context (None without fidelity runs): runs beside the authors' log, plots,
+    and Figure 2 from each run's latest checkpoint (when on disk)."""
+    frs = fidelity_runs(runs)
+    if not frs:
+        return None
+    folder = out / "figures"
+    accuracy_plot(frs, folder / "fidelity_accuracy.png")
+    has_mask = mask_plot(frs, folder / "fidelity_mask.png")
+    fig2 = {}
+    for fr in frs:
+        path = folder / f"fidelity_figure2_{fr.run.name}.png"
+        ckpt = fr.run.path / records.LAST
+        try:
+            draw_figure2(figure2_panels(fr.identity, ckpt, device, data_root), path)
+            fig2[fr.run.name] = (f"figures/{path.name}", f"epoch {records.load_checkpoint(ckpt)['epoch']}, "
+                                                         f"{records.LAST}")
+        except Exception as err:  # no checkpoint on disk (committed records only), no dataset
+            path.unlink(missing_ok=True)
+            fig2[fr.run.name] = (None, f"not drawn: {type(err).__name__}: {err}")
+    return {"fruns": frs, "tolerance": TOLERANCE, "mask_image": "figures/fidelity_mask.png" if has_mask else None,
+            "accuracy_image": "figures/fidelity_accuracy.png", "figure2": fig2, "fmt": fmt,
+            "log": load_authors_log().to_dict("records")}
 
 
 class _CellParser(HTMLParser):

@@ -143,21 +143,33 @@ def figure2(runs: Sequence[RunRecord], out: Path, *, device: str = "cpu", data_r
     run = min(with_ckpt, key=lambda r: ("Figure 2" not in r.spec.labels, r.identity["dataset"] != "mnist",
                                         r.identity["method"] != "cat-cent", r.identity["seed"], r.name))
     try:
-        panels = _figure2_panels(run, device, data_root)
+        panels = figure2_panels(run.identity, run.path / records.BEST, device, data_root)
     except Exception as err:  # missing dataset, corrupt checkpoint: the report still renders
         return None, f"could not draw it from {run.name}: {type(err).__name__}: {err}"
+    draw_figure2(panels, out)
+    ident = run.identity
+    return run.name, (f"{run.name}: {METHOD_LABELS.get(ident['method'], ident['method'])} on {ident['dataset']}, "
+                      f"eps_train {format_eps(ident['eps'])}, seed {ident['seed']}, epoch {run.done['best_epoch']} "
+                      f"(checkpoints/best.pt); five test images drawn with seed 0")
+
+
+def draw_figure2(panels, out: Path) -> None:
+    """Four rows (natural, PGD-20 adversarial, mask, calibrated) of five digits; the mask in colour with its scale."""
     x, x_adv, mask, x_cal, y, preds = panels
-    fig = Figure(figsize=(6.4, 5.6), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(7.0, 5.6), dpi=DPI, layout="constrained")
     axes = fig.subplots(4, 5)
     names = ["Natural", "Adv (PGD-20)", "Mask M", "Calibrated"]
+    shown = None
     for i, (name, imgs) in enumerate(zip(names, (x, x_adv, mask, x_cal))):
         for j in range(5):
             ax = axes[i][j]
-            ax.imshow(imgs[j, 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            cmap = "viridis" if name == "Mask M" else "gray"
+            im = ax.imshow(imgs[j, 0], cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if name == "Mask M":
-                ax.set_xlabel(f"mean {imgs[j].mean():.2f}", fontsize=7)
+                shown = im
+                ax.set_xlabel(f"mean {imgs[j].mean():.2g}", fontsize=7)
             else:
                 ok = preds[i][j] == y[j]
                 ax.set_xlabel(f"f: {preds[i][j]}", fontsize=7, color="#1a7f37" if ok else "#cf222e")
@@ -165,36 +177,37 @@ def figure2(runs: Sequence[RunRecord], out: Path, *, device: str = "cpu", data_r
                 ax.set_ylabel(name, fontsize=8)
             if i == 0:
                 ax.set_title(f"label {y[j]}", fontsize=8)
+    fig.colorbar(shown, ax=list(axes[2]), shrink=0.9, label="M")
     save_png(fig, out)
-    ident = run.identity
-    return run.name, (f"{run.name}: {METHOD_LABELS.get(ident['method'], ident['method'])} on {ident['dataset']}, "
-                      f"eps_train {format_eps(ident['eps'])}, seed {ident['seed']}, epoch {run.done['best_epoch']} "
-                      f"(checkpoints/best.pt); five test images drawn with seed 0")
 
 
-def _figure2_panels(run: RunRecord, device: str, data_root):
+def figure2_panels(identity: dict, checkpoint: Path, device: str, data_root):
+    """Five seeded MNIST test digits, their PGD-20 examples (eps 0.3), g's mask and the calibrated examples,
+    under the run's protocol (the paper protocol clips neither), with f's prediction for each."""
     import torch
 
     from cat_bench.attacks import PGD
     from cat_bench.data import load_split
     from cat_bench.methods.cat import calibrate
-    from cat_bench.presets import eval_attack
     from cat_bench.networks import Networks
+    from cat_bench.presets import clips, eval_attack
 
     dev = torch.device(device)
-    nets = Networks(run.identity, dev)
-    nets.load(records.load_checkpoint(run.path / records.BEST)["nets"])
+    nets = Networks(identity, dev)
+    nets.load(records.load_checkpoint(checkpoint)["nets"])
     f, g = nets.f.eval(), nets.g.eval()
-    x, y = load_split(run.identity["dataset"], "test", data_root)
+    x, y = load_split(identity["dataset"], "test", data_root)
     idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:5]
     x, y = x[idx].float().div(255).to(dev), y[idx].to(dev)
     p = eval_attack("mnist", "pgd20", 0.3)
-    attack = PGD(eps=p.eps, alpha=p.alpha, steps=p.steps, loss=p.loss, random_start=p.random_start, kappa=p.kappa)
+    clip = clips("mnist", identity.get("protocol", "valid"))
+    attack = PGD(eps=p.eps, alpha=p.alpha, steps=p.steps, loss=p.loss, random_start=p.random_start, kappa=p.kappa,
+                 clip=clip)
     torch.manual_seed(0)
     x_adv = attack(f, x, y)
     with torch.no_grad():
         mask = g(x_adv)
-        x_cal = calibrate(x, x_adv - x, mask)
+        x_cal = calibrate(x, x_adv - x, mask, clip)
         preds = [f(v).argmax(1).tolist() for v in (x, x_adv, x_adv, x_cal)]
     return (x.cpu().numpy(), x_adv.cpu().numpy(), mask.cpu().numpy(), x_cal.cpu().numpy(), y.tolist(), preds)
 

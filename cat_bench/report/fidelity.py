@@ -1,0 +1,162 @@
+"""The report's Fidelity section: CAT's released MNIST code against the authors' own training log.
+
+A fidelity run is a run of the suite labelled "Fidelity" (the `mnist-fidelity` suite) with a
+history, finished or not: its per-epoch selection metric is the log's measurement (natural and
+PGD-20 accuracy at eps 0.3 on the full test set). Each run gets its epochs beside the log with the
+differences, its mask trajectory from trace.jsonl, and a verdict computed from those numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from cat_bench import records
+from cat_bench.paper import load_authors_log
+
+from .figures import COLORS, METHOD_LABELS, PALETTE, _finish_axes, _new, save_png
+from .runs import RunRecord
+
+LABEL = "Fidelity"
+TOLERANCE = {"natural": 1.0, "pgd20": 3.0}  # points: issue 9's bar for "reproduces the log"
+
+
+@dataclass
+class EpochRow:
+    epoch: int
+    natural: float  # % on the selection split
+    pgd20: float
+    mask_mean: float | None
+    mask_flag: str | None
+    log_natural: float | None = None  # the authors' log at this epoch, %
+    log_pgd20: float | None = None
+
+    @property
+    def d_natural(self) -> float | None:
+        return None if self.log_natural is None else self.natural - self.log_natural
+
+    @property
+    def d_pgd20(self) -> float | None:
+        return None if self.log_pgd20 is None else self.pgd20 - self.log_pgd20
+
+
+@dataclass
+class FidelityRun:
+    run: RunRecord
+    identity: dict
+    rows: list[EpochRow]
+    trace: list[dict]
+    selection_n: int | None
+    verdict: str = ""  # "reproduced", "not reproduced", "mask collapsed", "mask saturated", "no log"
+    verdict_text: str = ""
+    compared: list[int] = field(default_factory=list)  # epochs present in both
+
+    @property
+    def title(self) -> str:
+        h = self.identity["hparams"]
+        return (f"{METHOD_LABELS.get(self.identity['method'], self.identity['method'])}, eps_train "
+                f"{self.identity['eps']:g}, Eq. 14 KL {'/ B (code)' if h.get('g_kl_reduction') == 'batchmean' else 'summed over the batch'}")
+
+
+def fidelity_runs(runs: Sequence[RunRecord]) -> list[FidelityRun]:
+    """The suite's fidelity runs that have trained at least one epoch, with the log beside them."""
+    log = load_authors_log()
+    out = []
+    for run in runs:
+        if LABEL not in run.spec.labels or not (run.path / records.HISTORY).is_file():
+            continue
+        identity = records.read_json(run.path / records.CONFIG)["identity"]
+        history = records.read_jsonl(run.path / records.HISTORY)
+        if not history:
+            continue
+        mine = log[(log["method"] == identity["method"]) & (log["dataset"] == identity["dataset"])
+                   & (abs(log["eps"] - identity["eps"]) < 1e-9)
+                   & (log["g_kl_reduction"] == identity["hparams"].get("g_kl_reduction"))]
+        by_epoch = {(int(r.epoch), r.metric): float(r.accuracy) for r in mine.itertuples()}
+        rows = [EpochRow(h["epoch"], 100 * h["nat_acc"], 100 * h["rob_acc"], h.get("train", {}).get("mask_mean"),
+                         h.get("mask_flag"), by_epoch.get((h["epoch"], "natural")), by_epoch.get((h["epoch"], "pgd20")))
+                for h in history]
+        trace = records.read_jsonl(run.path / records.TRACE)
+        fr = FidelityRun(run, identity, rows, trace, identity["selection"]["n"])
+        fr.verdict, fr.verdict_text = verdict(fr, has_log=bool(by_epoch))
+        out.append(fr)
+    return out
+
+
+def verdict(fr: FidelityRun, has_log: bool) -> tuple[str, str]:
+    """The verdict from the numbers: the mask's fate first (it decides what CAT trained), then the log."""
+    fr.compared = [r.epoch for r in fr.rows if r.log_natural is not None and r.log_pgd20 is not None]
+    flags = [r for r in fr.rows if r.mask_flag]
+    parts = []
+    kind = "no log"
+    if fr.compared:
+        off = [r for r in fr.rows if r.epoch in fr.compared and (abs(r.d_natural) > TOLERANCE["natural"]
+                                                                 or abs(r.d_pgd20) > TOLERANCE["pgd20"])]
+        kind = "not reproduced" if off else "reproduced"
+        worst = max((r for r in fr.rows if r.epoch in fr.compared), key=lambda r: abs(r.d_pgd20))
+        parts.append(f"{'Not reproduced' if off else 'Reproduced within tolerance'} "
+                     f"(±{TOLERANCE['natural']:g} points natural, ±{TOLERANCE['pgd20']:g} PGD-20) at epoch"
+                     f"{'s' if len(fr.compared) > 1 else ''} {', '.join(map(str, fr.compared))}: after epoch "
+                     f"{worst.epoch} PGD-20 accuracy {worst.pgd20:.1f}% against the log's {worst.log_pgd20:.1f}% "
+                     f"({worst.d_pgd20:+.1f}), natural {worst.natural:.1f}% against {worst.log_natural:.1f}% "
+                     f"({worst.d_natural:+.1f}).")
+    elif not has_log:
+        parts.append("The authors published no log for this configuration; nothing to compare with.")
+    else:
+        parts.append("The log's epochs (1, 2, 10) are not trained yet.")
+    if flags:
+        fate = flags[0].mask_flag
+        kind = f"mask {fate}" if kind != "reproduced" else kind
+        means = ", ".join(f"{r.mask_mean:.2g}" for r in fr.rows if r.mask_mean is not None)
+        what = "x_cal = x: f trains on natural images" if fate == "collapsed" else "x_cal = x + delta: plain adversarial training"
+        parts.append(f"The mask {fate} from epoch {flags[0].epoch} (mean mask per epoch {means}): {what}.")
+    return kind, " ".join(parts)
+
+
+def accuracy_plot(frs: Sequence[FidelityRun], out: Path) -> None:
+    """Natural and PGD-20 accuracy per epoch of every fidelity run, the authors' log as black crosses."""
+    fig, axes = _new(2, width=4.2, height=3.0)
+    for i, fr in enumerate(frs):
+        color = COLORS.get(fr.identity["method"]) if i < 2 else PALETTE[i % len(PALETTE)]
+        style = "-" if fr.identity["hparams"].get("g_kl_reduction") == "batchmean" else "--"
+        epochs = [r.epoch for r in fr.rows]
+        for ax, key in zip(axes, ("natural", "pgd20")):
+            ax.plot(epochs, [getattr(r, key) for r in fr.rows], style, marker="o", markersize=3, color=color,
+                    label=fr.title)
+    log = load_authors_log()
+    for ax, key in zip(axes, ("natural", "pgd20")):
+        pts = log[log["metric"] == key]
+        ax.plot(pts["epoch"], pts["accuracy"], "kx", markersize=7, label="authors' log (CATcw, eps 0.4)")
+    _finish_axes(axes[0], "Natural accuracy (test, %)", "epoch", "accuracy (%)")
+    _finish_axes(axes[1], "PGD-20 accuracy at eps 0.3 (test, %)", "epoch")
+    for ax in axes:
+        ax.set_ylim(-2, 102)
+    save_png(fig, out)
+
+
+def mask_plot(frs: Sequence[FidelityRun], out: Path) -> bool:
+    """The mean mask over training steps (log scale; shaded: ± its std over pixels), one line per run."""
+    traced = [fr for fr in frs if fr.trace]
+    if not traced:
+        return False
+    fig, (ax,) = _new(1, width=7.0, height=3.0)
+    for i, fr in enumerate(traced):
+        steps = [t["step"] for t in fr.trace]
+        means = [max(t["mask_mean"], 1e-9) for t in fr.trace]
+        ax.plot(steps, means, "-" if fr.identity["hparams"].get("g_kl_reduction") == "batchmean" else "--",
+                color=PALETTE[i % len(PALETTE)], label=fr.title, linewidth=1.2)
+    ax.set_yscale("log")
+    ax.axhspan(0.01, 0.99, color="#1a7f37", alpha=0.07, label="healthy band [0.01, 0.99]")
+    ax.set_ylim(1e-9, 2)
+    _finish_axes(ax, "Mean mask M over training (every 10 batches)", "training step (batch)", "mean mask (log)")
+    save_png(fig, out)
+    return True
+
+
+def fmt(v: float | None, signed: bool = False) -> str:
+    """A percentage cell: one decimal, '—' for none."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return f"{v:+.1f}" if signed else f"{v:.1f}"

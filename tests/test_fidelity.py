@@ -1,0 +1,70 @@
+"""The report's Fidelity section: runs beside the authors' log, verdicts computed from the numbers."""
+
+import re
+
+import pytest
+
+from cat_bench import records
+from cat_bench.paper import load_authors_log
+from cat_bench.report import render_report
+from cat_bench.report.fidelity import EpochRow, FidelityRun, verdict
+from cat_bench.suite import load_suite
+
+
+def test_authors_log_is_method_md():
+    """results/paper/authors_log.csv holds METHOD.md s3's numbers: CATcw, eps 0.4, error % after epochs 1, 2, 10."""
+    log = load_authors_log()
+    got = {(r.epoch, r.metric): r.error for r in log.itertuples()}
+    assert got == {(1, "natural"): 3.8, (1, "pgd20"): 21.5, (2, "natural"): 2.4, (2, "pgd20"): 12.1,
+                   (10, "natural"): 1.3, (10, "pgd20"): 5.2}
+    assert set(log["method"]) == {"cat-cw"} and set(log["eps"]) == {0.4} and set(log["dataset"]) == {"mnist"}
+    assert log["accuracy"].tolist() == pytest.approx([100 - e for e in log["error"]])
+
+
+def _run(rows):
+    return FidelityRun(run=None, identity={}, rows=rows, trace=[], selection_n=None)
+
+
+@pytest.mark.parametrize("rows,kind", [
+    ([EpochRow(1, 96.5, 79.0, 0.4, None, 96.2, 78.5), EpochRow(2, 97.0, 85.0, 0.3, None, 97.6, 87.9)], "reproduced"),
+    ([EpochRow(1, 96.5, 74.0, 0.4, None, 96.2, 78.5)], "not reproduced"),  # PGD-20 4.5 points low
+    ([EpochRow(1, 95.0, 78.5, 0.4, None, 96.2, 78.5)], "not reproduced"),  # natural 1.2 points low
+    ([EpochRow(1, 97.0, 0.0, 3e-7, "collapsed", 96.2, 78.5)], "mask collapsed"),
+    ([EpochRow(1, 98.0, 60.0, 0.9999, "saturated", 96.2, 78.5)], "mask saturated"),
+    ([EpochRow(3, 98.0, 60.0, 0.5, None, None, None)], "no log"),
+])
+def test_verdicts_follow_the_numbers(rows, kind):
+    fr = _run(rows)
+    got, text = verdict(fr, has_log=rows[0].log_natural is not None)
+    assert got == kind
+    if kind.startswith("mask"):
+        assert "x_cal = x" in text
+    if rows[0].log_pgd20 is not None:
+        assert any(f"the log's {r.log_pgd20:.1f}%" in text for r in rows)  # the log's number is quoted
+
+
+def test_fidelity_section_renders_from_records(tmp_path):
+    """A tiny fidelity-labelled CATcw run on mnist-mini, stopped after epoch 1: the index gets a Fidelity
+    section and fidelity.html a per-epoch table, the mask trajectory and Figure 2 from last.pt."""
+    suite_file = tmp_path / "fid.toml"
+    suite_file.write_text('description = "tiny fidelity"\n[[runs]]\nlabel = "Fidelity"\nmethods = ["cat-cw"]\n'
+                          'dataset = "mnist-mini"\neps = [0.4]\nn_train = 60\nbatch_size = 20\nselect_n = 20\n'
+                          'attacks = ["natural"]\n')
+    suite = load_suite(str(suite_file))
+    from cat_bench.networks import resolve_device
+    from cat_bench.orchestrate import run_local
+
+    results = tmp_path / "results"
+    assert run_local(results, suite.runs, device=resolve_device("cpu"), progress=False, log=lambda m: None,
+                     stop_after_epoch=1) == {suite.runs[0].name: "stopped"}
+    out = tmp_path / "report"
+    render_report(suite, results, out)
+    index = (out / "index.html").read_text()
+    assert 'id="fidelity"' in index and "fidelity.html" in index
+    page = (out / "fidelity.html").read_text()
+    (verdict_attr,) = re.findall(r'<section id="[^"]+" data-verdict="([^"]+)"', page)
+    assert verdict_attr in ("no log", "mask collapsed", "mask saturated")  # mnist-mini has no published log
+    assert 'data-epoch="1"' in page and (out / "figures" / "fidelity_mask.png").is_file()
+    assert f"fidelity_figure2_{suite.runs[0].name}.png" in page
+    run = results / "runs" / suite.runs[0].name
+    assert not (run / records.DONE).exists() and records.read_jsonl(run / records.TRACE)
