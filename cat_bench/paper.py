@@ -39,15 +39,16 @@ def paper_dir() -> Traversable | Path:
 
 
 
-LOG_COLUMNS = ("method", "dataset", "eps", "g_kl_reduction", "epoch", "metric", "error")
+LOG_COLUMNS = ("method", "dataset", "eps", "epoch", "metric", "error")
 
 
 def load_authors_log() -> pd.DataFrame:
     """The authors' training log of CATcw on MNIST (METHOD.md s3; results/paper/authors_log.csv).
 
     One line per (epoch, metric): test error in % on the full test set at test eps 0.3 ("natural"
-    or "pgd20"), for the run trained at eps 0.4 with Train_MNIST.py (whose Eq. 14 reduction is
-    `batchmean`). Adds `accuracy` = 100 - error.
+    or "pgd20"), for the authors' run at eps_train 0.4. Which code produced it is the open question
+    (the released Train_MNIST.py reduces Eq. 14 as KL / B), so every variant is compared with it.
+    Adds `accuracy` = 100 - error.
     """
     source = paper_dir() / "authors_log.csv"
     df = pd.read_csv(io.StringIO(source.read_text(encoding="utf-8")))

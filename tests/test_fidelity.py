@@ -18,6 +18,7 @@ def test_authors_log_is_method_md():
     assert got == {(1, "natural"): 3.8, (1, "pgd20"): 21.5, (2, "natural"): 2.4, (2, "pgd20"): 12.1,
                    (10, "natural"): 1.3, (10, "pgd20"): 5.2}
     assert set(log["method"]) == {"cat-cw"} and set(log["eps"]) == {0.4} and set(log["dataset"]) == {"mnist"}
+    assert list(log.columns) == ["method", "dataset", "eps", "epoch", "metric", "error", "accuracy"]
     assert log["accuracy"].tolist() == pytest.approx([100 - e for e in log["error"]])
 
 
@@ -31,16 +32,31 @@ def _run(rows):
     ([EpochRow(1, 95.0, 78.5, 0.4, None, 96.2, 78.5)], "not reproduced"),  # natural 1.2 points low
     ([EpochRow(1, 97.0, 0.0, 3e-7, "collapsed", 96.2, 78.5)], "mask collapsed"),
     ([EpochRow(1, 98.0, 60.0, 0.9999, "saturated", 96.2, 78.5)], "mask saturated"),
+    ([EpochRow(1, 96.0, 80.0, 0.9999, "saturated", 96.2, 78.5)], "reproduced, mask saturated"),
     ([EpochRow(3, 98.0, 60.0, 0.5, None, None, None)], "no log"),
 ])
 def test_verdicts_follow_the_numbers(rows, kind):
     fr = _run(rows)
     got, text = verdict(fr, has_log=rows[0].log_natural is not None)
     assert got == kind
-    if kind.startswith("mask"):
+    if "mask" in kind:
         assert "x_cal = x" in text
     if rows[0].log_pgd20 is not None:
         assert any(f"the log's {r.log_pgd20:.1f}%" in text for r in rows)  # the log's number is quoted
+
+
+def test_excursions_name_where_the_mask_left_the_healthy_band():
+    from cat_bench.report.fidelity import excursions
+
+    trace = [{"epoch": 1, "batch": b, "mask_mean": m} for b, m in
+             [(1, 0.5), (11, 0.004), (21, 1e-7), (31, 0.3), (41, 0.995), (51, 0.999)]]
+    trace.append({"epoch": 2, "batch": 1, "mask_mean": 0.9999})
+    assert excursions(trace) == [("collapsed", (1, 11), (1, 21), True), ("saturated", (1, 41), (2, 1), False)]
+    fr = _run([EpochRow(1, 96.1, 75.0, 0.49, None, 96.2, 78.5)])
+    fr.trace = trace
+    kind, text = verdict(fr, has_log=True)
+    assert kind == "not reproduced" and "collapsed from epoch 1, batch 11 to batch 21, then recovered" in text
+    assert "saturated from epoch 1, batch 41 to epoch 2, batch 1 (the last traced batch)" in text
 
 
 def test_fidelity_section_renders_from_records(tmp_path):
@@ -68,3 +84,18 @@ def test_fidelity_section_renders_from_records(tmp_path):
     assert f"fidelity_figure2_{suite.runs[0].name}.png" in page
     run = results / "runs" / suite.runs[0].name
     assert not (run / records.DONE).exists() and records.read_jsonl(run / records.TRACE)
+
+
+def test_committed_fidelity_readme_matches_the_records():
+    """results/fidelity/README.md's table is scripts/fidelity_table.py's output on the committed records."""
+    import importlib.util
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    readme = repo / "results" / "fidelity" / "README.md"
+    spec = importlib.util.spec_from_file_location("fidelity_table", repo / "scripts" / "fidelity_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    table = module.markdown("mnist-fidelity", repo / "results" / "fidelity")
+    assert table.count("\n| cat-") >= 2  # at least one epoch of two runs is committed
+    assert table in readme.read_text()

@@ -16,7 +16,7 @@ from typing import Sequence
 from cat_bench import records
 from cat_bench.paper import load_authors_log
 
-from .figures import COLORS, METHOD_LABELS, PALETTE, _finish_axes, _new, save_png
+from .figures import METHOD_LABELS, PALETTE, _finish_axes, _new, save_png
 from .runs import RunRecord
 
 LABEL = "Fidelity"
@@ -72,8 +72,7 @@ def fidelity_runs(runs: Sequence[RunRecord]) -> list[FidelityRun]:
         if not history:
             continue
         mine = log[(log["method"] == identity["method"]) & (log["dataset"] == identity["dataset"])
-                   & (abs(log["eps"] - identity["eps"]) < 1e-9)
-                   & (log["g_kl_reduction"] == identity["hparams"].get("g_kl_reduction"))]
+                   & (abs(log["eps"] - identity["eps"]) < 1e-9)]
         by_epoch = {(int(r.epoch), r.metric): float(r.accuracy) for r in mine.itertuples()}
         rows = [EpochRow(h["epoch"], 100 * h["nat_acc"], 100 * h["rob_acc"], h.get("train", {}).get("mask_mean"),
                          h.get("mask_flag"), by_epoch.get((h["epoch"], "natural")), by_epoch.get((h["epoch"], "pgd20")))
@@ -97,29 +96,51 @@ def verdict(fr: FidelityRun, has_log: bool) -> tuple[str, str]:
         kind = "not reproduced" if off else "reproduced"
         worst = max((r for r in fr.rows if r.epoch in fr.compared), key=lambda r: abs(r.d_pgd20))
         parts.append(f"{'Not reproduced' if off else 'Reproduced within tolerance'} "
-                     f"(±{TOLERANCE['natural']:g} points natural, ±{TOLERANCE['pgd20']:g} PGD-20) at epoch"
+                     f"(±{TOLERANCE['natural']:g} point natural, ±{TOLERANCE['pgd20']:g} points PGD-20) at epoch"
                      f"{'s' if len(fr.compared) > 1 else ''} {', '.join(map(str, fr.compared))}: after epoch "
                      f"{worst.epoch} PGD-20 accuracy {worst.pgd20:.1f}% against the log's {worst.log_pgd20:.1f}% "
-                     f"({worst.d_pgd20:+.1f}), natural {worst.natural:.1f}% against {worst.log_natural:.1f}% "
-                     f"({worst.d_natural:+.1f}).")
+                     f"({fmt(worst.d_pgd20, True)}), natural {worst.natural:.1f}% against {worst.log_natural:.1f}% "
+                     f"({fmt(worst.d_natural, True)}).")
     elif not has_log:
         parts.append("The authors published no log for this configuration; nothing to compare with.")
     else:
         parts.append("The log's epochs (1, 2, 10) are not trained yet.")
+    means = ", ".join(f"{r.mask_mean:.2g}" for r in fr.rows if r.mask_mean is not None)
     if flags:
         fate = flags[0].mask_flag
-        kind = f"mask {fate}" if kind != "reproduced" else kind
-        means = ", ".join(f"{r.mask_mean:.2g}" for r in fr.rows if r.mask_mean is not None)
+        kind = f"mask {fate}" if kind != "reproduced" else f"reproduced, mask {fate}"
         what = "x_cal = x: f trains on natural images" if fate == "collapsed" else "x_cal = x + delta: plain adversarial training"
         parts.append(f"The mask {fate} from epoch {flags[0].epoch} (mean mask per epoch {means}): {what}.")
+    elif means:
+        parts.append(f"Mean mask per epoch {means}.")
+    for fate, (e1, b1), (e2, b2), recovered in excursions(fr.trace):
+        until = f"batch {b2}" if e2 == e1 else f"epoch {e2}, batch {b2}"
+        parts.append(f"The traced mask {fate} from epoch {e1}, batch {b1} to {until}"
+                     f"{', then recovered' if recovered else ' (the last traced batch)'}.")
     return kind, " ".join(parts)
+
+
+def excursions(trace: Sequence[dict]) -> list[tuple[str, tuple[int, int], tuple[int, int], bool]]:
+    """Stretches of the trace whose mean mask left [0.01, 0.99]: ("collapsed"/"saturated", (epoch, batch)
+    of the first and of the last point outside, whether a later trace point came back inside)."""
+    out: list[list] = []
+    for i, t in enumerate(trace):
+        fate = "collapsed" if t["mask_mean"] < 0.01 else "saturated" if t["mask_mean"] > 0.99 else None
+        where = (t["epoch"], t["batch"])
+        if fate and out and out[-1][0] == fate and out[-1][4] == i - 1:
+            out[-1][2], out[-1][4] = where, i
+        elif fate:
+            out.append([fate, where, where, False, i])
+    for ex in out:
+        ex[3] = ex[4] + 1 < len(trace)
+    return [tuple(ex[:4]) for ex in out]
 
 
 def accuracy_plot(frs: Sequence[FidelityRun], out: Path) -> None:
     """Natural and PGD-20 accuracy per epoch of every fidelity run, the authors' log as black crosses."""
     fig, axes = _new(2, width=4.2, height=3.0)
     for i, fr in enumerate(frs):
-        color = COLORS.get(fr.identity["method"]) if i < 2 else PALETTE[i % len(PALETTE)]
+        color = PALETTE[i % len(PALETTE)]
         style = "-" if fr.identity["hparams"].get("g_kl_reduction") == "batchmean" else "--"
         epochs = [r.epoch for r in fr.rows]
         for ax, key in zip(axes, ("natural", "pgd20")):
@@ -159,4 +180,4 @@ def fmt(v: float | None, signed: bool = False) -> str:
     """A percentage cell: one decimal, '—' for none."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "—"
-    return f"{v:+.1f}" if signed else f"{v:.1f}"
+    return f"{v + 0.0:+.1f}".replace("-0.0", "+0.0") if signed else f"{v:.1f}"
