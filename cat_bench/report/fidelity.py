@@ -94,13 +94,11 @@ def verdict(fr: FidelityRun, has_log: bool) -> tuple[str, str]:
         off = [r for r in fr.rows if r.epoch in fr.compared and (abs(r.d_natural) > TOLERANCE["natural"]
                                                                  or abs(r.d_pgd20) > TOLERANCE["pgd20"])]
         kind = "not reproduced" if off else "reproduced"
-        worst = max((r for r in fr.rows if r.epoch in fr.compared), key=lambda r: abs(r.d_pgd20))
-        parts.append(f"{'Not reproduced' if off else 'Reproduced within tolerance'} "
-                     f"(±{TOLERANCE['natural']:g} point natural, ±{TOLERANCE['pgd20']:g} points PGD-20) at epoch"
-                     f"{'s' if len(fr.compared) > 1 else ''} {', '.join(map(str, fr.compared))}: after epoch "
-                     f"{worst.epoch} PGD-20 accuracy {worst.pgd20:.1f}% against the log's {worst.log_pgd20:.1f}% "
-                     f"({fmt(worst.d_pgd20, True)}), natural {worst.natural:.1f}% against {worst.log_natural:.1f}% "
-                     f"({fmt(worst.d_natural, True)}).")
+        epochs = [f"epoch {r.epoch} {'outside' if r in off else 'within'}: natural {r.natural:.1f}% vs "
+                  f"{r.log_natural:.1f}% ({fmt(r.d_natural, True)}), PGD-20 {r.pgd20:.1f}% vs the log's "
+                  f"{r.log_pgd20:.1f}% ({fmt(r.d_pgd20, True)})" for r in fr.rows if r.epoch in fr.compared]
+        parts.append(f"{'Not reproduced' if off else 'Reproduced within tolerance'} (±{TOLERANCE['natural']:g} point "
+                     f"natural, ±{TOLERANCE['pgd20']:g} points PGD-20): {'; '.join(epochs)}.")
     elif not has_log:
         parts.append("The authors published no log for this configuration; nothing to compare with.")
     else:
