@@ -128,6 +128,7 @@ class Method:
         self.hparams = hparams
         self.attack = attack
         self._autocast = autocast
+        self._f_has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in f.modules())
 
     def autocast(self):
         """bf16 autocast on CUDA (set by the core); a no-op context on CPU."""
@@ -151,7 +152,7 @@ class Method:
         PGD, their clean forward after the step, TRADES' second clean forward); the running
         statistics, and so every evaluation, depend on them. Skipped for nets without BatchNorm.
         """
-        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.f.modules()):
+        if self._f_has_bn:
             with torch.no_grad():
                 self.f(x)
 
