@@ -57,7 +57,8 @@ class FidelityRun:
     def title(self) -> str:
         h = self.identity["hparams"]
         return (f"{METHOD_LABELS.get(self.identity['method'], self.identity['method'])}, eps_train "
-                f"{self.identity['eps']:g}, Eq. 14 KL {'/ B (code)' if h.get('g_kl_reduction') == 'batchmean' else 'summed over the batch'}")
+                f"{self.identity['eps']:g}, Eq. 14 KL {'/ B (code)' if h.get('g_kl_reduction') == 'batchmean' else 'summed over the batch'}"
+                + ("" if self.identity["seed"] == 0 else f", seed {self.identity['seed']}"))
 
 
 def fidelity_runs(runs: Sequence[RunRecord]) -> list[FidelityRun]:
