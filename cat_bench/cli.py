@@ -1,4 +1,4 @@
-"""The `cat-bench` command line: train, eval, list.
+"""The `cat-bench` command line: train, eval, run, status, results, report, submit, list.
 
 Every user mistake (unknown name, eps outside (0, 1], bad `--set`, missing or corrupt checkpoint)
 ends with a message naming the bad value and what is allowed, and exit status 2.
@@ -7,6 +7,8 @@ ends with a message naming the bad value and what is allowed, and exit status 2.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -43,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
                         "or valid (inputs always in [0,1], RobustBench's convention)")
     t.add_argument("--epochs", type=int, help="override the protocol's number of epochs")
     t.add_argument("--batch-size", type=int, help="override the protocol's batch size")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seeds torch and the batch order (default 0)")
     t.add_argument("--n-train", type=int, help="train on the first N training examples (quick runs)")
     t.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="method hyperparameters, e.g. beta=5 b=0.05")
     t.add_argument("--select-on", default="test", help="split for per-epoch checkpoint selection: test (paper) or val")
@@ -57,12 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     _common(t)
 
     e = sub.add_parser("eval", help="evaluate a trained run under the paper's attacks (METHOD.md s4)")
-    e.add_argument("run_dir", type=Path)
+    e.add_argument("run_dir", type=Path, help="a run directory (cat-bench train --out, or RESULTS/runs/NAME)")
     e.add_argument("--attacks", default="natural,fgsm,pgd20,pgd100,cw",
                    help="comma-separated: natural,fgsm,pgd20,pgd100,cw,square,autoattack")
     e.add_argument("--n-examples", type=int, help="first N test examples (default: the full test set)")
     e.add_argument("--eps", help="override the dataset's test eps (0.3 MNIST, 8/255 CIFAR)")
     e.add_argument("--batch-size", type=int, help="default: 500 on CUDA, 100 on CPU")
+    e.add_argument("--unfinished", action="store_true",
+                   help="evaluate a run whose training has not finished (its best checkpoint so far)")
     _common(e)
 
     r = sub.add_parser("run", help="train and evaluate every run of a suite, skipping finished ones")
@@ -75,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="local: here, one process per visible GPU; slurm: one job-array task per run (submitit)")
     r.add_argument("--partition", help="Slurm partition")
     r.add_argument("--time", type=int, default=24 * 60, help="Slurm time limit per job, minutes (default 1440)")
-    r.add_argument("--gpus-per-job", type=int, default=1)
+    r.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per Slurm job (default 1)")
     r.add_argument("--array-parallelism", type=int, default=32, help="Slurm array tasks running at once")
     _common(r)
 
@@ -86,14 +90,16 @@ def _parser() -> argparse.ArgumentParser:
     _suite_args(res)
     res.add_argument("--format", default="markdown", help="csv, markdown or json")
     res.add_argument("--per-seed", action="store_true", help="one row per run instead of mean and std over seeds")
+    res.add_argument("--wide", action="store_true",
+                     help="every column: all config and hyperparameter columns, mean and std as separate columns")
 
     rp = sub.add_parser("report", help="render a suite's HTML report: paper tables, figures, leaderboard, runs")
     _suite_args(rp)
-    rp.add_argument("--out", type=Path, help="report folder (default: reports/SUITE)")
+    rp.add_argument("--out", type=Path, help="report folder (default: RESULTS/reports/SUITE, beside the records)")
     _common(rp)
 
     sb = sub.add_parser("submit", help="export a finished, AutoAttack-evaluated run in RobustBench's format")
-    sb.add_argument("run_dir", type=Path)
+    sb.add_argument("run_dir", type=Path, help="a finished run directory evaluated with autoattack")
     sb.add_argument("--name", required=True, help="RobustBench model name, e.g. Huang2021Calibrated_PRN18")
     sb.add_argument("--title", help="paper title (model_info's `name`; default: the CAT paper for CAT runs)")
     sb.add_argument("--authors", help="paper authors, comma-separated (default: the CAT paper's for CAT runs)")
@@ -112,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     _common(sb)
 
     li = sub.add_parser("list", help="list methods, datasets, attacks or architectures")
-    li.add_argument("what", choices=LISTABLE)
+    li.add_argument("what", choices=LISTABLE, help="what to list")
     return p
 
 
@@ -126,7 +132,7 @@ def _suite_specs(args):
     from cat_bench.suite import filter_runs, load_suite
 
     suite = load_suite(args.suite)
-    return suite, filter_runs(suite.runs, args.only)
+    return suite, filter_runs(suite.runs, args.only, require_match=True)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -167,11 +173,26 @@ def _eval(args) -> None:
     eps = parse_eps(args.eps) if args.eps is not None else None
     result = evaluate(args.run_dir, args.attacks, n_examples=args.n_examples, eps=eps, batch_size=args.batch_size,
                       data_root=args.data_root, device=resolve_device(args.device), progress=not args.no_progress,
-                      log=lambda m: print(m, file=sys.stderr))
+                      log=lambda m: print(m, file=sys.stderr), unfinished=args.unfinished)
     width = max(map(len, result["attacks"]))
     for name, entry in result["attacks"].items():
         print(f"{name:<{width}}  {100 * entry['accuracy']:6.2f}%")
     print(f"written: {args.run_dir / 'eval.json'}")
+
+
+def _progress(results: Path, spec) -> dict:
+    """Epochs trained of the schedule's, and for a partial run the time left at its mean epoch time."""
+    from cat_bench import records
+    from cat_bench.costs import train_epochs
+    from cat_bench.orchestrate import run_dir
+
+    history = records.read_jsonl(run_dir(results, spec) / records.HISTORY)
+    total = math.ceil(train_epochs(spec.config))
+    eta = "-"
+    if history and len(history) < total:
+        left = (total - len(history)) * sum(h["seconds"] for h in history) / len(history)
+        eta = f"{left / 3600:.1f} h" if left >= 3600 else f"{left / 60:.0f} min"
+    return {"epochs": f"{len(history)}/{total}", "eta": eta}
 
 
 def _plan_table(args, specs, with_cost: bool):
@@ -180,11 +201,23 @@ def _plan_table(args, specs, with_cost: bool):
     from cat_bench.costs import DEFAULT_TFLOPS, run_gpu_hours, train_epochs
     from cat_bench.orchestrate import state
 
+    from cat_bench.presets import format_eps
+
+    # the hyperparameters that tell apart runs of one method in this list
+    values: dict[tuple[str, str], set] = {}
+    for spec in specs:
+        for k, v in spec.config["hparams"].items():
+            values.setdefault((spec.config["method"], k), set()).add(str(v))
     rows = []
     for spec in specs:
         c = spec.config
+        differ = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(c["hparams"].items())
+                  if len(values[(c["method"], k)]) > 1]
         row = {"run": spec.name, "state": state(args.results, spec), "method": c["method"], "dataset": c["dataset"],
-               "arch": c["arch"], "eps": round(c["eps"], 5), "seed": c["seed"], "labels": "; ".join(spec.labels)}
+               "arch": c["arch"], "eps": format_eps(c["eps"]), "seed": c["seed"], "hparams": " ".join(differ) or "-",
+               "labels": "; ".join(spec.labels)}
+        if not with_cost:
+            row.update(_progress(args.results, spec))
         if with_cost:
             row["protocol"] = f"{c['protocol']}/{c['schedule']['name']}"
             row["epochs"] = train_epochs(c)
@@ -193,9 +226,10 @@ def _plan_table(args, specs, with_cost: bool):
     return pd.DataFrame(rows)
 
 
-def _run(args) -> None:
+def _run(args) -> int:
     import torch
 
+    from cat_bench import records
     from cat_bench.orchestrate import run_local, run_parallel, state, submit_slurm
     from cat_bench.networks import resolve_device
 
@@ -232,10 +266,16 @@ def _run(args) -> None:
                             stop_after_epoch=args.stop_after_epoch)
     trained = sum(v == "done" for v in outcome.values())
     stopped = sum(v == "stopped" for v in outcome.values())
-    finished = len(specs) - stopped - sum(v == "busy" for v in outcome.values())
+    failed = [name for name, v in outcome.items() if v == "failed"]
+    finished = len(specs) - stopped - len(failed) - sum(v == "busy" for v in outcome.values())
     print(f"{suite.name}: {finished} of {len(specs)} runs finished ({trained} this time)"
-          f"{f', {stopped} stopped at --stop-after-epoch' if stopped else ''} in {args.results / 'runs'}; "
+          f"{f', {stopped} stopped at --stop-after-epoch' if stopped else ''}"
+          f"{f', {len(failed)} FAILED' if failed else ''} in {args.results / 'runs'}; "
           f"table: cat-bench results --suite {args.suite} --results {args.results}")
+    for name in failed:
+        record = records.read_json(args.results / "runs" / name / records.FAILED)
+        print(f"FAILED {name}: {record['reason']}\n  fix: {record['fix']}")
+    return 1 if failed else 0
 
 
 def _status(args) -> None:
@@ -244,19 +284,30 @@ def _status(args) -> None:
     print(table.to_string(index=False))
     counts = table.state.value_counts()
     print(f"{suite.name}: {counts.get('done', 0)} done, {counts.get('partial', 0)} partial, "
-          f"{counts.get('todo', 0)} to do, of {len(table)}")
+          f"{counts.get('failed', 0)} failed, {counts.get('todo', 0)} to do, of {len(table)}")
 
 
 def _results(args) -> None:
-    from cat_bench.orchestrate import run_dir
-    from cat_bench.results import collect, format_table, summarize
+    from cat_bench.orchestrate import run_dir, state
+    from cat_bench.presets import format_eps
+    from cat_bench.results import collect, concise, format_table, summarize
 
     _, specs = _suite_specs(args)
     df = collect(run_dir(args.results, s) for s in specs)
     if df.empty:
         raise UsageError(f"no finished runs of suite {args.suite!r} under {args.results}; "
                          f"run: cat-bench run --suite {args.suite} --results {args.results}")
-    print(format_table(df if args.per_seed else summarize(df), args.format))
+    table = df if args.per_seed else summarize(df)
+    print(format_table(table if args.wide or args.per_seed else concise(table), args.format), end="")
+    if df["n_examples"].nunique() == 1 and df["test_eps"].nunique() == 1:
+        print(f"every row: evaluated on {df['n_examples'].iloc[0]} test examples at eps "
+              f"{format_eps(df['test_eps'].iloc[0])} (each run's eval.json)", file=sys.stderr)
+    states = [state(args.results, s) for s in specs]
+    missing = {k: sum(v == k for v in states) for k in ("partial", "failed", "todo")}
+    if any(missing.values()):
+        print(f"not in the table: {missing['partial']} partial, {missing['failed']} failed, {missing['todo']} not "
+              f"started, of {len(specs)} runs (cat-bench status --suite {args.suite} --results {args.results})",
+              file=sys.stderr)
 
 
 def _report(args) -> None:
@@ -266,7 +317,7 @@ def _report(args) -> None:
     from cat_bench.suite import load_suite
 
     suite = load_suite(args.suite)
-    out = args.out or Path("reports") / suite.name
+    out = args.out or args.results / "reports" / suite.name
     t0 = time.time()
     index = render_report(suite, args.results, out, device=args.device or "cpu", data_root=args.data_root,
                           suite_ref=args.suite)
@@ -345,15 +396,18 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cat-bench` console script."""
     args = _parser().parse_args(argv)
     try:
-        {"train": _train, "eval": _eval, "run": _run, "status": _status, "results": _results, "report": _report,
-         "submit": _submit, "list": _list}[args.command](args)
+        code = {"train": _train, "eval": _eval, "run": _run, "status": _status, "results": _results,
+                "report": _report, "submit": _submit, "list": _list}[args.command](args)
     except UsageError as err:
         print(f"cat-bench: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cat-bench: interrupted; rerun the same command (train with --resume) to continue", file=sys.stderr)
         return 130
-    return 0
+    except BrokenPipeError:  # `cat-bench ... | head`: the reader left; say nothing more
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    return code or 0
 
 
 if __name__ == "__main__":

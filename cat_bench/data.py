@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -36,23 +37,24 @@ class DatasetInfo:
     mean: tuple[float, ...] | None  # per-channel normalization inside the classifier; None = none
     std: tuple[float, ...] | None
     test_eps: float  # L-inf radius of the paper's evaluation (METHOD.md s4)
+    n_test: int  # size of the test split (a suite's evaluation without n_examples uses all of it)
     description: str
 
 
 DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
         name="mnist", family="mnist", num_classes=10, shape=(1, 28, 28), mean=None, std=None, test_eps=0.3,
-        description="MNIST, 60000 train / 10000 test 28x28 grey digits (torchvision, under the data root); "
+        n_test=10000, description="MNIST, 60000 train / 10000 test 28x28 grey digits (torchvision, under the data root); "
                     "no input normalization (METHOD.md s2), test eps 0.3",
     ),
     "mnist-mini": DatasetInfo(
         name="mnist-mini", family="mnist", num_classes=10, shape=(1, 28, 28), mean=None, std=None, test_eps=0.3,
-        description="class-balanced MNIST subset shipped with cat-bench, 10000 train (1000 a class) / 2000 test "
+        n_test=2000, description="class-balanced MNIST subset shipped with cat-bench, 10000 train (1000 a class) / 2000 test "
                     "(200 a class); works offline, for smoke runs (scripts/make_mnist_mini.py rebuilds it)",
     ),
     "cifar10": DatasetInfo(
         name="cifar10", family="cifar", num_classes=10, shape=(3, 32, 32),
-        mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616), test_eps=8 / 255,
+        mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616), test_eps=8 / 255, n_test=10000,
         description="CIFAR-10, 50000 train / 10000 test 32x32 colour images (torchvision, under the data root); "
                     "normalization inside the model (METHOD.md s2), test eps 8/255",
     ),
@@ -62,6 +64,7 @@ DATASETS: dict[str, DatasetInfo] = {
         name="cifar100", family="cifar", num_classes=100, shape=(3, 32, 32),
         mean=(0.5070751592371323, 0.48654887331495095, 0.4409178433670343),
         std=(0.2673342858792401, 0.2564384629170883, 0.27615047132568404), test_eps=8 / 255,
+        n_test=10000,
         description="CIFAR-100 (fine labels), 50000 train / 10000 test 32x32 colour images (torchvision, under "
                     "the data root); test eps 8/255",
     ),
@@ -110,9 +113,11 @@ def load_split(name: str, split: str, data_root: str | os.PathLike | None = None
 
     root = resolve_data_root(data_root)
     cls = {"mnist": tvd.MNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
+    before = _paths_under(root)
     try:
         ds = cls(root, train=split == "train", download=download)
     except Exception as err:
+        _remove_new_paths(root, before)  # a failed download leaves nothing behind (empty MNIST/raw, partial files)
         what = "could not be downloaded" if download else "not found (downloads disabled)"
         raise UsageError(
             f"dataset {name} ({split} split) {what} under data root {root}: {err}. "
@@ -123,6 +128,25 @@ def load_split(name: str, split: str, data_root: str | os.PathLike | None = None
     x = x.unsqueeze(1) if info.family == "mnist" else x.permute(0, 3, 1, 2)
     y = torch.as_tensor(ds.targets, dtype=torch.int64)
     return x.contiguous(), y
+
+
+def _paths_under(root: Path) -> set[Path] | None:
+    """Every path under `root` (None when `root` does not exist yet)."""
+    return set(root.rglob("*")) if root.exists() else None
+
+
+def _remove_new_paths(root: Path, before: set[Path] | None) -> None:
+    """Remove what appeared under `root` since `_paths_under` (and `root` itself if it was new)."""
+    if not root.exists():
+        return
+    new = sorted(set(root.rglob("*")) - (before or set()), key=lambda p: len(p.parts), reverse=True)
+    for path in new:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if before is None:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _load_mnist_mini(split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,3 +6,7 @@ class UsageError(Exception):
 
     The message must name the bad value and what is allowed.
     """
+
+
+class CorruptRecord(UsageError):
+    """A run directory's record or checkpoint cannot be read: that run fails, a suite goes on with the others."""

@@ -15,7 +15,7 @@ import torch
 from cat_bench import records
 from cat_bench.attacks import PGD, run_autoattack
 from cat_bench.data import dataset_info, load_split
-from cat_bench.errors import UsageError
+from cat_bench.errors import CorruptRecord, UsageError
 from cat_bench.networks import Networks, resolve_device
 from cat_bench.presets import EVAL_ATTACKS, AttackPreset, clips, eval_attack
 from cat_bench.progress import progress_bar
@@ -88,11 +88,20 @@ def parse_attacks(spec: str, family: str) -> list[str]:
 
 def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps: float | None = None,
              batch_size: int | None = None, data_root=None, device: torch.device | None = None, progress: bool = True,
-             log=print) -> dict:
-    """Evaluate a run's selected checkpoint; writes and returns eval.json's content."""
+             log=print, unfinished: bool = False) -> dict:
+    """Evaluate a run's selected checkpoint; writes and returns eval.json's content.
+
+    A run without `done` (training stopped or killed) is refused unless `unfinished`: its best
+    checkpoint so far is not the one its protocol selects.
+    """
     run_dir = Path(run_dir)
     if not (run_dir / records.CONFIG).is_file():
         raise UsageError(f"{run_dir} is not a run directory (no {records.CONFIG}); train one with cat-bench train --out")
+    if not unfinished and not (run_dir / records.DONE).exists():
+        epochs = len(records.read_jsonl(run_dir / records.HISTORY))
+        raise UsageError(f"{run_dir} has not finished training ({epochs} epoch(s) recorded, no {records.DONE} "
+                         f"marker); finish it with `cat-bench train --resume --out {run_dir}` (or rerun its suite), "
+                         f"or pass --unfinished to evaluate its best checkpoint so far")
     config = records.read_json(run_dir / records.CONFIG)["identity"]
     info = dataset_info(config["dataset"])
     names = parse_attacks(attacks, info.family)
@@ -110,7 +119,7 @@ def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps:
         nets.load(ckpt["nets"])
         best_epoch = int(ckpt["epoch"])
     except (KeyError, RuntimeError, TypeError, IndexError, ValueError) as err:
-        raise UsageError(f"corrupt checkpoint {run_dir / records.BEST}: {type(err).__name__}: {err}") from None
+        raise CorruptRecord(f"corrupt checkpoint {run_dir / records.BEST}: {type(err).__name__}: {err}") from None
     model = nets.f.eval()
 
     x, y = load_split(config["dataset"], "test", data_root)
@@ -124,9 +133,7 @@ def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps:
     key = {"checkpoint": records.BEST, "epoch": best_epoch, "n_examples": len(y), "eps": test_eps}
 
     path = run_dir / records.EVAL
-    result = records.read_json(path) if path.exists() else {}
-    if result.get("key") != key:
-        result = {"key": key, "attacks": {}}
+    result = _select_evaluation(records.read_json(path) if path.exists() else {}, key)
     result["provenance"] = records.provenance(device)
 
     for name in names:
@@ -157,6 +164,20 @@ def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps:
     for flag in result["flags"]:
         log(f"WARNING, possible gradient masking: {flag['flag']} ({flag['detail']})")
     return result
+
+
+def _select_evaluation(stored: dict, key: dict) -> dict:
+    """eval.json's content with the evaluation of `key` on top, every other one kept under "earlier".
+
+    The top level (key, attacks, flags, provenance) is the evaluation run last; evaluations with
+    other keys (another eps, n_examples or checkpoint epoch) are never dropped, and coming back to
+    one of them reuses its finished attacks.
+    """
+    fields = ("key", "attacks", "flags", "provenance")
+    evaluations = ([{k: stored[k] for k in fields if k in stored}] if "key" in stored else []) + stored.get("earlier", [])
+    current = next((e for e in evaluations if e["key"] == key), {"key": key, "attacks": {}})
+    earlier = [e for e in evaluations if e is not current]
+    return {**current, **({"earlier": earlier} if earlier else {})}
 
 
 def _autoattack(run_dir: Path, model, x, y, eps, settings, batch_size, seed, device, log,

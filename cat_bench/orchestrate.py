@@ -11,6 +11,7 @@ directory share the work: a process skips runs another holds, then waits for the
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import torch
 from filelock import FileLock, Timeout
 
 from cat_bench import records
+from cat_bench.data import dataset_info
+from cat_bench.errors import CorruptRecord
 from cat_bench.evaluate import evaluate
 from cat_bench.progress import progress_bar
 from cat_bench.suite import RunSpec
@@ -32,14 +35,20 @@ def run_dir(results: Path, spec: RunSpec) -> Path:
 
 
 def state(results: Path, spec: RunSpec) -> str:
-    """'done' (trained and fully evaluated), 'partial' (something on disk) or 'todo'."""
+    """'done' (trained and fully evaluated), 'failed' (the last attempt hit a corrupt record: failed.json says
+    why and how to fix it), 'partial' (something on disk) or 'todo'."""
     out = run_dir(results, spec)
     if not out.exists():
         return "todo"
+    if (out / records.FAILED).exists():
+        return "failed"
     if (out / records.DONE).exists() and (out / records.EVAL).exists():
         ev = records.read_json(out / records.EVAL)
-        n = ev.get("key", {}).get("n_examples")
-        if set(spec.attacks) <= set(ev.get("attacks", {})) and (spec.n_examples is None or n == spec.n_examples):
+        info = dataset_info(spec.config["dataset"])
+        key = ev.get("key", {})
+        n_wanted = spec.n_examples or info.n_test
+        if (set(spec.attacks) <= set(ev.get("attacks", {})) and key.get("n_examples") == min(n_wanted, info.n_test)
+                and abs(key.get("eps", -1) - info.test_eps) < 1e-9):
             return "done"
     return "partial"
 
@@ -52,17 +61,27 @@ def _lock(results: Path, spec: RunSpec) -> FileLock:
 
 def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=None, progress: bool = True,
             log: Callable[[str], None] = print, wait: bool = False, stop_after_epoch: int | None = None) -> str:
-    """Train and evaluate one run under its lock; returns 'done', 'skipped' (already done), 'busy' or
-    'stopped' (trained up to `stop_after_epoch`, a compute budget; not evaluated yet)."""
+    """Train and evaluate one run under its lock; returns 'done', 'skipped' (already done), 'busy',
+    'stopped' (trained up to `stop_after_epoch`, a compute budget; not evaluated yet) or 'failed'.
+
+    'failed': a record or checkpoint of this run is corrupt (CorruptRecord); failed.json keeps the
+    reason and the fix, and the suite goes on with its other runs. The next attempt starts by
+    removing failed.json, so a fixed run simply continues.
+    """
     lock = _lock(results, spec)
     try:
-        lock.acquire(timeout=-1 if wait else 0)
+        lock.acquire(timeout=0)
     except Timeout:
-        return "busy"
+        if not wait:
+            log(f"run {spec.name} is held by another process (lock {lock.lock_file}); coming back to it")
+            return "busy"
+        log(f"waiting for run {spec.name}: another process holds it (lock {lock.lock_file})")
+        lock.acquire(timeout=-1)
+    out = run_dir(results, spec)
     try:
+        (out / records.FAILED).unlink(missing_ok=True)
         if state(results, spec) == "done":
             return "skipped"
-        out = run_dir(results, spec)
         summary = train(spec.config, out, resume=True, data_root=data_root, device=device, progress=progress,
                         log=log, stop_after_epoch=stop_after_epoch)
         if not summary.get("done", True):
@@ -70,6 +89,12 @@ def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=Non
         evaluate(out, ",".join(spec.attacks), n_examples=spec.n_examples, data_root=data_root, device=device,
                  progress=progress, log=log)
         return "done"
+    except CorruptRecord as err:
+        fix = (f"remove the corrupt file (a corrupt checkpoints/last.pt: training restarts from epoch 0) or the "
+               f"whole run directory {out} to train it again from scratch, then rerun the suite")
+        records.write_json(out / records.FAILED, {"reason": str(err), "fix": fix, "time": time.time()})
+        log(f"run {spec.name} FAILED: {err}; {fix}")
+        return "failed"
     finally:
         lock.release()
 
@@ -82,7 +107,7 @@ def run_local(results: Path, specs: Sequence[RunSpec], *, device: torch.device, 
     with progress_bar(len(specs), "suite runs", enabled=progress) as advance:
         for wait in (False, True):
             for spec in specs:
-                if outcome.get(spec.name) in ("done", "skipped", "stopped"):
+                if outcome.get(spec.name) in ("done", "skipped", "stopped", "failed"):
                     continue
                 log(f"run {spec.name} ({spec.config['method']}, {', '.join(spec.labels) or 'no label'})")
                 outcome[spec.name] = run_job(results, spec, device=device, data_root=data_root, progress=progress,

@@ -96,3 +96,14 @@ def parse_eps(text: str) -> float:
         return float(Fraction(text)) if "/" in text else float(text)
     except (ValueError, ZeroDivisionError):
         raise UsageError(f"eps {text!r} is not a number; give e.g. 0.3 or 8/255") from None
+
+
+def format_eps(eps: float) -> str:
+    """A training eps as people write it: 0.3, 8/255."""
+    text = f"{eps:g}"
+    if abs(float(text) - eps) < 1e-12 and len(text) <= 6:
+        return text
+    k = eps * 255
+    if abs(k - round(k)) < 1e-6:
+        return f"{round(k)}/255"
+    return f"{eps:.6g}"

@@ -19,13 +19,14 @@ from typing import Any
 
 import torch
 
-from cat_bench.errors import UsageError
+from cat_bench.errors import CorruptRecord, UsageError
 
 CONFIG = "config.json"
 HISTORY = "history.jsonl"
 TRACE = "trace.jsonl"  # CAT: the mask (mean, std) and losses every few batches
 SESSIONS = "sessions.jsonl"
 DONE = "done"
+FAILED = "failed.json"  # a suite could not train or evaluate the run: the reason and the fix
 EVAL = "eval.json"
 LAST = "checkpoints/last.pt"
 BEST = "checkpoints/best.pt"
@@ -51,11 +52,11 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    """Read a JSON record; a corrupt file is a UsageError naming it."""
+    """Read a JSON record; a corrupt file is a CorruptRecord naming it."""
     try:
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as err:
-        raise UsageError(f"corrupt record {path}: {err}") from None
+        raise CorruptRecord(f"corrupt record {path}: {err}") from None
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -64,14 +65,14 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """torch.load(weights_only=True); a missing or corrupt file is a UsageError naming it."""
+    """torch.load(weights_only=True); a missing file is a UsageError, a corrupt one a CorruptRecord, naming it."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"missing checkpoint {path}; train the run first (cat-bench train ... --out {path.parents[1]})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated/garbled files
-        raise UsageError(f"corrupt checkpoint {path}: {type(err).__name__}: {err}") from None
+        raise CorruptRecord(f"corrupt checkpoint {path}: {type(err).__name__}: {err}") from None
 
 
 def append_jsonl(path: Path, obj: dict) -> None:
@@ -129,9 +130,45 @@ def provenance(device: torch.device) -> dict:
         autoattack_version = version("pyautoattack")
     except Exception:
         autoattack_version = None
-    hw = {"device": str(device), "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    hw = {"device": str(device), "cpu": _cpu_model() or platform.processor() or platform.machine(),
+          "cpu_isa": _cpu_isa(), "kernels": torch.backends.cpu.get_cpu_capability(),
+          "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+          "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ}}
     if device.type == "cuda":
         hw["gpu"] = torch.cuda.get_device_name(device)
+    build = {"cuda": torch.version.cuda, "mkl": torch.backends.mkl.is_available(),
+             "mkldnn": torch.backends.mkldnn.is_available()}
+    determinism = {"deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+                   "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                   "cudnn_deterministic": torch.backends.cudnn.deterministic}
     return {"cat_bench": cat_bench.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "pyautoattack": autoattack_version, "python": platform.python_version(), "git_commit": git_commit(),
-            "hardware": hw}
+            "hardware": hw, "torch_build": build, "determinism": determinism}
+
+
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATEN_CPU_CAPABILITY")
+_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name (Linux /proc/cpuinfo), e.g. "AMD EPYC"."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return None
+
+
+def _cpu_isa() -> list[str]:
+    """The vector instruction sets that decide which CPU kernels torch runs (and so the float rounding)."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            return [f for f in _ISA_FLAGS if f in flags]
+    return []

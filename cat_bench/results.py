@@ -16,11 +16,12 @@ import pandas as pd
 
 from cat_bench import records
 from cat_bench.errors import UsageError
+from cat_bench.presets import format_eps
 
 CONFIG_COLUMNS = ["method", "dataset", "arch", "protocol", "schedule", "eps", "seed", "epochs", "n_train"]
 HP_PREFIX = "hp."
 ATTACK_ORDER = ["natural", "fgsm", "pgd20", "pgd100", "cw", "square", "autoattack"]  # METHOD.md s4
-RUN_METRICS = ["best_epoch", "n_examples", "masking_flags", "mask_flag_epochs"]
+RUN_METRICS = ["best_epoch", "n_examples", "test_eps", "masking_flags", "mask_flag_epochs"]
 FORMATS = ("csv", "markdown", "json")
 FLOAT_FORMAT = "%.4f"
 
@@ -30,7 +31,7 @@ def run_row(run_dir: Path) -> dict | None:
 
     Keys: the config columns (`epochs` is the schedule's), `hp.<key>` per method hyperparameter, one
     column per evaluated attack with its accuracy in percent, `best_epoch` (from `done`),
-    `n_examples` (eval.json's key), `masking_flags` (how many gradient-masking flags evaluation
+    `n_examples` and `test_eps` (eval.json's key: which evaluation the row shows), `masking_flags` (how many gradient-masking flags evaluation
     raised), `mask_flag_epochs` (CAT: epochs whose mean mask collapsed or saturated; 0 for other
     methods) and `run` (the directory's name). `protocol` is "valid" for runs recorded before
     protocols existed (they clipped to [0,1]).
@@ -50,7 +51,7 @@ def run_row(run_dir: Path) -> dict | None:
            "n_train": config["n_train"]}
     row.update({HP_PREFIX + k: v for k, v in config["hparams"].items()})
     row.update({name: 100 * a["accuracy"] for name, a in result["attacks"].items()})
-    row.update(best_epoch=done["best_epoch"], n_examples=result["key"]["n_examples"],
+    row.update(best_epoch=done["best_epoch"], n_examples=result["key"]["n_examples"], test_eps=result["key"]["eps"],
                masking_flags=len(result.get("flags", [])), mask_flag_epochs=len(done.get("mask_flag_epochs", [])),
                run=run_dir.name)
     return row
@@ -87,7 +88,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     methods without that hyperparameter). Adds `n_seeds` and the paper's "Avg" (METHOD.md s4: mean
     of natural and all robust accuracies in the row), computed per run over the attacks it was
     evaluated on and then averaged over seeds as `avg_mean` (with `avg_std`). Columns: group keys,
-    `n_seeds`, attacks (evaluation order), avg, `best_epoch`, `n_examples`, `masking_flags`; rows
+    `n_seeds`, attacks (evaluation order), avg, then what is not averaged: `best_epochs` (each seed's,
+    "40/38"), `n_examples` (the evaluation sizes), `masking_flags` and `mask_flag_epochs` (totals); rows
     sorted by the group keys. Two runs sharing every config column and the seed differ only in
     settings the table does not show, and would be averaged as if they were seeds: UsageError.
     """
@@ -98,13 +100,48 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     if not dup.empty:
         raise UsageError(f"runs {', '.join(dup['run'])} share every table column including the seed; they differ "
                          f"in settings the table does not show (e.g. batch size), so they cannot be averaged as seeds")
-    metrics = attacks + ["avg"] + RUN_METRICS
+    metrics = attacks + ["avg"]
     grouped = runs.groupby(keys, dropna=False, sort=True)
     stats = grouped[metrics].agg(["mean", "std"])
     stats.columns = [f"{m}_{stat}" for m, stat in stats.columns]
     stats.insert(0, "n_seeds", grouped.size())
+    # Not metrics: which epoch each seed kept, the evaluation sizes, and flag counts are listed or summed.
+    stats["best_epochs"] = grouped["best_epoch"].agg(lambda v: "/".join(str(int(e)) for e in v))
+    stats["n_examples"] = grouped["n_examples"].agg(lambda v: "/".join(str(int(n)) for n in sorted(set(v))))
+    stats["test_eps"] = grouped["test_eps"].agg(lambda v: "/".join(format_eps(e) for e in sorted(set(v))))
+    stats["masking_flags"] = grouped["masking_flags"].sum()
+    stats["mask_flag_epochs"] = grouped["mask_flag_epochs"].sum()
     out = stats.reset_index()
     return out.sort_values(keys, kind="mergesort", na_position="last").reset_index(drop=True)
+
+
+def concise(summary: pd.DataFrame) -> pd.DataFrame:
+    """The table a reader wants first: `method`, the config columns that differ between rows, the
+    hyperparameters that differ between rows of one method, `seeds`, and each metric as "mean" (one
+    seed) or "mean ± std" (several), in percent with two decimals; flag totals when there are any."""
+    config = [c for c in summary.columns if c in CONFIG_COLUMNS]
+    hparams = [c for c in summary.columns if c.startswith(HP_PREFIX)]
+    varying = ["method"] + [c for c in config if c != "method" and summary[c].astype(str).nunique() > 1]
+    # a hyperparameter is shown when it tells apart rows of one method (another method's NaN says nothing)
+    varying += [c for c in hparams if (summary.groupby("method")[c].nunique() > 1).any()]
+    metrics = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")]
+    out = summary[varying].copy()
+    if "eps" in out:
+        out["eps"] = out["eps"].map(format_eps)
+    out.columns = [c[len(HP_PREFIX):] if c.startswith(HP_PREFIX) else c for c in out.columns]
+    out["seeds"] = summary["n_seeds"]
+    for m in metrics:
+        mean, std = summary[f"{m}_mean"], summary[f"{m}_std"]
+        out[m] = [("—" if pd.isna(a) else f"{a:.2f}" if n == 1 or pd.isna(b) else f"{a:.2f} ± {b:.2f}")
+                  for a, b, n in zip(mean, std, summary["n_seeds"])]
+    for c in ("n_examples", "test_eps"):  # which evaluation each row shows, when the rows differ
+        if summary[c].nunique() > 1:
+            out[c] = summary[c]
+    if summary["mask_flag_epochs"].any():
+        out["mask flags"] = summary["mask_flag_epochs"]
+    if summary["masking_flags"].any():
+        out["masking flags"] = summary["masking_flags"]
+    return out
 
 
 def format_table(df: pd.DataFrame, fmt: str) -> str:
@@ -112,7 +149,8 @@ def format_table(df: pd.DataFrame, fmt: str) -> str:
     if fmt == "csv":
         return df.to_csv(index=False, float_format=FLOAT_FORMAT)
     if fmt == "markdown":
-        return df.to_markdown(index=False, floatfmt=FLOAT_FORMAT[1:]) + "\n"
+        text_columns = [i for i, (_, col) in enumerate(df.items()) if not pd.api.types.is_numeric_dtype(col)]  # "80.00" stays
+        return df.to_markdown(index=False, floatfmt=FLOAT_FORMAT[1:], disable_numparse=text_columns) + "\n"
     if fmt == "json":
         return df.to_json(orient="records", indent=2) + "\n"
     raise UsageError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")

@@ -42,7 +42,7 @@ from cat_bench import records
 from cat_bench.data import dataset_info
 from cat_bench.errors import UsageError
 from cat_bench.methods import METHODS, get_method
-from cat_bench.presets import EVAL_ATTACKS, parse_eps
+from cat_bench.presets import EVAL_ATTACKS, format_eps, parse_eps
 from cat_bench.train import resolve_config
 
 if sys.version_info >= (3, 11):
@@ -272,12 +272,8 @@ def _same(actual: Any, text: str) -> bool:
     return str(actual) == text
 
 
-def filter_runs(runs: Iterable[RunSpec], only: list[str]) -> list[RunSpec]:
-    """The runs matching every `KEY=VALUE[,VALUE...]` filter (e.g. method=at,trades eps=8/255 b=0.05).
-
-    Keys: method, dataset, arch, eps, seed, epochs, label, or any hyperparameter name; a run
-    without that hyperparameter does not match.
-    """
+def _parse_only(only: list[str]) -> list[tuple[str, list[str]]]:
+    """`KEY=VALUE[,VALUE...]` filters as (key, values), refusing malformed ones and unknown keys."""
     allowed = (*_FIELDS, "label", *_HPARAM_NAMES)
     tests = []
     for item in only:
@@ -291,17 +287,41 @@ def filter_runs(runs: Iterable[RunSpec], only: list[str]) -> list[RunSpec]:
         if key in _NUMERIC and any(_number(v) is None for v in wanted):
             raise UsageError(f"--only {item!r}: {key} takes numbers, e.g. eps=8/255 or seed=0")
         tests.append((key, wanted))
+    return tests
 
-    def keep(run: RunSpec) -> bool:
-        for key, wanted in tests:
-            if key == "label":
-                ok = any(v in run.labels for v in wanted)
-            elif key in _FIELDS:
-                ok = any(_same(_FIELDS[key](run.config), v) for v in wanted)
-            else:
-                ok = key in run.config["hparams"] and any(_same(run.config["hparams"][key], v) for v in wanted)
-            if not ok:
-                return False
-        return True
 
-    return [run for run in runs if keep(run)]
+def _values(run: RunSpec, key: str) -> list:
+    """The run's values for a filter key (none when it lacks the hyperparameter)."""
+    if key == "label":
+        return list(run.labels)
+    if key in _FIELDS:
+        return [_FIELDS[key](run.config)]
+    return [run.config["hparams"][key]] if key in run.config["hparams"] else []
+
+
+def filter_runs(runs: Iterable[RunSpec], only: list[str], *, require_match: bool = False) -> list[RunSpec]:
+    """The runs matching every `KEY=VALUE[,VALUE...]` filter (e.g. method=at,trades eps=8/255 b=0.05).
+
+    Keys: method, dataset, arch, eps, seed, epochs, protocol, schedule, label, or any
+    hyperparameter name; a run without that hyperparameter does not match. `require_match`
+    (the command line): filters that keep none of the runs are a UsageError naming the first
+    filter that matches nothing and the values the runs have.
+    """
+    runs = list(runs)
+    tests = _parse_only(only)
+    kept = [run for run in runs if all(any(_same(v, w) for v in _values(run, key) for w in wanted)
+                                       for key, wanted in tests)]
+    if require_match and runs and tests and not kept:
+        raise UsageError(_no_match(runs, only, tests))
+    return kept
+
+
+def _no_match(runs: list[RunSpec], only: list[str], tests: list[tuple[str, list[str]]]) -> str:
+    for item, (key, wanted) in zip(only, tests):
+        values = {v for run in runs for v in _values(run, key)}
+        if not any(_same(v, w) for v in values for w in wanted):
+            shown = sorted(format_eps(v) if key == "eps" else str(v) for v in values)
+            return (f"--only {item!r} matches none of the suite's {len(runs)} runs; its runs have {key} = "
+                    f"{', '.join(shown) if shown else '(none: no run has this hyperparameter)'}")
+    return (f"--only {' '.join(only)} matches none of the suite's {len(runs)} runs "
+            f"(each filter matches some runs, not all of them together)")

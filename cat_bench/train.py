@@ -22,7 +22,7 @@ import torch
 from cat_bench import records
 from cat_bench.attacks import PGD
 from cat_bench.data import TensorLoader, dataset_info, load_split, split_train_val
-from cat_bench.errors import UsageError
+from cat_bench.errors import CorruptRecord, UsageError
 from cat_bench.evaluate import correct_under, default_batch_size
 from cat_bench.methods import TrainAttack, default_arch, get_method, protocol_for, resolve_hparams
 from cat_bench.methods.base import lr_at
@@ -186,7 +186,6 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
         log(f"{out}: already done")
         return records.read_json(out / records.DONE)
     ckpt = _prepare_run_dir(out, config, resume)
-    out.mkdir(parents=True, exist_ok=True)
     schedule = config["schedule"]
     torch.manual_seed(config["seed"])
     if device.type == "cuda":
@@ -224,11 +223,14 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
         (out / records.HISTORY).unlink(missing_ok=True)
         (out / records.TRACE).unlink(missing_ok=True)
     else:
-        nets.load(ckpt["nets"])
-        for k in optimizers:
-            optimizers[k].load_state_dict(ckpt["optimizers"][k])
-        _set_rng_state(ckpt["rng"], device)
-        start, best = ckpt["epoch"], ckpt["best"]
+        try:
+            nets.load(ckpt["nets"])
+            for k in optimizers:
+                optimizers[k].load_state_dict(ckpt["optimizers"][k])
+            _set_rng_state(ckpt["rng"], device)
+            start, best = int(ckpt["epoch"]), ckpt["best"]
+        except (KeyError, RuntimeError, TypeError, IndexError, ValueError) as err:
+            raise CorruptRecord(f"corrupt checkpoint {out / records.LAST}: {type(err).__name__}: {err}") from None
         for name in (records.HISTORY, records.TRACE):  # drop what an interrupted epoch wrote
             kept = [r for r in records.read_jsonl(out / name) if r["epoch"] <= start]
             (out / name).unlink(missing_ok=True)

@@ -24,8 +24,9 @@ def with_option(flag, value):
 
 
 @pytest.mark.parametrize("flag,value,needle", [
-    ("--method", "cat", "'cat'"), ("--dataset", "svhn", "svhn"), ("--eps", "0", "0"),
-    ("--eps", "1.5", "1.5"), ("--eps", "-0.1", "-0.1"), ("--eps", "eight", "eight"), ("--eps", "8/0", "8/0"),
+    ("--method", "cat", "'cat'"), ("--dataset", "svhn", "svhn"), ("--eps", "0", "eps 0.0 is outside (0, 1]"),
+    ("--eps", "1.5", "eps 1.5 is outside (0, 1]"), ("--eps", "-0.1", "eps -0.1 is outside (0, 1]"),
+    ("--eps", "eight", "eps 'eight' is not a number"), ("--eps", "8/0", "eps '8/0' is not a number"),
 ])
 def test_bad_train_options_exit_2(flag, value, needle, capsys, tmp_path):
     code, err = run(with_option(flag, value) + ["--out", str(tmp_path / "r")], capsys)
@@ -76,7 +77,7 @@ def test_eval_bad_inputs_exit_2(trained, tmp_path, capsys):
     code, err = run(["eval", str(tmp_path), "--attacks", "natural"], capsys)
     assert code == 2 and str(tmp_path) in err
     code, err = run(["eval", str(trained), "--eps", "2"], capsys)
-    assert code == 2 and "2" in err
+    assert code == 2 and "eps 2.0 is outside (0, 1]" in err
 
 
 def test_missing_and_corrupt_checkpoints_exit_2(trained, tmp_path, capsys):
@@ -102,3 +103,98 @@ def test_existing_run_without_resume_exits_2(trained, tmp_path, capsys):
     (partial / records.DONE).unlink()
     code, err = run(TRAIN + ["--out", str(partial)], capsys)
     assert code == 2 and "--resume" in err
+
+
+@pytest.mark.parametrize("suite,only,needle", [
+    ("smoke", ["method=catt"], "method = at, cat-cent, cat-cw, fat, mart, natural, trades"),
+    ("smoke", ["eps=0.2"], "eps = 0.1"),
+    ("smoke", ["method=at", "ablation=A1"], "--only 'ablation=A1' matches none of the suite's 7 runs; its runs have "
+                                            "ablation = none"),
+    ("mnist-fidelity", ["loss_reduction=sum"], "(none: no run has this hyperparameter)"),
+    ("smoke", ["method=at", "beta=6"], "--only method=at beta=6 matches none of the suite's 7 runs (each filter"),
+])
+@pytest.mark.parametrize("command", [["run", "--dry-run"], ["run"], ["status"], ["results"]])
+def test_suite_filter_matching_nothing_exits_2(command, suite, only, needle, capsys, tmp_path):
+    """Issue 10, item 1: a filter that keeps no run is refused, naming it and the values the runs have."""
+    code, err = run([*command, "--suite", suite, "--results", str(tmp_path / "res"), "--only", *only], capsys)
+    assert code == 2
+    assert needle in err
+    assert not (tmp_path / "res").exists()
+
+
+def test_train_with_missing_data_writes_nothing(capsys, tmp_path, monkeypatch):
+    """Issue 10, item 5: no run directory and no empty dataset folders when the data cannot be had."""
+    from urllib.error import URLError
+
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", offline)
+    argv = with_option("--dataset", "mnist") + ["--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "r")]
+    code, err = run(argv, capsys)
+    assert code == 2 and "dataset mnist" in err and "--data-root" in err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "data").exists()
+
+
+def test_report_defaults_to_the_results_directory(capsys, tmp_path, monkeypatch):
+    """Issue 10, item 6: `cat-bench report` without --out writes beside the records, never into ./reports."""
+    import shutil
+    from pathlib import Path
+
+    results = tmp_path / "my-results"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "results" / "smoke", results)
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "--suite", "smoke", "--results", str(results)]) == 0
+    assert str(results / "reports" / "smoke" / "index.html") in capsys.readouterr().out
+    assert (results / "reports" / "smoke" / "index.html").is_file()
+    assert not (tmp_path / "reports").exists()
+
+
+def test_results_is_concise_and_says_what_is_missing(capsys, tmp_path):
+    """Issue 10, item 9: the default table has no nan columns; runs not in it are counted; --wide has every column."""
+    import shutil
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "results" / "smoke" / "runs"
+    runs = sorted(src.iterdir())
+    for run_dir in runs[:2]:
+        shutil.copytree(run_dir, tmp_path / "runs" / run_dir.name)
+    (tmp_path / "runs" / runs[2].name).mkdir()  # a run that started and has nothing yet
+    assert main(["results", "--suite", "smoke", "--results", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].split("|")[1:-1] == [" method   ", "   seeds ", " natural   ", " fgsm   ", " pgd20   ",
+                                                    " avg   ", "   mask flags "]
+    assert "nan" not in out and len(out.splitlines()) == 2 + 2
+    assert "not in the table: 1 partial, 0 failed, 4 not started, of 7 runs" in err
+    assert main(["results", "--suite", "smoke", "--results", str(tmp_path), "--wide"]) == 0
+    assert "hp.beta" in capsys.readouterr().out
+
+
+def test_status_shows_epochs_and_eta_and_distinguishing_hparams(capsys):
+    """Issue 10, items 9 and 12: status has epochs done/total, an ETA for partial runs, the hparams that differ."""
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[1] / "results" / "fidelity"
+    assert main(["status", "--suite", "mnist-fidelity", "--results", str(results)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header, first = lines[0].split(), lines[1].split()
+    assert header[-3:] == ["labels", "epochs", "eta"] and "hparams" in header
+    assert first[header.index("hparams")] == "g_kl_reduction=batchmean"
+    done, total = map(int, first[-3].split("/"))
+    assert done >= 1 and total == 40 and first[-1] == "h"  # e.g. "18.7 h"
+
+
+def test_every_command_and_flag_has_help(capsys):
+    """Issue 10, item 12: top-level --help lists every command; every option of every command has help text."""
+    from cat_bench.cli import _parser
+
+    parser = _parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    top = parser.format_help()
+    for name, command in sub.choices.items():
+        assert name in top
+        for action in command._actions:
+            if action.dest != "help":
+                assert action.help, f"{name} {action.option_strings or action.dest} has no help"

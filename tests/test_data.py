@@ -139,11 +139,16 @@ def test_failed_download_is_a_usage_error(tmp_path, monkeypatch, name, module):
         raise URLError("no network")
 
     monkeypatch.setattr(getattr(torchvision.datasets, module), "download_and_extract_archive", offline)
+    (tmp_path / "mine.txt").write_text("the user's own file")
     with pytest.raises(UsageError, match="could not be downloaded") as info:
         load_split(name, "test", tmp_path)
     msg = str(info.value)
     assert name in msg and str(tmp_path) in msg and "--data-root" in msg
     assert info.value.__cause__ is not None
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["mine.txt"]  # issue 10, item 5: no empty MNIST/raw
+    with pytest.raises(UsageError, match="could not be downloaded"):
+        load_split(name, "test", tmp_path / "new" / "root")
+    assert not (tmp_path / "new" / "root").exists()
 
 
 def candidates(x, padding=4):

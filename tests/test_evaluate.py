@@ -127,16 +127,36 @@ def test_rerun_skips_finished_attacks_and_adds_the_new_one(evaluated, tmp_path):
 
 @pytest.mark.parametrize("change", [{"n_examples": 50}, {"n_examples": N, "eps": 0.2}],
                          ids=["n_examples", "eps"])
-def test_changing_the_evaluation_key_starts_from_scratch(evaluated, tmp_path, change):
-    src, _, _ = evaluated
+def test_another_evaluation_key_keeps_the_earlier_evaluation(evaluated, tmp_path, change):
+    """Issue 10, item 3: another --eps or --n-examples adds an evaluation; none is lost, and going back reuses it."""
+    src, first, _ = evaluated
     run = copy_run(src, tmp_path / "run")
     logs: list[str] = []
     result = evaluate(run, "natural", device=CPU, progress=False, log=logs.append, **change)
     assert not any("already evaluated" in m for m in logs)
-    assert set(result["attacks"]) == {"natural"}  # the old entries are dropped
+    assert set(result["attacks"]) == {"natural"}  # the top level is the evaluation just run
     assert result["key"]["n_examples"] == change["n_examples"]
     assert result["key"]["eps"] == change.get("eps", 0.3)
-    assert set(json.loads((run / records.EVAL).read_text())["attacks"]) == {"natural"}
+    stored = json.loads((run / records.EVAL).read_text())
+    assert [e["key"] for e in stored["earlier"]] == [first["key"]]
+    assert stored["earlier"][0]["attacks"] == first["attacks"]
+
+    logs.clear()
+    back = evaluate(run, ",".join(FIRST), n_examples=N, device=CPU, progress=False, log=logs.append)
+    assert all(logged(logs, name, "already evaluated") for name in FIRST)
+    assert back["key"] == first["key"] and back["attacks"] == first["attacks"]
+    assert [e["key"] for e in back["earlier"]] == [result["key"]]
+
+
+def test_unfinished_run_is_refused_unless_asked(trained_run, tmp_path):
+    """Issue 10, item 2: a run without `done` is not evaluated silently; --unfinished evaluates it on purpose."""
+    run = copy_run(trained_run, tmp_path / "run", keep_eval=False)
+    (run / records.DONE).unlink()
+    with pytest.raises(UsageError, match=r"has not finished training \(1 epoch\(s\) recorded.*--resume --out"):
+        evaluate(run, "natural", n_examples=10, device=CPU, progress=False, log=quiet)
+    assert not (run / records.EVAL).exists()
+    result = evaluate(run, "natural", n_examples=10, device=CPU, progress=False, log=quiet, unfinished=True)
+    assert result["key"]["n_examples"] == 10 and (run / records.EVAL).exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,3 +444,26 @@ def test_missing_or_corrupt_checkpoint(trained_run, tmp_path, damage):
         evaluate(run, "natural", n_examples=10, device=CPU, progress=False, log=quiet)
     assert ("missing" if damage == "missing" else "corrupt") in str(err.value)
     assert not (run / records.EVAL).exists()
+
+
+def test_evaluation_runs_a_batchnorm_model_in_eval_mode(tmp_path, monkeypatch):
+    """Issue 10, item 14: every attack sees f in eval mode; BatchNorm's running statistics do not move."""
+    run = tmp_path / "bn-run"
+    config = resolve_config("natural", "mnist-mini", 0.3, arch="preact-resnet18", epochs=1, n_train=20, select_n=10,
+                            batch_size=10)
+    train(config, run, device=CPU, progress=False, log=quiet)
+    seen = []
+    real = ev.correct_under
+
+    def checked(model, *args, **kwargs):
+        bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        assert bns and not any(m.training for m in model.modules())
+        before = [b.running_mean.clone() for b in bns]
+        out = real(model, *args, **kwargs)
+        assert all(torch.equal(b.running_mean, m) for b, m in zip(bns, before))
+        seen.append(len(bns))
+        return out
+
+    monkeypatch.setattr(ev, "correct_under", checked)
+    evaluate(run, "natural,fgsm", n_examples=10, device=CPU, progress=False, log=quiet)
+    assert len(seen) == 2

@@ -127,12 +127,18 @@ def test_cat_losses_by_hand(name):
     assert any(not torch.equal(a, b) for a, b in zip(g0.parameters(), m.g.parameters()))
 
 
-def test_cat_mask_shape_and_range():
-    x, y, x_adv = data()
-    m, _ = make("cat-cent")
-    mask = m.g(x_adv)
+@pytest.mark.parametrize("family,shape", [("mnist", (4, 1, 28, 28)), ("cifar", (4, 3, 32, 32))])
+def test_cat_mask_shape_and_range(family, shape):
+    """The real mask nets g (METHOD.md s2): a per-pixel mask of the input's shape, strictly inside (0, 1)."""
+    from cat_bench.models import build_mask_net
+
+    torch.manual_seed(0)
+    g = build_mask_net(family, shape[1]).eval()
+    x = torch.rand(shape)
+    mask = g(x)
     assert mask.shape == x.shape
     assert (mask > 0).all() and (mask < 1).all()
+    assert mask.std() > 0 and not torch.equal(mask[0], mask[1])  # per pixel and per image, not a constant
 
 
 @pytest.mark.parametrize("ablation,weighted,mask", [("A1", False, False), ("A2", False, True)])

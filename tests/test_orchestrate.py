@@ -141,3 +141,28 @@ def test_parallel_workers_share_the_runs(tiny, tmp_path):
     assert set(outcome) == {s.name for s in specs} and set(outcome.values()) <= {"done", "skipped"}
     for spec in specs:
         assert [s["start_epoch"] for s in records.read_jsonl(run_dir(tmp_path, spec) / records.SESSIONS)] == [0]
+
+
+def test_a_corrupt_checkpoint_fails_its_run_and_the_suite_goes_on(tiny, tmp_path):
+    """Issue 10, item 4: one corrupt checkpoint fails that run only; the summary names it and the fix; exit 1."""
+    specs = load_suite(str(tiny)).runs
+    results = tmp_path / "r"
+    quiet = dict(device=resolve_device("cpu"), progress=False, log=lambda m: None)
+    run_local(results, specs[:1], stop_after_epoch=1, **quiet)
+    bad = run_dir(results, specs[0]) / records.LAST
+    bad.write_bytes(bad.read_bytes()[:1000])  # truncated, as a full disk or a kill outside cat-bench leaves it
+
+    proc = cli("run", "--suite", tiny, "--results", results, "--no-progress")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, err
+    assert "1 of 2 runs finished (1 this time), 1 FAILED" in out
+    assert f"FAILED {specs[0].name}: corrupt checkpoint {bad}" in out and "fix: remove the corrupt file" in out
+    assert [state(results, s) for s in specs] == ["failed", "done"]
+    failed = records.read_json(run_dir(results, specs[0]) / records.FAILED)
+    assert "corrupt checkpoint" in failed["reason"] and str(run_dir(results, specs[0])) in failed["fix"]
+    assert "1 failed" in finish("status", "--suite", tiny, "--results", results)
+
+    bad.unlink()  # the fix: training restarts from epoch 0
+    assert finish("run", "--suite", tiny, "--results", results, "--no-progress")
+    assert [state(results, s) for s in specs] == ["done", "done"]
+    assert not (run_dir(results, specs[0]) / records.FAILED).exists()

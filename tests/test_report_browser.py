@@ -84,3 +84,40 @@ def test_screenshot_is_not_blank(report, tmp_path):
     colours = image.getcolors(maxcolors=1 << 20)
     assert len(colours) > 50  # text, tables and figures, not a blank page
     assert max(count for count, _ in colours) < 0.95 * image.width * image.height
+
+
+FIRST_SCREEN = """<script>
+window.addEventListener('load', () => {
+  const top = id => { const e = document.getElementById(id); return e ? e.getBoundingClientRect().top : null; };
+  const tables = [...document.querySelectorAll('section.paper-table')].map(e => e.getBoundingClientRect().top);
+  const out = document.createElement('pre');
+  out.id = 'first-screen';
+  out.textContent = JSON.stringify({leaderboard: top('leaderboard'), runs: top('runs'), rest: top('rest'),
+                                    first_paper_table: tables.length ? Math.min(...tables) : null,
+                                    rows_shown: document.querySelectorAll('#leaderboard tbody tr').length,
+                                    runs_overflow: (s => s.scrollWidth - s.clientWidth)(document.querySelector('#runs .scroll'))});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def test_first_screen_shows_the_suite_own_results(report, tmp_path):
+    """Issue 10, item 8: the leaderboard of the suite's runs starts on the first 1280x800 screen; the paper
+    tables come after the suite's runs, and rows of other suites are collapsed at the end."""
+    probe = report / "probe-first.html"
+    probe.write_text((report / "index.html").read_text().replace("</body>", FIRST_SCREEN + "</body>"))
+    dom = chromium(tmp_path, "--window-size=1280,800", "--virtual-time-budget=10000", "--dump-dom",
+                   probe.as_uri()).stdout
+    probe.unlink()
+    found = re.search(r'<pre id="first-screen">(.*?)</pre>', dom, re.S)
+    assert found, "the load event never ran"
+    where = json.loads(html.unescape(found.group(1)))
+    assert where["leaderboard"] is not None and where["leaderboard"] < 800 - 150  # heading plus the first rows
+    assert where["rows_shown"] == 7
+    assert where["leaderboard"] < where["runs"] < where["rest"]
+    assert where["first_paper_table"] is None or where["first_paper_table"] > where["runs"]
+    assert where["runs_overflow"] <= 0  # item 10: the runs table fits, its last column is not cut off
+    runs = re.search(r'<section id="runs">.*?</section>', dom, re.S).group(0)
+    assert not re.search(r"</code>\s*\.", runs)  # item 10: no stray "." after the command box
+    rest = re.search(r'<section id="rest">.*', dom, re.S).group(0)
+    assert "<details" in rest and "Table 1" in rest and "cat-bench run --suite" in rest

@@ -12,7 +12,7 @@ import pytest
 
 from cat_bench import records
 from cat_bench.errors import UsageError
-from cat_bench.results import collect, format_table, run_row, summarize
+from cat_bench.results import collect, concise, format_table, run_row, summarize
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RUNS = FIXTURES / "results_small"
@@ -46,11 +46,11 @@ def test_run_row(runs):
     assert row["method"] == "at" and row["seed"] == config["seed"] and row["epochs"] == 1 and row["n_train"] == 100
     assert row["hp.random_start"] == config["hparams"]["random_start"]
     assert row["pgd20"] == pytest.approx(100 * result["attacks"]["pgd20"]["accuracy"])
-    assert row["n_examples"] == 50 and row["best_epoch"] == 1 and row["run"] == run.name
+    assert row["n_examples"] == 50 and row["test_eps"] == 0.3 and row["best_epoch"] == 1 and row["run"] == run.name
     assert list(runs.columns[:9]) == ["method", "dataset", "arch", "protocol", "schedule", "eps", "seed", "epochs",
                                      "n_train"]
-    assert list(runs.columns[-8:]) == ["natural", "fgsm", "pgd20", "best_epoch", "n_examples", "masking_flags",
-                                       "mask_flag_epochs", "run"]
+    assert list(runs.columns[-9:]) == ["natural", "fgsm", "pgd20", "best_epoch", "n_examples", "test_eps",
+                                       "masking_flags", "mask_flag_epochs", "run"]
 
 
 @pytest.mark.parametrize("missing", [records.DONE, records.EVAL])
@@ -105,3 +105,37 @@ def test_formats(summary):
 def test_unknown_format(summary):
     with pytest.raises(UsageError, match=r"'xlsx'.*csv, markdown, json"):
         format_table(summary, "xlsx")
+
+
+def test_run_settings_are_listed_not_averaged(runs, summary):
+    """Issue 10, item 9: best epochs are listed per seed, evaluation sizes listed, flags summed; none is a mean."""
+    at = summary[summary.method == "at"].iloc[0]
+    assert at["best_epochs"] == "/".join(str(e) for e in runs[runs.method == "at"]["best_epoch"])
+    assert at["n_examples"] == "50" and at["masking_flags"] == runs[runs.method == "at"]["masking_flags"].sum()
+    assert not any(c.startswith(("best_epoch_", "n_examples_", "masking_flags_", "mask_flag_epochs_"))
+                   for c in summary.columns)
+
+
+def test_concise_table_shows_what_differs_and_mean_std_only_for_several_seeds(summary):
+    """Issue 10, item 9: `cat-bench results` by default: method, differing config columns, seeds, mean (± std)."""
+    table = concise(summary)
+    assert list(table.columns[:3]) == ["method", "arch", "seeds"]  # dataset, eps, epochs ... are the same
+    assert "nan" not in format_table(table, "markdown")
+    rows = {r.method: r for r in table.itertuples()}
+    assert rows["natural"].seeds == 1 and "±" not in rows["natural"].pgd20
+    assert rows["at"].natural == f"{summary.loc[summary.method == 'at', 'natural_mean'].iloc[0]:.2f} ± " \
+                                 f"{summary.loc[summary.method == 'at', 'natural_std'].iloc[0]:.2f}"
+    # a hyperparameter that differs within one method appears (by its name), eps as people write it
+    two = summary[summary.method == "cat-cent"].copy()
+    other = two.assign(**{"hp.b": 0.05, "eps": 8 / 255})
+    both = concise(pd.concat([two, other], ignore_index=True))
+    assert "b" in both.columns and "beta" not in both.columns and list(both["eps"]) == ["0.3", "8/255"]
+
+
+def test_concise_table_says_which_evaluation_when_rows_differ(summary):
+    """Issue 10, item 3: rows evaluated on different test sets or eps show n_examples and test_eps."""
+    assert "n_examples" not in concise(summary).columns  # all rows: 50 examples at eps 0.3
+    mixed = summary.copy()
+    mixed.loc[0, "n_examples"], mixed.loc[0, "test_eps"] = "500", "0.2"
+    table = concise(mixed)
+    assert list(table["n_examples"]) == ["500", "50", "50"] and list(table["test_eps"]) == ["0.2", "0.3", "0.3"]

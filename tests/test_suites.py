@@ -30,7 +30,6 @@ COUNTS = {"smoke": 7, "mnist": MNIST, "cifar10-preact": PREACT, "cifar10-wrn": T
 
 def test_shipped_suites_load_with_the_run_counts_their_blocks_imply():
     assert set(SUITES) == {*COUNTS, "paper"}
-    assert (MNIST, PREACT, TABLE2) == (23, 66, 34)
     for name, count in COUNTS.items():
         suite = load(name)
         assert suite.name == name and suite.description and suite.path.is_file()

@@ -113,11 +113,35 @@ def test_another_config_in_the_same_directory_is_refused(uninterrupted):
         train(small_config(seed=1), uninterrupted, **QUIET)
 
 
-def test_selection_on_a_validation_split(tmp_path):
-    config = small_config(method="at", epochs=1, select_on="val")
+def test_selection_on_a_validation_split(tmp_path, monkeypatch):
+    """select_on="val": the selection images are held out of the 200 training images, and none is trained on."""
+    import cat_bench.train as tr
+
+    seen = {}
+    real_loader, real_correct = tr.TensorLoader, tr.correct_under
+
+    def loader(x, y, *args, **kwargs):
+        seen["train"] = x.clone()
+        return real_loader(x, y, *args, **kwargs)
+
+    def correct(model, x, *args, **kwargs):
+        seen["select"] = x.clone()
+        return real_correct(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(tr, "TensorLoader", loader)
+    monkeypatch.setattr(tr, "correct_under", correct)
+    config = small_config(method="at", epochs=1, select_on="val", select_n=None)
     assert config["selection"]["on"] == "val"
     train(config, tmp_path / "val", **QUIET)
     assert records.read_jsonl(tmp_path / "val" / records.HISTORY)[0]["epoch"] == 1
+    assert (len(seen["train"]), len(seen["select"])) == (180, 20)  # a tenth of the 200 held out
+    train_images = {bytes(im.numpy()) for im in seen["train"]}
+    held_out = [bytes((im * 255).round().to(torch.uint8).numpy()) if im.is_floating_point() else bytes(im.numpy())
+                for im in seen["select"]]
+    assert not train_images & set(held_out)
+    from cat_bench.data import load_split
+    x, _ = load_split("mnist-mini", "train")
+    assert set(held_out) <= {bytes(im.numpy()) for im in x[:200]}  # from the training split, not the test split
 
 
 @pytest.mark.parametrize("kwargs,needle", [

@@ -37,7 +37,7 @@ from .tables import (ARCH_LABELS, DATASET_LABELS, METRIC_LABELS, Table, build_ta
 __all__ = ["render_report", "read_cells", "suite_reference"]
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-STATE_LABELS = {"done": "finished", "partial": "in progress", "todo": "not started"}
+STATE_LABELS = {"done": "finished", "partial": "in progress", "failed": "failed", "todo": "not started"}
 
 
 def suite_reference(suite: Suite) -> str:

@@ -13,6 +13,7 @@ import pandas as pd
 
 from cat_bench import records
 from cat_bench.orchestrate import run_dir, state
+from cat_bench.presets import format_eps  # noqa: F401 (re-exported for the report's templates)
 from cat_bench.results import collect
 from cat_bench.suite import RunSpec, Suite
 
@@ -60,17 +61,6 @@ def load_runs(suite: Suite, results: Path) -> tuple[list[RunRecord], pd.DataFram
         runs.append(rec)
     table = collect([r.path for r in runs if r.finished])
     return runs, table
-
-
-def format_eps(eps: float) -> str:
-    """A training eps as people write it: 0.3, 8/255."""
-    text = f"{eps:g}"
-    if abs(float(text) - eps) < 1e-12 and len(text) <= 6:
-        return text
-    k = eps * 255
-    if abs(k - round(k)) < 1e-6:
-        return f"{round(k)}/255"
-    return f"{eps:.6g}"
 
 
 def format_value(v) -> str:

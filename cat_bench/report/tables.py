@@ -268,6 +268,7 @@ class RowTarget:
     command: str | None = None  # to fill (or complete) the row
     note: str | None = None
     other_groups: int = 0  # further schedules that matched but are not shown
+    in_suite: bool = False  # the suite has runs for it (finished or not)
 
 
 @dataclass
@@ -276,6 +277,10 @@ class Row:
     label: str
     cells: list[Cell]
     targets: list[RowTarget]
+
+    @property
+    def in_suite(self) -> bool:
+        return any(rt.in_suite for rt in self.targets)
 
     @property
     def status(self) -> str:
@@ -298,6 +303,16 @@ class Table:
 
     def n_reproduced(self) -> int:
         return sum(r.status == "reproduced" for r in self.rows)
+
+    @property
+    def suite_rows(self) -> list[Row]:
+        """The rows this suite has runs for (the report shows them first)."""
+        return [r for r in self.rows if r.in_suite]
+
+    @property
+    def other_rows(self) -> list[Row]:
+        """The rows other suites fill (the report collapses them into its "fill the rest" list)."""
+        return [r for r in self.rows if not r.in_suite]
 
 
 def _group_key(config: dict) -> str:
@@ -357,7 +372,8 @@ def build_tables(published: pd.DataFrame, collected: pd.DataFrame, specs: Sequen
                 group, others = _choose_group(matched, collected)
                 seed_of = {s.name: s.config["seed"] for s in matched}
                 names = sorted(group["run"], key=lambda n: (seed_of[n], n))
-                rt = RowTarget(target.arch, target, runs=names, seeds=[seed_of[n] for n in names], other_groups=others)
+                rt = RowTarget(target.arch, target, runs=names, seeds=[seed_of[n] for n in names], other_groups=others,
+                               in_suite=bool(matched))
                 rt.pending = sum(s.name not in finished for s in matched)
                 if group.empty or rt.pending:
                     rt.command, rt.note = command_for(target, specs, suite_ref, locate)

@@ -1,0 +1,70 @@
+"""Atomic records (issue 10, item 14): a write killed halfway leaves the previous file intact and no temp file."""
+
+import json
+
+import pytest
+import torch
+
+from cat_bench import records
+
+
+class _DiesHalfway:
+    """A file whose first write puts half of its bytes on disk and then dies (a kill mid-write)."""
+
+    def __init__(self, fh):
+        self.fh = fh
+
+    def write(self, data):
+        self.fh.write(bytes(data)[: max(1, len(data) // 2)])
+        self.fh.flush()
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+
+
+def die_halfway(monkeypatch):
+    """From now on, every atomic write dies halfway through its first write."""
+    real = records.os.fdopen
+    monkeypatch.setattr(records.os, "fdopen", lambda fd, mode: _DiesHalfway(real(fd, mode)))
+
+
+def leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp"))
+
+
+def test_write_json_killed_halfway_keeps_the_previous_record(tmp_path, monkeypatch):
+    path = tmp_path / "eval.json"
+    records.write_json(path, {"accuracy": 0.5})
+    die_halfway(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        records.write_json(path, {"accuracy": 0.9, "padding": "x" * 1000})
+    assert json.loads(path.read_text()) == {"accuracy": 0.5}
+    assert leftovers(tmp_path) == []
+
+
+def test_save_checkpoint_killed_halfway_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.pt"
+    first = {"epoch": 1, "w": torch.arange(1000.0)}
+    records.save_checkpoint(path, first)
+    die_halfway(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        records.save_checkpoint(path, {"epoch": 2, "w": torch.zeros(1000)})
+    monkeypatch.undo()
+    loaded = records.load_checkpoint(path)
+    assert loaded["epoch"] == 1 and torch.equal(loaded["w"], first["w"])
+    assert leftovers(path.parent) == []
+
+
+def test_a_truncated_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "best.pt"
+    records.save_checkpoint(path, {"epoch": 1, "w": torch.ones(100)})
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(records.CorruptRecord, match=f"corrupt checkpoint {path}"):
+        records.load_checkpoint(path)
