@@ -88,14 +88,38 @@ def test_fidelity_section_renders_from_records(tmp_path):
 
 def test_committed_fidelity_readme_matches_the_records():
     """results/fidelity/README.md's table is scripts/fidelity_table.py's output on the committed records."""
-    import importlib.util
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
     readme = repo / "results" / "fidelity" / "README.md"
-    spec = importlib.util.spec_from_file_location("fidelity_table", repo / "scripts" / "fidelity_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    table = module.markdown("mnist-fidelity", repo / "results" / "fidelity")
+    table = _script("fidelity_table").markdown("mnist-fidelity", repo / "results" / "fidelity")
     assert table.count("\n| cat-") >= 2  # at least one epoch of two runs is committed
     assert table in readme.read_text()
+
+
+def _script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mask_variant_episodes_name_the_traced_batches_off_the_band():
+    episodes = _script("mask_variants")._episodes
+    trace = [{"batch": b, "mask_mean": m} for b, m in ((1, 0.5), (11, 1e-4), (21, 1e-5), (31, 0.4), (41, 0.995), (51, 0.7))]
+    assert episodes(trace) == "collapsed 11-21; saturated 41-41"
+    assert episodes(trace[:1]) == "none"
+
+
+def test_committed_mask_variant_table_matches_the_records():
+    """results/fidelity/README.md quotes scripts/mask_variants.py's table of the committed variant records."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    table = _script("mask_variants").table(repo / "results" / "fidelity" / "variants")
+    assert table.count("\n| ") >= 4  # the reference and three variants
+    assert table in (repo / "results" / "fidelity" / "README.md").read_text()
