@@ -302,7 +302,8 @@ def _results(args) -> None:
     if df["n_examples"].nunique() == 1 and df["test_eps"].nunique() == 1:
         print(f"every row: evaluated on {df['n_examples'].iloc[0]} test examples at eps "
               f"{format_eps(df['test_eps'].iloc[0])} (each run's eval.json)", file=sys.stderr)
-    states = [state(args.results, s) for s in specs]
+    shown = set(df["run"])
+    states = [state(args.results, s) for s in specs if s.name not in shown]
     missing = {k: sum(v == k for v in states) for k in ("partial", "failed", "todo")}
     if any(missing.values()):
         print(f"not in the table: {missing['partial']} partial, {missing['failed']} failed, {missing['todo']} not "
