@@ -131,22 +131,23 @@ def load_split(name: str, split: str, data_root: str | os.PathLike | None = None
 
 
 def _paths_under(root: Path) -> set[Path] | None:
-    """Every path under `root` (None when `root` does not exist yet)."""
-    return set(root.rglob("*")) if root.exists() else None
+    """The entries directly under `root` (None when `root` does not exist yet); top level only, so a
+    large shared data root is not walked."""
+    return set(root.iterdir()) if root.is_dir() else None
 
 
 def _remove_new_paths(root: Path, before: set[Path] | None) -> None:
-    """Remove what appeared under `root` since `_paths_under` (and `root` itself if it was new)."""
-    if not root.exists():
+    """Remove the entries that appeared directly under `root` since `_paths_under` (and `root` if it was new)."""
+    if not root.is_dir():
         return
-    new = sorted(set(root.rglob("*")) - (before or set()), key=lambda p: len(p.parts), reverse=True)
-    for path in new:
+    if before is None:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for path in set(root.iterdir()) - before:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-    if before is None:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _load_mnist_mini(split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -89,7 +89,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     of natural and all robust accuracies in the row), computed per run over the attacks it was
     evaluated on and then averaged over seeds as `avg_mean` (with `avg_std`). Columns: group keys,
     `n_seeds`, attacks (evaluation order), avg, then what is not averaged: `best_epochs` (each seed's,
-    "40/38"), `n_examples` (the evaluation sizes), `masking_flags` and `mask_flag_epochs` (totals); rows
+    "40/38"), `n_examples` and `test_eps` (the evaluations shown), `masking_flags` and `mask_flag_epochs`
+    (totals); rows
     sorted by the group keys. Two runs sharing every config column and the seed differ only in
     settings the table does not show, and would be averaged as if they were seeds: UsageError.
     """
