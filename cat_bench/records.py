@@ -8,6 +8,7 @@ process never leaves a half-written file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -150,7 +151,9 @@ THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATEN_CPU_CAPABILITY")
 _ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
+@functools.cache
 def _cpuinfo() -> str:
+    """/proc/cpuinfo, read once per process ("" where there is none)."""
     try:
         return Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -33,6 +33,7 @@ from cat_bench.evaluate import correct_under
 from cat_bench.methods import get_method
 from cat_bench.methods.base import TrainAttack
 from cat_bench.networks import Networks
+from cat_bench.report.fidelity import excursions
 from cat_bench.train import resolve_config
 
 VARIANTS = {
@@ -108,19 +109,8 @@ def run(variant: str, batches: int, n_test: int, seed: int, measure_every: int, 
 
 def _episodes(trace: list[dict]) -> str:
     """Batch ranges where the traced mean mask was below 0.01 (collapsed) or above 0.99 (saturated)."""
-    spans, current = [], None
-    for row in trace:
-        state = "collapsed" if row["mask_mean"] < 0.01 else "saturated" if row["mask_mean"] > 0.99 else None
-        if current and (state != current[0]):
-            spans.append(current)
-            current = None
-        if state and current is None:
-            current = [state, row["batch"], row["batch"]]
-        elif state:
-            current[2] = row["batch"]
-    if current:
-        spans.append(current)
-    return "; ".join(f"{s} {a}-{b}" for s, a, b in spans) or "none"
+    spans = excursions([{**row, "epoch": 1} for row in trace])  # a variant's batches count from its first
+    return "; ".join(f"{fate} {first[1]}-{last[1]}" for fate, first, last, _ in spans) or "none"
 
 
 def table(out: Path) -> str:

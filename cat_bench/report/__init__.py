@@ -27,11 +27,12 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from cat_bench import __version__, records
 from cat_bench.results import ATTACK_ORDER
 from cat_bench.paper import load_authors_log
+from cat_bench.presets import format_eps
 from cat_bench.suite import SUITES_DIR, Suite, load_suite
 
 from .fidelity import TOLERANCE, accuracy_plot, fidelity_runs, fmt, mask_plot
 from .figures import draw_figure2, figure2_panels, paper_figures, run_curves
-from .runs import RunRecord, format_eps, format_value, load_runs
+from .runs import RunRecord, format_value, load_runs
 from .tables import (ARCH_LABELS, DATASET_LABELS, METRIC_LABELS, Table, build_tables, leaderboard, mask_flags)
 
 __all__ = ["render_report", "read_cells", "suite_reference"]

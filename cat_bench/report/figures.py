@@ -24,7 +24,9 @@ from cat_bench import records  # noqa: E402
 from cat_bench.data import dataset_info  # noqa: E402
 from cat_bench.suite import SUITES, RunSpec  # noqa: E402
 
-from .runs import RunRecord, format_eps, format_value  # noqa: E402
+from cat_bench.presets import format_eps  # noqa: E402
+
+from .runs import RunRecord, format_value  # noqa: E402
 
 DPI = 100
 COLORS = {"at": "#1f77b4", "trades": "#ff7f0e", "cat-cent": "#2ca02c", "cat-cw": "#d62728", "mart": "#9467bd",

@@ -13,7 +13,6 @@ import pandas as pd
 
 from cat_bench import records
 from cat_bench.orchestrate import run_dir, state
-from cat_bench.presets import format_eps  # noqa: F401 (re-exported for the report's templates)
 from cat_bench.results import collect
 from cat_bench.suite import RunSpec, Suite
 
