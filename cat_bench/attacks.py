@@ -13,9 +13,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from cat_bench.lazy import F, nn, torch
 
 LOSSES = ("ce", "cw", "kl")
 RANDOM_STARTS = ("none", "uniform", "gaussian")

@@ -29,6 +29,17 @@ def parse_sets(items: list[str]) -> dict[str, str]:
     return out
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (argparse names the flag and exits 2 otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cat-bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -52,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--select-n", type=int, help="examples used by the selection metric (default: the whole split)")
     t.add_argument("--out", type=Path, help="run directory (default: runs/METHOD-DATASET-HASH)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    t.add_argument("--stop-after-epoch", type=int, metavar="K",
+    t.add_argument("--stop-after-epoch", type=positive_int, metavar="K",
                    help="train at most up to epoch K this time (a compute budget, not part of the run's identity; "
                         "--resume continues)")
     t.add_argument("--compile", action="store_true", help="torch.compile the classifier")
@@ -72,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train and evaluate every run of a suite, skipping finished ones")
     _suite_args(r)
     r.add_argument("--dry-run", action="store_true", help="print the plan (runs, done, GPU-hour estimate) and stop")
-    r.add_argument("--stop-after-epoch", type=int, metavar="K",
+    r.add_argument("--stop-after-epoch", type=positive_int, metavar="K",
                    help="train each run at most up to epoch K this time (a compute budget; rerun to continue)")
     r.add_argument("--gpu-tflops", type=float, help="sustained TFLOP/s assumed by the estimate (default 50)")
     r.add_argument("--executor", choices=("local", "slurm"), default="local",
@@ -143,7 +154,6 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _train(args) -> None:
     from cat_bench import records
-    from cat_bench.networks import resolve_device
     from cat_bench.train import resolve_config, train
 
     config = resolve_config(args.method, args.dataset, parse_eps(args.eps), arch=args.arch, epochs=args.epochs,
@@ -151,11 +161,8 @@ def _train(args) -> None:
                             select_n=args.select_n, batch_size=args.batch_size, n_train=args.n_train,
                             protocol=args.protocol, schedule=args.schedule)
     out = args.out or Path("runs") / records.run_name(config)
-    device = resolve_device(args.device)
     print(f"run directory: {out}", file=sys.stderr)
-    if args.stop_after_epoch is not None and args.stop_after_epoch < 1:
-        raise UsageError(f"--stop-after-epoch {args.stop_after_epoch!r} must be a positive integer")
-    summary = train(config, out, resume=args.resume, data_root=args.data_root, device=device,
+    summary = train(config, out, resume=args.resume, data_root=args.data_root, device=args.device,
                     compile=args.compile, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
                     stop_after_epoch=args.stop_after_epoch)
     if not summary.get("done", True):
@@ -168,11 +175,10 @@ def _train(args) -> None:
 
 def _eval(args) -> None:
     from cat_bench.evaluate import evaluate
-    from cat_bench.networks import resolve_device
 
     eps = parse_eps(args.eps) if args.eps is not None else None
     result = evaluate(args.run_dir, args.attacks, n_examples=args.n_examples, eps=eps, batch_size=args.batch_size,
-                      data_root=args.data_root, device=resolve_device(args.device), progress=not args.no_progress,
+                      data_root=args.data_root, device=args.device, progress=not args.no_progress,
                       log=lambda m: print(m, file=sys.stderr), unfinished=args.unfinished)
     width = max(map(len, result["attacks"]))
     for name, entry in result["attacks"].items():
@@ -227,11 +233,10 @@ def _plan_table(args, specs, with_cost: bool):
 
 
 def _run(args) -> int:
-    import torch
-
     from cat_bench import records
-    from cat_bench.orchestrate import run_local, run_parallel, state, submit_slurm
+    from cat_bench.lazy import torch
     from cat_bench.networks import resolve_device
+    from cat_bench.orchestrate import run_local, run_parallel, state, submit_slurm
 
     suite, specs = _suite_specs(args)
     if args.dry_run:
@@ -259,8 +264,6 @@ def _run(args) -> int:
         gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
         outcome = run_parallel(args.results, specs, gpus, data_root=args.data_root)
     else:
-        if args.stop_after_epoch is not None and args.stop_after_epoch < 1:
-            raise UsageError(f"--stop-after-epoch {args.stop_after_epoch!r} must be a positive integer")
         outcome = run_local(args.results, specs, device=device, data_root=args.data_root,
                             progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
                             stop_after_epoch=args.stop_after_epoch)
@@ -314,10 +317,10 @@ def _results(args) -> None:
 def _report(args) -> None:
     import time
 
-    from cat_bench.report import render_report
     from cat_bench.suite import load_suite
 
     suite = load_suite(args.suite)
+    from cat_bench.report import render_report  # matplotlib and jinja2: after the suite is known
     out = args.out or args.results / "reports" / suite.name
     t0 = time.time()
     index = render_report(suite, args.results, out, device=args.device or "cpu", data_root=args.data_root,

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 from functools import cache
 
-import torch
-
 from cat_bench.data import dataset_info
+from cat_bench.lazy import torch
 from cat_bench.models import build_classifier, build_mask_net
 from cat_bench.presets import eval_attack
 

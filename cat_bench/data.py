@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import platformdirs
-import torch
-import torch.nn.functional as F
 
 from cat_bench.errors import UsageError
+from cat_bench.lazy import F, torch
 
 SPLITS = ("train", "test")
 

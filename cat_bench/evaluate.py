@@ -10,12 +10,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from cat_bench import records
 from cat_bench.attacks import PGD, run_autoattack
 from cat_bench.data import dataset_info, load_split
 from cat_bench.errors import CorruptRecord, UsageError
+from cat_bench.lazy import torch
 from cat_bench.networks import Networks, resolve_device
 from cat_bench.presets import EVAL_ATTACKS, AttackPreset, clips, eval_attack
 from cat_bench.progress import progress_bar
@@ -87,12 +86,13 @@ def parse_attacks(spec: str, family: str) -> list[str]:
 
 
 def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps: float | None = None,
-             batch_size: int | None = None, data_root=None, device: torch.device | None = None, progress: bool = True,
+             batch_size: int | None = None, data_root=None, device: torch.device | str | None = None, progress: bool = True,
              log=print, unfinished: bool = False) -> dict:
     """Evaluate a run's selected checkpoint; writes and returns eval.json's content.
 
     A run without `done` (training stopped or killed) is refused unless `unfinished`: its best
-    checkpoint so far is not the one its protocol selects.
+    checkpoint so far is not the one its protocol selects. Every argument is checked before torch
+    is touched (`device`: a torch.device or a name for `resolve_device`).
     """
     run_dir = Path(run_dir)
     if not (run_dir / records.CONFIG).is_file():
@@ -111,7 +111,7 @@ def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps:
         raise UsageError(f"--n-examples {n_examples!r} must be a positive integer")
     if eps is not None and not 0 < eps <= 1:
         raise UsageError(f"eps {eps!r} is outside (0, 1]")
-    device = device or resolve_device(None)
+    device = resolve_device(device)
     batch_size = batch_size or default_batch_size(device)
     ckpt = records.load_checkpoint(run_dir / records.BEST)
     nets = Networks(config, device)

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import torch
+import re
 
 from cat_bench.data import dataset_info
 from cat_bench.errors import UsageError
+from cat_bench.lazy import torch
 from cat_bench.methods import get_method
 from cat_bench.models import build_classifier, build_mask_net
 
+DEVICE_NAME = re.compile(r"cpu|cuda(:\d+)?")
 
-def resolve_device(name: str | None) -> torch.device:
-    """The device to run on: the given name, else CUDA when present, else CPU."""
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """The device to run on: the given name (or device), else CUDA when present, else CPU."""
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}; allowed: cpu, cuda, cuda:N") from None
+    if isinstance(name, str) and not DEVICE_NAME.fullmatch(name):  # checked before torch is imported
+        raise UsageError(f"unknown device {name!r}; allowed: cpu, cuda, cuda:N")
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {name!r} requested but CUDA is not available; use --device cpu")
     return device

@@ -15,13 +15,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
 from filelock import FileLock, Timeout
 
 from cat_bench import records
 from cat_bench.data import dataset_info
 from cat_bench.errors import CorruptRecord
 from cat_bench.evaluate import evaluate
+from cat_bench.lazy import torch
 from cat_bench.progress import progress_bar
 from cat_bench.suite import RunSpec
 from cat_bench.train import train

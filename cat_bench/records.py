@@ -18,9 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from cat_bench.errors import CorruptRecord, UsageError
+from cat_bench.lazy import torch
 
 CONFIG = "config.json"
 HISTORY = "history.jsonl"

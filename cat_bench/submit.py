@@ -30,11 +30,10 @@ from fractions import Fraction
 from importlib.metadata import version
 from pathlib import Path
 
-import torch
-
 from cat_bench import records
 from cat_bench.data import dataset_info, load_split, resolve_data_root
 from cat_bench.errors import UsageError
+from cat_bench.lazy import torch
 
 THREAT_MODEL = "Linf"
 ROBUSTBENCH_DATASETS = ("cifar10", "cifar100", "imagenet")  # what RobustBench hosts

@@ -17,16 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from cat_bench import records
 from cat_bench.attacks import PGD
 from cat_bench.data import TensorLoader, dataset_info, load_split, split_train_val
 from cat_bench.errors import CorruptRecord, UsageError
 from cat_bench.evaluate import correct_under, default_batch_size
+from cat_bench.lazy import torch
 from cat_bench.methods import TrainAttack, default_arch, get_method, protocol_for, resolve_hparams
 from cat_bench.methods.base import lr_at
-from cat_bench.models import build_classifier
+from cat_bench.models import build_classifier, check_arch
 from cat_bench.networks import Networks, resolve_device
 from cat_bench.presets import PIXEL_PROTOCOLS, SELECTION, clips
 from cat_bench.progress import progress_bar
@@ -59,8 +58,7 @@ def resolve_config(method: str, dataset: str, eps: float, *, arch: str | None = 
         if value is not None and value < 1:
             raise UsageError(f"--{name} {value!r} must be a positive integer")
     arch = arch or default_arch(method, info.family, schedule)
-    with torch.device("meta"):  # validates the architecture name without allocating weights
-        build_classifier(arch, info.num_classes, info.shape[0], info.mean, info.std)
+    check_arch(arch)
     proto = protocol_for(method, dataset, arch, schedule)
     sched = {"name": schedule, **proto.as_dict()}
     for key in ("source", "hparams", "attack_steps", "attack_step", "attack_step_ratio", "eps_decimals",
@@ -168,7 +166,7 @@ def _prepare_run_dir(out: Path, config: dict, resume: bool) -> dict | None:
     return None
 
 
-def train(config: dict, out: Path, *, resume: bool = False, data_root=None, device: torch.device | None = None,
+def train(config: dict, out: Path, *, resume: bool = False, data_root=None, device: torch.device | str | None = None,
           compile: bool = False, progress: bool = True, log=print, stop_after_epoch: int | None = None,
           trace_every: int = 10) -> dict:
     """Train a resolved config into `out`; returns the `done` summary. Resumes from checkpoints/last.pt.
@@ -179,13 +177,13 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
     batch of each epoch and every `trace_every` batches after it.
     """
     out = Path(out)
-    device = device or resolve_device(None)
     if (out / records.DONE).exists():
         if records.read_json(out / records.CONFIG).get("identity") != config:
             raise UsageError(f"{out} holds a different, finished run; choose another --out")
         log(f"{out}: already done")
         return records.read_json(out / records.DONE)
     ckpt = _prepare_run_dir(out, config, resume)
+    device = resolve_device(device)
     schedule = config["schedule"]
     torch.manual_seed(config["seed"])
     if device.type == "cuda":

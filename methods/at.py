@@ -7,8 +7,7 @@ model.py), the model and protocol of the original MNIST result.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
+from cat_bench.lazy import F
 from cat_bench.methods.base import Hparam, Method, Protocol
 
 _RICE = "locuslab/robust_overfitting "

@@ -12,10 +12,8 @@ import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-import torch
-from torch import nn
-
 from cat_bench.attacks import PGD
+from cat_bench.lazy import nn, torch
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,8 @@ Codes/Train_CIFAR10.py, Codes/Train_CIFAR100.py).
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
 from cat_bench.attacks import kl_div
+from cat_bench.lazy import F, torch
 from cat_bench.methods.base import Hparam, Method, Protocol
 
 ABLATIONS = ("none", "A1", "A2")

@@ -5,10 +5,8 @@ Loss and attack: mart.py. Protocol: train_resnet.py (ResNet-18) and train_widere
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
 from cat_bench.attacks import eval_mode
+from cat_bench.lazy import F, torch
 from cat_bench.methods.base import Hparam, Method, Protocol
 
 _CODE = "YisenWang/MART "

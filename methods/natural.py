@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
+from cat_bench.lazy import F
 from cat_bench.methods.base import Method
 
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import torch.nn.functional as F
-
 from cat_bench.attacks import eval_mode, kl_div
+from cat_bench.lazy import F
 from cat_bench.methods.base import Hparam, Method, Protocol
 
 _CODE = "yaodongyu/TRADES "

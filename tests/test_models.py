@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from cat_bench.errors import UsageError
-from cat_bench.models import ARCHITECTURES, Classifier, Normalize, build_classifier, build_mask_net
+from cat_bench.models import ARCHITECTURES, build_classifier, build_mask_net
+from cat_bench.models.classifier import Classifier
+from cat_bench.models.normalize import Normalize
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2471, 0.2435, 0.2616)

@@ -13,7 +13,7 @@ from cat_bench.errors import UsageError
 from cat_bench.evaluate import evaluate
 from cat_bench.methods import protocol_for
 from cat_bench.methods.base import lr_at
-from cat_bench.models import Classifier
+from cat_bench.models.classifier import Classifier
 from cat_bench.networks import resolve_device
 from cat_bench.train import resolve_config, train
 

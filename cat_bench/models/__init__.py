@@ -1,31 +1,23 @@
 """Registry of the classifiers and CAT mask networks of METHOD.md section 2.
 
 ``build_classifier`` returns a model that takes [0,1] pixels (normalization, when given, is
-inside the model) and ``build_mask_net`` returns the mask net g for a dataset family.
+inside the model) and ``build_mask_net`` returns the mask net g for a dataset family. The names
+and their checks import no torch (`cat-bench list` and bad arguments answer at once); a network's
+module is imported when it is built.
 """
+
+from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from cat_bench.errors import UsageError
-from cat_bench.models.masknet import CifarMaskNet, MnistMaskNet
-from cat_bench.models.mnist_baselines import MadryCNN, TradesSmallCNN
-from cat_bench.models.normalize import Normalize
-from cat_bench.models.preact_resnet import PreActResNet18
-from cat_bench.models.smallcnn import SmallCNN
-from cat_bench.models.wideresnet import WideResNet
 
-__all__ = [
-    "ARCHITECTURES",
-    "MASK_FAMILIES",
-    "Classifier",
-    "Normalize",
-    "build_classifier",
-    "build_mask_net",
-]
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["ARCHITECTURES", "MASK_FAMILIES", "build_classifier", "build_mask_net", "check_arch"]
 
 ARCHITECTURES: dict[str, str] = {
     "smallcnn": "MNIST small CNN: 4 convs (32,32,64,64) + 2 linears, no normalization (METHOD.md s.2)",
@@ -44,34 +36,10 @@ _ALLOWED = "smallcnn, madry-cnn, trades-smallcnn, preact-resnet18, wrn-34-10 (or
 _WRN_PATTERN = re.compile(r"wrn-(\d+)-(\d+)")
 
 
-class Classifier(nn.Module):
-    """A classifier that takes [0,1] pixels: ``net(normalize(x))`` (METHOD.md section 2).
-
-    ``normalize`` is a Normalize or an Identity. The attribute names keep state_dict keys free
-    of "model." and "module.", which RobustBench strips when loading checkpoints.
-    """
-
-    def __init__(self, net: nn.Module, normalize: nn.Module | None = None):
-        """Wrap ``net``, with ``normalize`` in front (Identity when None)."""
-        super().__init__()
-        self.normalize = normalize if normalize is not None else nn.Identity()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the logits for a batch of [0,1] images."""
-        return self.net(self.normalize(x))
-
-
-def _build_net(arch: str, num_classes: int, in_channels: int) -> nn.Module:
-    """Build the bare network for ``arch``; raise UsageError for unknown names or bad depths."""
-    if arch == "smallcnn":
-        return SmallCNN(num_classes=num_classes, in_channels=in_channels)
-    if arch == "madry-cnn":
-        return MadryCNN(num_classes=num_classes, in_channels=in_channels)
-    if arch == "trades-smallcnn":
-        return TradesSmallCNN(num_classes=num_classes, in_channels=in_channels)
-    if arch == "preact-resnet18":
-        return PreActResNet18(num_classes=num_classes, in_channels=in_channels)
+def check_arch(arch: str) -> None:
+    """Raise UsageError unless ``arch`` names a classifier: a key of ARCHITECTURES or a valid "wrn-DEPTH-WIDTH"."""
+    if arch in ARCHITECTURES:
+        return
     match = _WRN_PATTERN.fullmatch(arch)
     if match is None:
         raise UsageError(f"unknown architecture {arch!r}; allowed: {_ALLOWED}")
@@ -83,7 +51,26 @@ def _build_net(arch: str, num_classes: int, in_channels: int) -> nn.Module:
         )
     if width < 1:
         raise UsageError(f"WideResNet widen factor {width} in {arch!r} is not allowed; it must be >= 1")
-    return WideResNet(depth=depth, widen_factor=width, num_classes=num_classes, in_channels=in_channels)
+
+
+def _build_net(arch: str, num_classes: int, in_channels: int) -> nn.Module:
+    """Build the bare network for a checked ``arch``."""
+    kwargs = {"num_classes": num_classes, "in_channels": in_channels}
+    if arch == "smallcnn":
+        from cat_bench.models.smallcnn import SmallCNN
+        return SmallCNN(**kwargs)
+    if arch == "madry-cnn":
+        from cat_bench.models.mnist_baselines import MadryCNN
+        return MadryCNN(**kwargs)
+    if arch == "trades-smallcnn":
+        from cat_bench.models.mnist_baselines import TradesSmallCNN
+        return TradesSmallCNN(**kwargs)
+    if arch == "preact-resnet18":
+        from cat_bench.models.preact_resnet import PreActResNet18
+        return PreActResNet18(**kwargs)
+    from cat_bench.models.wideresnet import WideResNet
+    depth, width = map(int, _WRN_PATTERN.fullmatch(arch).groups())
+    return WideResNet(depth=depth, widen_factor=width, **kwargs)
 
 
 def build_classifier(
@@ -99,6 +86,10 @@ def build_classifier(
     the model's first layer is Normalize(mean, std); otherwise it is an Identity.
     Raises UsageError for an unknown architecture, a bad WRN depth, or mismatched mean/std.
     """
+    from cat_bench.models.classifier import Classifier
+    from cat_bench.models.normalize import Normalize
+
+    check_arch(arch)
     net = _build_net(arch, num_classes, in_channels)
     if mean is None:
         if std is not None:
@@ -119,6 +110,8 @@ def build_mask_net(family: str, in_channels: int) -> nn.Module:
     The net takes unnormalized [0,1] images and returns a same-shaped mask in (0,1).
     Raises UsageError for an unknown family.
     """
+    from cat_bench.models.masknet import CifarMaskNet, MnistMaskNet
+
     if family == "mnist":
         return MnistMaskNet(in_channels)
     if family == "cifar":

@@ -1,0 +1,90 @@
+"""Issue 10, item 11: `--help`, `list`, `status` and every error on bad arguments answer without importing torch.
+
+Each case runs the CLI in a fresh interpreter and asserts on `sys.modules`, not on a time: torch's
+import is what made these answers take seconds.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cat_bench import lazy, records
+
+PROBE = """
+import json, sys
+from cat_bench.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exit_:
+    code = exit_.code
+print(json.dumps({"code": code, "torch": "torch" in sys.modules}), file=sys.stderr)
+"""
+
+TRAIN = ["train", "--method", "at", "--dataset", "mnist-mini", "--eps", "0.3"]
+
+CASES = {
+    "help": (["--help"], 0, "usage: cat-bench"),
+    "list methods": (["list", "methods"], 0, "cat-cw: CAT with the C&W margin PGD"),
+    "list datasets": (["list", "datasets"], 0, "mnist-mini"),
+    "list attacks": (["list", "attacks"], 0, "pgd20"),
+    "list architectures": (["list", "architectures"], 0, "wrn-34-10"),
+    "status": (["status", "--suite", "smoke", "--results", "res"], 0, "0 done"),
+    "train method": (["train", "--method", "catt", "--dataset", "mnist", "--eps", "0.3"], 2, "unknown method 'catt'"),
+    "train dataset": (["train", "--method", "at", "--dataset", "svhn", "--eps", "0.3"], 2, "unknown dataset 'svhn'"),
+    "train eps": (TRAIN[:-1] + ["2"], 2, "eps 2.0 is outside (0, 1]"),
+    "train arch": (TRAIN + ["--arch", "wrn-5-1"], 2, "WideResNet depth 5"),
+    "train set": (TRAIN + ["--set", "gamma=1"], 2, "unknown hyperparameter 'gamma'"),
+    "train device": (TRAIN + ["--device", "gpu"], 2, "unknown device 'gpu'"),
+    "train budget": (TRAIN + ["--stop-after-epoch", "0"], 2, "'0' must be a positive integer"),
+    "train other run": (TRAIN + ["--out", "other"], 2, "holds a different run"),
+    "eval no run": (["eval", "missing"], 2, "missing is not a run directory"),
+    "eval unfinished": (["eval", "unfinished"], 2, "has not finished training"),
+    "eval attack": (["eval", "finished", "--attacks", "pgd7"], 2, "pgd7"),
+    "eval eps": (["eval", "finished", "--eps", "2"], 2, "eps 2.0 is outside (0, 1]"),
+    "run suite": (["run", "--suite", "nope"], 2, "unknown suite 'nope'"),
+    "run filter": (["run", "--suite", "smoke", "--only", "method=catt"], 2, "matches none"),
+    "dry-run filter": (["run", "--suite", "smoke", "--only", "method=catt", "--dry-run"], 2, "matches none"),
+    "results suite": (["results", "--suite", "nope"], 2, "unknown suite 'nope'"),
+    "report suite": (["report", "--suite", "nope"], 2, "unknown suite 'nope'"),
+    "submit name": (["submit", "finished", "--name", "x"], 2, "not a RobustBench model name"),
+}
+
+
+@pytest.fixture(scope="module")
+def cwd(tmp_path_factory):
+    """A working directory with a finished-looking run, an unfinished one and a run of another config."""
+    root = tmp_path_factory.mktemp("startup")
+    for name in ("finished", "unfinished", "other"):
+        records.write_json(root / name / records.CONFIG, {"identity": {"dataset": "mnist-mini", "method": "at"}})
+    (root / "finished" / records.DONE).write_text("{}")
+    return root
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_answers_without_importing_torch(case, cwd):
+    argv, code, says = CASES[case]
+    proc = subprocess.run([sys.executable, "-c", PROBE, *argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+    outcome = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert outcome["code"] == code, proc.stderr
+    assert says in proc.stdout + proc.stderr
+    assert not outcome["torch"], f"`cat-bench {' '.join(argv)}` imported torch"
+
+
+def test_training_imports_torch_when_it_needs_it(cwd):
+    """The probe can fail: a command that builds a network does import torch."""
+    proc = subprocess.run([sys.executable, "-c", PROBE, "run", "--suite", "smoke", "--only", "method=at",
+                           "--dry-run"], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == {"code": 0, "torch": True}
+
+
+def test_lazy_modules_are_torch_itself():
+    import torch
+    import torch.nn.functional as F
+
+    assert lazy.torch.Tensor is torch.Tensor and lazy.torch.float32 is torch.float32
+    assert lazy.F.cross_entropy is F.cross_entropy
+    assert lazy.nn.Module is torch.nn.Module
+    assert lazy.torch.__name__ == "torch"
