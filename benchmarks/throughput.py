@@ -1,116 +1,264 @@
-"""Training and evaluation throughput, measured side by side in one run.
+"""cat-bench's training steps and PGD-20 evaluation beside the code they replace, measured in one run.
 
-    python benchmarks/throughput.py                      # CPU: SmallCNN on mnist-mini
+    python benchmarks/throughput.py                       # CPU: SmallCNN on mnist-mini
     python benchmarks/throughput.py --dataset cifar10 --synthetic --device cuda   # PreAct ResNet-18
 
-Prints images/s of one training step of natural, AT and CAT (cat-cent) training with the paper's
-preset (METHOD.md s3), and of PGD-20 evaluation (METHOD.md s4), then CAT's cost relative to
-natural and AT training. On CUDA it also times CAT with bf16 autocast + channels_last off, and
-prints the speed-up of the default fast path.
+Training: one step of AT and CATcent as cat-bench takes it (`Method.update`, the run's precision)
+beside an eager loop written the way the authors' scripts are (Rice et al.'s train_cifar.py and
+CAT's Train_CIFAR10.py: PGD by `loss.backward()` through the whole graph, so every attack step
+also computes the weights' gradients; fp32; g(x+delta) computed twice), on the same networks,
+batch and protocol. Natural training is the reference of CAT's cost. Evaluation: cat-bench's
+PGD-20 (METHOD.md s4) beside torchattacks' PGD with the same settings and batch, when torchattacks
+is importable (install it only in a throwaway environment: its wheel overwrites robustbench's
+files; see the README).
+
+For each row: images/s, the ratio to the eager loop (or to torchattacks), model FLOPs per image
+counted by `torch.utils.flop_counter` (convolutions and matmuls, forward and backward) and the
+achieved GFLOP/s as a fraction of the machine's peak. The peak is measured, not quoted: the best
+of five dense 2048 x 2048 matmuls in the same dtype on the same device (the rate the convolutions'
+GEMMs can reach at most here). On CUDA the training rows are repeated in bf16 and with
+torch.compile.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
-from cat_bench.attacks import PGD
-from cat_bench.data import TensorLoader, dataset_info, load_split
+from cat_bench.attacks import PGD, kl_div
+from cat_bench.data import dataset_info, load_split
 from cat_bench.evaluate import correct_under, default_batch_size
 from cat_bench.methods import TrainAttack, get_method
+from cat_bench.networks import Networks, precision_context, resolve_device
 from cat_bench.presets import eval_attack
-from cat_bench.networks import Networks, resolve_device
 from cat_bench.train import resolve_config
 
 
-def _sync(device):
+def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def train_rate(method: str, dataset: str, eps: float, x, y, device, batches: int, fast: bool = True) -> float:
-    """Images/s of `method.update` over `batches` batches (after one warm-up batch)."""
-    config = resolve_config(method, dataset, eps, schedule="uniform")  # one network and batch for every method
+def peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
+    """The best of five dense n x n matmuls in `dtype` on `device`, in GFLOP/s."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(5):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
+# --- the authors-style eager steps (references, fp32, as the scripts are written) --------------------
+
+def _eager_pgd(f, x, y, eps, alpha, steps, clip):
+    """attack_pgd of train_cifar.py / Train_CIFAR10.py: backward through the whole graph each step."""
+    delta = torch.empty_like(x).uniform_(-eps, eps)
+    if clip:
+        delta = torch.clamp(x + delta, 0, 1) - x
+    delta.requires_grad_(True)
+    for _ in range(steps):
+        loss = F.cross_entropy(f(x + delta), y)
+        loss.backward()
+        grad = delta.grad.detach()
+        d = torch.clamp(delta + alpha * grad.sign(), -eps, eps)
+        if clip:
+            d = torch.clamp(x + d, 0, 1) - x
+        delta.data = d
+        delta.grad.zero_()
+    return delta.detach()
+
+
+def eager_at_step(f, g, x, y, opts, attack, hparams):
+    delta = _eager_pgd(f, x, y, attack.eps, attack.alpha, attack.steps, attack.clip)
+    F.cross_entropy(f(x + delta), y)  # the restart bookkeeping forward
+    loss = F.cross_entropy(f(torch.clamp(x + delta, 0, 1) if attack.clip else x + delta), y)
+    opts["f"].zero_grad()
+    loss.backward()
+    opts["f"].step()
+
+
+def eager_cat_step(f, g, x, y, opts, attack, hparams):
+    delta = _eager_pgd(f, x, y, attack.eps, attack.alpha, attack.steps, attack.clip)
+    f(x + delta)  # the restart bookkeeping forward
+    x_adv = x + delta
+    mask = g(x_adv).detach()  # the first of the code's two g(x+delta)
+    x_cal = x + mask * delta
+    logits_cal = f(torch.clamp(x_cal, 0, 1) if attack.clip else x_cal)
+    logits_nat = f(x)
+    p_y = F.softmax(logits_nat, 1).gather(1, y[:, None]).squeeze(1)
+    loss_f = (hparams["beta"] * kl_div(logits_nat, logits_cal).sum() / len(y)
+              + (F.cross_entropy(logits_nat, y, reduction="none") * (1.0000001 - p_y)).mean())
+    opts["f"].zero_grad()
+    loss_f.backward()
+    opts["f"].step()
+    mask = g(x_adv)  # the second
+    logits_adv = f(x_adv).detach()
+    x_cal = x + mask * delta
+    logits_cal = f(torch.clamp(x_cal, 0, 1) if attack.clip else x_cal)
+    loss_g = kl_div(logits_adv, logits_cal).sum() / len(y) + hparams["b"] * F.cross_entropy(logits_cal, y)
+    opts["g"].zero_grad()
+    loss_g.backward()  # also fills f's gradients, cleared by f's next zero_grad
+    opts["g"].step()
+    f(x)  # the clean forward after both steps
+
+
+EAGER = {"at": eager_at_step, "cat-cent": eager_cat_step}
+
+
+# --- measurement ---------------------------------------------------------------------------------------
+
+def _setup(method, dataset, eps, device, precision, compile):
+    config = resolve_config(method, dataset, eps, schedule="uniform", precision=precision)
     torch.manual_seed(0)
     nets = Networks(config, device)
-    if not fast:
-        for net in nets.all().values():
-            net.to(memory_format=torch.contiguous_format)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if fast and device.type == "cuda" else None
-    m = get_method(method)(nets.f, nets.g, config["hparams"], TrainAttack(**config["train_attack"]), autocast)
-    opts = {k: torch.optim.SGD(v.parameters(), lr=0.01) for k, v in m.modules().items()}
-    loader = TensorLoader(x, y, config["schedule"]["batch_size"], device, shuffle=True,
-                          augment=config["schedule"]["augment"], seed=0)
-    it = iter(loader.epoch(0))
-    xb, yb = next(it)
-    m.update(xb, yb, opts, 1)
-    _sync(device)
-    t0, n = time.perf_counter(), 0
-    for _ in range(batches):
-        try:
-            xb, yb = next(it)
-        except StopIteration:
-            it = iter(loader.epoch(1))
-            xb, yb = next(it)
-        if fast and device.type == "cuda":
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        m.update(xb, yb, opts, 1)
-        n += len(yb)
-    _sync(device)
-    return n / (time.perf_counter() - t0)
+    autocast = precision_context(precision, device)
+    f = torch.compile(nets.f) if compile else nets.f
+    m = get_method(method)(f, nets.g, config["hparams"], TrainAttack(**config["train_attack"]), autocast)
+    opts = {k: torch.optim.SGD(v.parameters(), lr=0.01, momentum=0.9) for k, v in m.modules().items()}
+    return config, nets, m, opts
 
 
-def pgd20_rate(dataset: str, x, y, device, batch_size: int) -> float:
-    """Images/s of PGD-20 evaluation (METHOD.md s4 preset) of an untrained classifier."""
+def _time_steps(step, batches, device):
+    step(0)  # warm-up (and compilation)
+    _sync(device)
+    t0 = time.perf_counter()
+    for i in range(1, batches + 1):
+        step(i)
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def train_rows(method, dataset, eps, x, y, device, batches, precision="fp32", compile=False, eager=True):
+    """(images/s, FLOPs per image) of cat-bench's step, and of the eager reference when `eager`."""
+    config, nets, m, opts = _setup(method, dataset, eps, device, precision, compile)
+    bs = config["schedule"]["batch_size"]
+    xs = [x[i * bs:(i + 1) * bs].to(device).float().div(255) for i in range(batches + 1)]
+    ys = [y[i * bs:(i + 1) * bs].to(device) for i in range(batches + 1)]
+    if device.type == "cuda":
+        xs = [xb.contiguous(memory_format=torch.channels_last) for xb in xs]
+    with FlopCounterMode(display=False) as counter:
+        m.update(xs[0], ys[0], opts, 1)
+    ours_flops = counter.get_total_flops() / bs
+    ours = batches * bs / _time_steps(lambda i: m.update(xs[i], ys[i], opts, 1), batches, device)
+    rows = {"cat-bench": (ours, ours_flops)}
+    if eager and method in EAGER:
+        f, g = copy.deepcopy(nets.f), copy.deepcopy(nets.g)
+        e_opts = {"f": torch.optim.SGD(f.parameters(), lr=0.01, momentum=0.9)}
+        if g is not None:
+            e_opts["g"] = torch.optim.SGD(g.parameters(), lr=0.01, momentum=0.9)
+        attack = TrainAttack(**config["train_attack"])
+        step = EAGER[method]
+        with FlopCounterMode(display=False) as counter:
+            step(f, g, xs[0], ys[0], e_opts, attack, config["hparams"])
+        eager_flops = counter.get_total_flops() / bs
+        secs = _time_steps(lambda i: step(f, g, xs[i], ys[i], e_opts, attack, config["hparams"]), batches, device)
+        rows["authors-style eager"] = (batches * bs / secs, eager_flops)
+    return rows
+
+
+def eval_rows(dataset, x, y, device, batch_size):
+    """(images/s, FLOPs per image) of cat-bench's PGD-20 evaluation and of torchattacks' PGD, when installed."""
     info = dataset_info(dataset)
     config = resolve_config("natural", dataset, info.test_eps)
+    torch.manual_seed(0)
     f = Networks(config, device).f.eval()
     p = eval_attack(info.family, "pgd20", info.test_eps)
     attack = PGD(eps=p.eps, alpha=p.alpha, steps=p.steps)
-    xs, ys = x.to(device), y.to(device)
-    correct_under(f, xs[:batch_size], ys[:batch_size], attack, batch_size)
+    xs, ys = x.to(device).float().div(255), y.to(device)
+    with FlopCounterMode(display=False) as counter:
+        correct_under(f, xs[:batch_size], ys[:batch_size], attack, batch_size)
+    flops = counter.get_total_flops() / batch_size
     _sync(device)
     t0 = time.perf_counter()
-    correct_under(f, xs, ys, attack, batch_size)
+    ours_acc = correct_under(f, xs, ys, attack, batch_size).float().mean().item()
     _sync(device)
-    return len(ys) / (time.perf_counter() - t0)
+    rows = {"cat-bench": (len(ys) / (time.perf_counter() - t0), flops)}
+    try:
+        import torchattacks
+    except ImportError:
+        return rows, None
+    atk = torchattacks.PGD(f, eps=p.eps, alpha=p.alpha, steps=p.steps, random_start=False)
+    atk(xs[:batch_size], ys[:batch_size])  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    correct = 0
+    for i in range(0, len(ys), batch_size):
+        xb, yb = xs[i:i + batch_size], ys[i:i + batch_size]
+        with torch.no_grad():
+            correct += (f(atk(xb, yb)).argmax(1) == yb).sum().item()
+    _sync(device)
+    rows[f"torchattacks {torchattacks.__version__} PGD"] = (len(ys) / (time.perf_counter() - t0), flops)
+    return rows, (ours_acc, correct / len(ys))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="mnist-mini")
-    ap.add_argument("--synthetic", action="store_true", help="random CIFAR-shaped data instead of files on disk")
-    ap.add_argument("--device")
-    ap.add_argument("--batches", type=int, default=10)
-    ap.add_argument("--eval-n", type=int, default=1000)
+    ap.add_argument("--dataset", default="mnist-mini", help="mnist-mini (default), mnist, cifar10, cifar100")
+    ap.add_argument("--synthetic", action="store_true", help="random images of the dataset's shape (no files)")
+    ap.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    ap.add_argument("--batches", type=int, default=10, help="timed training batches per row (after one warm-up)")
+    ap.add_argument("--eval-n", type=int, default=1000, help="test images in the PGD-20 rows")
     args = ap.parse_args()
     device = resolve_device(args.device)
     info = dataset_info(args.dataset)
     if args.synthetic:
-        g = torch.Generator().manual_seed(0)
-        n = 4096
-        x = torch.randint(0, 256, (n, *info.shape), dtype=torch.uint8, generator=g)
-        y = torch.randint(0, info.num_classes, (n,), generator=g)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (4096, *info.shape), dtype=torch.uint8, generator=gen)
+        y = torch.randint(0, info.num_classes, (4096,), generator=gen)
     else:
         x, y = load_split(args.dataset, "train")
     eps = info.test_eps
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, dataset {args.dataset}"
-          f"{' (synthetic)' if args.synthetic else ''}, eps {eps:.4f}, {args.batches} batches per method")
-    rates = {}
-    for method in ("natural", "at", "cat-cent"):
-        rates[method] = train_rate(method, args.dataset, eps, x, y, device, args.batches)
-        print(f"train {method:<9} {rates[method]:9.1f} images/s")
-    print(f"ratio CAT / natural time per image: {rates['natural'] / rates['cat-cent']:.2f}x")
-    print(f"ratio CAT / AT time per image:      {rates['at'] / rates['cat-cent']:.2f}x")
+    peak = {"fp32": peak_gflops(device)}
     if device.type == "cuda":
-        slow = train_rate("cat-cent", args.dataset, eps, x, y, device, args.batches, fast=False)
-        print(f"train cat-cent fp32, no channels_last {slow:9.1f} images/s")
-        print(f"ratio bf16+channels_last speed-up: {rates['cat-cent'] / slow:.2f}x")
-    rate = pgd20_rate(args.dataset, x[: args.eval_n], y[: args.eval_n], device, default_batch_size(device))
-    print(f"eval  PGD-20     {rate:9.1f} images/s")
+        peak["bf16"] = peak_gflops(device, torch.bfloat16)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads, dataset "
+          f"{args.dataset}{' (synthetic)' if args.synthetic else ''}, eps {eps:.4f}, uniform protocol (CAT's), "
+          f"{args.batches} timed batches per row; peak (measured dense matmul): "
+          + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
+    print("\n| what | images/s | vs reference | GFLOP / image | GFLOP/s | of peak |\n|---|---|---|---|---|---|")
+
+    def show(label, rate, flops, ref, precision="fp32"):
+        ratio = f"{rate / ref:.2f}x" if ref else "reference"
+        print(f"| {label} | {rate:.1f} | {ratio} | {flops / 1e9:.3f} | {rate * flops / 1e9:.1f} | "
+              f"{rate * flops / 1e9 / peak[precision]:.0%} |")
+
+    variants = [("fp32", False)] + ([("bf16", False), ("bf16", True)] if device.type == "cuda" else [])
+    natural = train_rows("natural", args.dataset, eps, x, y, device, args.batches, eager=False)["cat-bench"]
+    show("train natural, cat-bench", *natural, None)
+    for method in ("at", "cat-cent"):
+        for precision, compiled in variants:
+            rows = train_rows(method, args.dataset, eps, x, y, device, args.batches, precision, compiled,
+                              eager=(precision, compiled) == ("fp32", False))
+            if "authors-style eager" in rows:
+                ref = rows["authors-style eager"][0]
+                show(f"train {method}, authors-style eager loop (fp32)", *rows["authors-style eager"], None)
+                fp32 = rows["cat-bench"][0]
+            tag = precision + (" + torch.compile" if compiled else "")
+            show(f"train {method}, cat-bench ({tag})", *rows["cat-bench"], ref, precision)
+        print(f"| {method} / natural training time per image (cat-bench, fp32) | | {natural[0] / fp32:.1f}x | | | |")
+    rows, accs = eval_rows(args.dataset, x[: args.eval_n], y[: args.eval_n], device, default_batch_size(device))
+    ours = rows.pop("cat-bench")
+    other = next(iter(rows.items()), None)
+    if other is not None:
+        show(f"eval PGD-20, {other[0]}", *other[1], None)
+    show("eval PGD-20, cat-bench", *ours, other[1][0] if other else None)
+    if accs is not None:
+        print(f"\nPGD-20 accuracy of the untrained net, same {args.eval_n} images: cat-bench {accs[0]:.4f}, "
+              f"torchattacks {accs[1]:.4f}")
+    elif other is None:
+        print("\ntorchattacks is not installed here: the evaluation comparison is skipped (README: Benchmarks)")
 
 
 if __name__ == "__main__":

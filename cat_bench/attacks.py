@@ -12,8 +12,12 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cat_bench.lazy import F, nn, torch
+
+if TYPE_CHECKING:
+    from cat_bench.distributed import Shard
 
 LOSSES = ("ce", "cw", "kl")
 RANDOM_STARTS = ("none", "uniform", "gaussian")
@@ -52,15 +56,22 @@ def attack_loss(loss: str, logits: torch.Tensor, y: torch.Tensor, nat_logits: to
     raise ValueError(f"unknown PGD loss {loss!r}; allowed: {', '.join(LOSSES)}")
 
 
-def random_init(x: torch.Tensor, kind: str, scale: float) -> torch.Tensor:
-    """Random start: uniform in [-scale, scale] (Madry/Rice, CAT) or scale * N(0,1) (TRADES, MART, FAT)."""
+def random_init(x: torch.Tensor, kind: str, scale: float, shard: Shard | None = None) -> torch.Tensor:
+    """Random start: uniform in [-scale, scale] (Madry/Rice, CAT) or scale * N(0,1) (TRADES, MART, FAT).
+
+    With a `shard` (data-parallel training) the start is drawn for the whole global batch, in x's
+    memory layout, and this rank's rows are kept: the ranks together draw what one process draws.
+    """
     if kind == "none":
         return torch.zeros_like(x)
-    if kind == "uniform":
-        return torch.empty_like(x).uniform_(-scale, scale)
-    if kind == "gaussian":
-        return scale * torch.randn_like(x)
-    raise ValueError(f"unknown random start {kind!r}; allowed: {', '.join(RANDOM_STARTS)}")
+    if kind not in ("uniform", "gaussian"):
+        raise ValueError(f"unknown random start {kind!r}; allowed: {', '.join(RANDOM_STARTS)}")
+    like = x
+    if shard is not None:
+        layout = torch.channels_last if x.dim() == 4 and not x.is_contiguous() else torch.contiguous_format
+        like = torch.empty((shard.n_global, *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=layout)
+    noise = torch.empty_like(like).uniform_(-scale, scale) if kind == "uniform" else scale * torch.randn_like(like)
+    return noise if shard is None else shard.take(noise)
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,7 @@ class PGD:
     `clip=False` keeps iterates in the eps-ball only, not in [0,1] (CAT's MNIST code).
     `clip_start=False` leaves the random start itself unprojected, so the first gradient is taken
     at x + 0.001 N(0,1) even where that leaves [0,1] (the TRADES and MART codes; FAT clips it).
+    `shard`: x is this rank's rows of a data-parallel global batch (`random_init`); not a setting.
     """
 
     eps: float
@@ -87,6 +99,7 @@ class PGD:
     tau: int | None = None
     clip: bool = True
     clip_start: bool = True
+    shard: Shard | None = None
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -115,7 +128,7 @@ class PGD:
             with torch.no_grad():
                 nat_logits = model(x).float()
         lo, hi = feasible_box(x, self.eps, self.clip)
-        x_adv = x + random_init(x, self.random_start, self._rs_scale() or 0.0)
+        x_adv = x + random_init(x, self.random_start, self._rs_scale() or 0.0, self.shard)
         if self.clip_start:
             x_adv = torch.minimum(torch.maximum(x_adv, lo), hi)
         if self.tau is not None:

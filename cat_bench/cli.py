@@ -12,7 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from cat_bench.errors import UsageError
+from cat_bench import distributed
+from cat_bench.errors import GroupFailed, UsageError
 from cat_bench.presets import parse_eps
 
 LISTABLE = ("methods", "datasets", "attacks", "architectures")
@@ -54,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--protocol", default="paper",
                    help="paper (default: each official script's pixel domain; CAT on MNIST never clips to [0,1]) "
                         "or valid (inputs always in [0,1], RobustBench's convention)")
+    t.add_argument("--precision", default="fp32",
+                   help="fp32 (default: the official scripts'), tf32 (CUDA TF32 math) or bf16 (autocast); "
+                        "part of the run's identity")
     t.add_argument("--epochs", type=int, help="override the protocol's number of epochs")
     t.add_argument("--batch-size", type=int, help="override the protocol's batch size")
     t.add_argument("--seed", type=int, default=0, help="seeds torch and the batch order (default 0)")
@@ -67,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="train at most up to epoch K this time (a compute budget, not part of the run's identity; "
                         "--resume continues)")
     t.add_argument("--compile", action="store_true", help="torch.compile the classifier")
+    t.add_argument("--nproc", type=positive_int, default=1,
+                   help="data-parallel processes for this one run (one per GPU on CUDA, gloo on CPU); the global "
+                        "batch stays the protocol's (default 1; under torchrun, its WORLD_SIZE)")
     _common(t)
 
     e = sub.add_parser("eval", help="evaluate a trained run under the paper's attacks (METHOD.md s4)")
@@ -90,7 +97,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="local: here, one process per visible GPU; slurm: one job-array task per run (submitit)")
     r.add_argument("--partition", help="Slurm partition")
     r.add_argument("--time", type=int, default=24 * 60, help="Slurm time limit per job, minutes (default 1440)")
-    r.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per Slurm job (default 1)")
+    r.add_argument("--gpus-per-job", type=positive_int, default=1,
+                   help="processes per run (default 1); above 1 each run trains as one data-parallel group: "
+                        "local, one run at a time on that many GPUs (gloo processes on CPU); slurm, one task per GPU")
+    r.add_argument("--nodes-per-job", type=positive_int, default=1,
+                   help="Slurm nodes per run, each with --gpus-per-job GPUs (default 1)")
     r.add_argument("--array-parallelism", type=int, default=32, help="Slurm array tasks running at once")
     _common(r)
 
@@ -154,17 +165,24 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _train(args) -> None:
     from cat_bench import records
-    from cat_bench.train import resolve_config, train
+    from cat_bench.train import resolve_config, train, train_group
 
     config = resolve_config(args.method, args.dataset, parse_eps(args.eps), arch=args.arch, epochs=args.epochs,
                             seed=args.seed, overrides=parse_sets(args.set), select_on=args.select_on,
                             select_n=args.select_n, batch_size=args.batch_size, n_train=args.n_train,
-                            protocol=args.protocol, schedule=args.schedule)
+                            protocol=args.protocol, schedule=args.schedule, precision=args.precision)
     out = args.out or Path("runs") / records.run_name(config)
-    print(f"run directory: {out}", file=sys.stderr)
-    summary = train(config, out, resume=args.resume, data_root=args.data_root, device=args.device,
-                    compile=args.compile, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
-                    stop_after_epoch=args.stop_after_epoch)
+    options = dict(resume=args.resume, data_root=args.data_root, device=args.device, compile=args.compile,
+                   progress=not args.no_progress, stop_after_epoch=args.stop_after_epoch)
+    main_rank = distributed.from_env().main  # False on the other ranks torchrun starts
+    if main_rank:
+        print(f"run directory: {out}", file=sys.stderr)
+    if args.nproc > 1:
+        summary = train_group(config, out, args.nproc, **options)
+    else:
+        summary = train(config, out, log=lambda m: print(m, file=sys.stderr), **options)
+    if not main_rank:
+        return
     if not summary.get("done", True):
         print(f"stopped after epoch {summary['epochs_trained']} of {summary['epochs']}; continue with: "
               f"cat-bench train ... --resume --out {out}")
@@ -254,19 +272,19 @@ def _run(args) -> int:
     if args.executor == "slurm":
         todo = [s for s in specs if state(args.results, s) != "done"]
         jobs = submit_slurm(args.results, todo, partition=args.partition, time_min=args.time,
-                            gpus_per_job=args.gpus_per_job, array_parallelism=args.array_parallelism,
-                            data_root=args.data_root)
+                            gpus_per_job=args.gpus_per_job, nodes_per_job=args.nodes_per_job,
+                            array_parallelism=args.array_parallelism, data_root=args.data_root)
         print(f"submitted {len(jobs)} jobs ({len(specs) - len(todo)} runs already done); "
               f"logs in {args.results / 'slurm'}; follow with: cat-bench status --suite {args.suite}")
         return
     device = resolve_device(args.device)
-    if args.device is None and device.type == "cuda" and torch.cuda.device_count() > 1:
+    if args.gpus_per_job == 1 and args.device is None and device.type == "cuda" and torch.cuda.device_count() > 1:
         gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
         outcome = run_parallel(args.results, specs, gpus, data_root=args.data_root)
     else:
         outcome = run_local(args.results, specs, device=device, data_root=args.data_root,
                             progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
-                            stop_after_epoch=args.stop_after_epoch)
+                            stop_after_epoch=args.stop_after_epoch, nproc=args.gpus_per_job)
     trained = sum(v == "done" for v in outcome.values())
     stopped = sum(v == "stopped" for v in outcome.values())
     failed = [name for name, v in outcome.items() if v == "failed"]
@@ -405,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"cat-bench: error: {err}", file=sys.stderr)
         return 2
+    except GroupFailed as err:
+        print(f"cat-bench: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("cat-bench: interrupted; rerun the same command (train with --resume) to continue", file=sys.stderr)
         return 130

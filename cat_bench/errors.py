@@ -10,3 +10,7 @@ class UsageError(Exception):
 
 class CorruptRecord(UsageError):
     """A run directory's record or checkpoint cannot be read: that run fails, a suite goes on with the others."""
+
+
+class GroupFailed(Exception):
+    """A rank of a data-parallel training group failed or was killed; the group stopped, --resume continues."""

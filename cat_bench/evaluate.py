@@ -15,7 +15,7 @@ from cat_bench.attacks import PGD, run_autoattack
 from cat_bench.data import dataset_info, load_split
 from cat_bench.errors import CorruptRecord, UsageError
 from cat_bench.lazy import torch
-from cat_bench.networks import Networks, resolve_device
+from cat_bench.networks import Networks, precision_context, resolve_device
 from cat_bench.presets import EVAL_ATTACKS, AttackPreset, clips, eval_attack
 from cat_bench.progress import progress_bar
 
@@ -102,7 +102,7 @@ def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps:
         raise UsageError(f"{run_dir} has not finished training ({epochs} epoch(s) recorded, no {records.DONE} "
                          f"marker); finish it with `cat-bench train --resume --out {run_dir}` (or rerun its suite), "
                          f"or pass --unfinished to evaluate its best checkpoint so far")
-    config = records.read_json(run_dir / records.CONFIG)["identity"]
+    config = records.read_identity(run_dir)
     info = dataset_info(config["dataset"])
     names = parse_attacks(attacks, info.family)
     if batch_size is not None and batch_size < 1:
@@ -112,6 +112,7 @@ def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps:
     if eps is not None and not 0 < eps <= 1:
         raise UsageError(f"eps {eps!r} is outside (0, 1]")
     device = resolve_device(device)
+    precision_context("fp32", device)  # the paper's evaluation: fp32, TF32 off
     batch_size = batch_size or default_batch_size(device)
     ckpt = records.load_checkpoint(run_dir / records.BEST)
     nets = Networks(config, device)

@@ -25,6 +25,18 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     return device
 
 
+def precision_context(precision: str, device: torch.device):
+    """Set the device's fp32 math for `precision` (presets.PRECISIONS); return the bf16 autocast or None.
+
+    "fp32" turns TF32 off for matmuls and cuDNN convolutions (torch leaves it on for cuDNN by default).
+    """
+    if device.type == "cuda":
+        tf32 = precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else None
+
+
 class Networks:
     """f (and g for methods with a mask net) for a resolved config, on a device.
 
@@ -52,3 +64,16 @@ class Networks:
     def load(self, state: dict[str, dict]) -> None:
         for k, net in self.all().items():
             net.load_state_dict(state[k])
+
+    def sync_batchnorm(self) -> None:
+        """Data-parallel training: every BatchNorm of f and g takes its statistics over the global batch
+        (SyncBatchNorm, as one process's BatchNorm does); torch implements it on CUDA only."""
+        if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for n in self.all().values()
+                   for m in n.modules()):
+            return
+        if next(self.f.parameters()).device.type != "cuda":
+            raise UsageError("data-parallel training of a network with BatchNorm needs CUDA (torch's SyncBatchNorm); "
+                             "on CPU train it in one process (without --nproc / --gpus-per-job)")
+        self.f = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.f)
+        if self.g is not None:
+            self.g = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.g)

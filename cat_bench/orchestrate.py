@@ -17,14 +17,14 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from cat_bench import records
+from cat_bench import distributed, records
 from cat_bench.data import dataset_info
-from cat_bench.errors import CorruptRecord
+from cat_bench.errors import CorruptRecord, GroupFailed
 from cat_bench.evaluate import evaluate
 from cat_bench.lazy import torch
 from cat_bench.progress import progress_bar
 from cat_bench.suite import RunSpec
-from cat_bench.train import train
+from cat_bench.train import train, train_group
 
 RUNS = "runs"
 
@@ -60,12 +60,17 @@ def _lock(results: Path, spec: RunSpec) -> FileLock:
 
 
 def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=None, progress: bool = True,
-            log: Callable[[str], None] = print, wait: bool = False, stop_after_epoch: int | None = None) -> str:
+            log: Callable[[str], None] = print, wait: bool = False, stop_after_epoch: int | None = None,
+            nproc: int = 1) -> str:
     """Train and evaluate one run under its lock; returns 'done', 'skipped' (already done), 'busy',
     'stopped' (trained up to `stop_after_epoch`, a compute budget; not evaluated yet) or 'failed'.
 
-    'failed': a record or checkpoint of this run is corrupt (CorruptRecord); failed.json keeps the
-    reason and the fix, and the suite goes on with its other runs. The next attempt starts by
+    `nproc` > 1 trains the run as one data-parallel group of that many processes on this host
+    (`train_group`); evaluation then runs here. Under a group already set up (a multi-task Slurm
+    job) this process is its rank 0: `train` joins the group.
+
+    'failed': a record or checkpoint of this run is corrupt (CorruptRecord), or a rank of its
+    training group failed (GroupFailed); failed.json keeps the reason and the fix, and the suite goes on with its other runs. The next attempt starts by
     removing failed.json, so a fixed run simply continues.
     """
     lock = _lock(results, spec)
@@ -82,15 +87,18 @@ def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=Non
         (out / records.FAILED).unlink(missing_ok=True)
         if state(results, spec) == "done":
             return "skipped"
-        summary = train(spec.config, out, resume=True, data_root=data_root, device=device, progress=progress,
-                        log=log, stop_after_epoch=stop_after_epoch)
+        options = dict(resume=True, data_root=data_root, device=device, progress=progress,
+                       stop_after_epoch=stop_after_epoch)
+        summary = (train_group(spec.config, out, nproc, **options) if nproc > 1
+                   else train(spec.config, out, log=log, **options))
         if not summary.get("done", True):
             return "stopped"
         evaluate(out, ",".join(spec.attacks), n_examples=spec.n_examples, data_root=data_root, device=device,
                  progress=progress, log=log)
         return "done"
-    except CorruptRecord as err:
-        fix = (f"remove the corrupt file (a corrupt checkpoints/last.pt: training restarts from epoch 0) or the "
+    except (CorruptRecord, GroupFailed) as err:
+        fix = ("rerun the suite: the run resumes from its last finished epoch" if isinstance(err, GroupFailed) else
+               f"remove the corrupt file (a corrupt checkpoints/last.pt: training restarts from epoch 0) or the "
                f"whole run directory {out} to train it again from scratch, then rerun the suite")
         records.write_json(out / records.FAILED, {"reason": str(err), "fix": fix, "time": time.time()})
         log(f"run {spec.name} FAILED: {err}; {fix}")
@@ -101,8 +109,9 @@ def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=Non
 
 def run_local(results: Path, specs: Sequence[RunSpec], *, device: torch.device, data_root=None,
               progress: bool = True, log: Callable[[str], None] = print,
-              stop_after_epoch: int | None = None) -> dict[str, str]:
-    """Run jobs one after another on one device; runs held by another process are waited for last."""
+              stop_after_epoch: int | None = None, nproc: int = 1) -> dict[str, str]:
+    """Run jobs one after another (each on `nproc` data-parallel processes); runs held by another
+    process are waited for last."""
     outcome: dict[str, str] = {}
     with progress_bar(len(specs), "suite runs", enabled=progress) as advance:
         for wait in (False, True):
@@ -111,7 +120,7 @@ def run_local(results: Path, specs: Sequence[RunSpec], *, device: torch.device, 
                     continue
                 log(f"run {spec.name} ({spec.config['method']}, {', '.join(spec.labels) or 'no label'})")
                 outcome[spec.name] = run_job(results, spec, device=device, data_root=data_root, progress=progress,
-                                             log=log, wait=wait, stop_after_epoch=stop_after_epoch)
+                                             log=log, wait=wait, stop_after_epoch=stop_after_epoch, nproc=nproc)
                 if outcome[spec.name] != "busy":
                     advance()
     return outcome
@@ -140,13 +149,25 @@ def run_parallel(results: Path, specs: Sequence[RunSpec], devices: Sequence[str]
 
 
 class SlurmJob:
-    """A submitit job running one RunSpec; on preemption or timeout it requeues itself and resumes."""
+    """A submitit job running one RunSpec; on preemption or timeout it requeues itself and resumes.
+
+    A job of several tasks (GPUs, possibly on several nodes) trains the run as one data-parallel
+    group: every task is a rank; rank 0 holds the run's lock, and evaluates once training is done.
+    """
 
     def __init__(self, results: Path, spec: RunSpec, data_root=None):
         self.results, self.spec, self.data_root = Path(results), spec, data_root
 
     def __call__(self) -> str:
+        import submitit
+
+        if submitit.JobEnvironment().num_tasks > 1:  # RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not distributed.from_env().main:
+            train(self.spec.config, run_dir(self.results, self.spec), resume=True, data_root=self.data_root,
+                  device=device, progress=False)
+            return "rank"
         return run_job(self.results, self.spec, device=device, data_root=self.data_root, progress=False,
                        log=lambda m: print(m, flush=True), wait=True)
 
@@ -158,14 +179,19 @@ class SlurmJob:
 
 
 def submit_slurm(results: Path, specs: Sequence[RunSpec], *, executor=None, partition: str | None = None,
-                 time_min: int = 24 * 60, gpus_per_job: int = 1, array_parallelism: int = 32,
+                 time_min: int = 24 * 60, gpus_per_job: int = 1, nodes_per_job: int = 1, array_parallelism: int = 32,
                  data_root=None) -> list:
-    """Submit one Slurm job-array task per unfinished run through submitit; returns the jobs."""
+    """Submit one Slurm job-array task per unfinished run through submitit; returns the jobs.
+
+    A job holds `nodes_per_job` nodes of `gpus_per_job` GPUs, one task per GPU: above one task,
+    the run trains as one data-parallel group (SlurmJob).
+    """
     import submitit
 
     if executor is None:
         executor = submitit.AutoExecutor(folder=Path(results) / "slurm" / "%j")
-        params = dict(timeout_min=time_min, gpus_per_node=gpus_per_job, slurm_array_parallelism=array_parallelism,
+        params = dict(timeout_min=time_min, nodes=nodes_per_job, gpus_per_node=gpus_per_job,
+                      tasks_per_node=gpus_per_job, slurm_array_parallelism=array_parallelism,
                       cpus_per_task=8, slurm_additional_parameters={"requeue": True})
         if partition:
             params["slurm_partition"] = partition

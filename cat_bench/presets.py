@@ -20,6 +20,13 @@ from cat_bench.errors import UsageError
 PIXEL_PROTOCOLS = ("paper", "valid")
 
 
+# Numeric precision of training (part of a run's identity). "fp32": what every official script
+# does (plain fp32 on their GPUs; TF32 tensor-core math off, as on the V100-class GPUs of 2019-21);
+# "tf32": fp32 weights with TF32 matmuls and convolutions (CUDA, Ampere and later); "bf16": bf16
+# autocast of every forward (speed options, measured in the README). Evaluation always runs fp32.
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
 def clips(family: str, protocol: str) -> bool:
     """Whether selection and evaluation attacks keep x + delta in [0,1] under `protocol`."""
     return family == "cifar" or protocol == "valid"

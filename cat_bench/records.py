@@ -96,9 +96,21 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+# Identity keys added after runs were recorded, with the value every earlier run had. The hash
+# leaves such a key out at that value, so earlier run directories keep their names; an earlier
+# identity reads as if it held the key (`read_identity`).
+LATER_KEYS = {"precision": "fp32"}
+
+
 def config_hash(config: dict) -> str:
     """Short stable hash of a resolved config's identity (the run directory's name)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    kept = {k: v for k, v in config.items() if not (k in LATER_KEYS and v == LATER_KEYS[k])}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def read_identity(run_dir: Path) -> dict:
+    """The resolved config a run directory was trained with (config.json's identity), LATER_KEYS filled in."""
+    return {**LATER_KEYS, **read_json(Path(run_dir) / CONFIG)["identity"]}
 
 
 def run_name(config: dict) -> str:

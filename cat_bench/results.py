@@ -42,7 +42,7 @@ def run_row(run_dir: Path) -> dict | None:
     if not (run_dir / records.CONFIG).is_file():
         raise UsageError(f"{run_dir} has `{records.DONE}` and `{records.EVAL}` but no {records.CONFIG}; "
                          f"it is not a complete run directory")
-    config = records.read_json(run_dir / records.CONFIG)["identity"]
+    config = records.read_identity(run_dir)
     done = records.read_json(run_dir / records.DONE)
     result = records.read_json(run_dir / records.EVAL)
     row = {"method": config["method"], "dataset": config["dataset"], "arch": config["arch"],

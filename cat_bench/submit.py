@@ -132,7 +132,7 @@ def read_run(run_dir: Path) -> dict:
     if not (run_dir / records.CONFIG).is_file():
         raise UsageError(f"{run_dir} is not a run directory (no {records.CONFIG}); "
                          f"train one with cat-bench train --out")
-    config = records.read_json(run_dir / records.CONFIG)["identity"]
+    config = records.read_identity(run_dir)
     dataset = config["dataset"]
     if dataset not in ROBUSTBENCH_DATASETS:
         raise UsageError(f"run {run_dir} is on {dataset}, which RobustBench does not host (it has "

@@ -20,6 +20,7 @@ Schema (smoke.toml carries the same description):
       protocol = "paper"              optional: "paper" (default) or "valid" (inputs always in [0,1])
       schedule = "official"           optional: "official" (default: each method's authors' protocol)
                                       or "uniform" (CAT's protocol for every method)
+      precision = "fp32"              optional: "fp32" (default: the official scripts'), "tf32" or "bf16"
       attacks = ["natural", "pgd20"]  required: evaluation attacks, in order (METHOD.md s4)
       n_examples = 500                optional: first N test examples; default, the full test set
 
@@ -112,6 +113,7 @@ _BLOCK_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "select_on": (_is_str, '"test" or "val"'),
     "protocol": (_is_str, '"paper" or "valid"'),
     "schedule": (_is_str, '"official" or "uniform"'),
+    "precision": (_is_str, '"fp32" (default), "tf32" or "bf16"'),
     "attacks": (_list_of(_is_str), 'a non-empty list of attack names, e.g. ["natural", "pgd20"]'),
     "n_examples": (lambda v: _is_int(v) and v > 0, "a positive integer"),
 }
@@ -240,7 +242,8 @@ def _expand(path: Path, where: str, block: dict) -> list[RunSpec]:
                                     select_on=block.get("select_on", "test"), select_n=block.get("select_n"),
                                     batch_size=block.get("batch_size"), n_train=block.get("n_train"),
                                     protocol=block.get("protocol", "paper"),
-                                    schedule=block.get("schedule", "official"))
+                                    schedule=block.get("schedule", "official"),
+                                    precision=block.get("precision", "fp32"))
         except UsageError as err:
             run = " ".join(f"{k}={v}" for k, v in {"method": method, "eps": eps, "seed": seed, **overrides}.items())
             raise UsageError(f"{path}: {where}: run {run}: {err}") from None
@@ -252,6 +255,7 @@ _FIELDS: dict[str, Callable[[dict], Any]] = {
     "method": lambda c: c["method"], "dataset": lambda c: c["dataset"], "arch": lambda c: c["arch"],
     "eps": lambda c: c["eps"], "seed": lambda c: c["seed"], "epochs": lambda c: c["schedule"]["epochs"],
     "protocol": lambda c: c.get("protocol", "valid"), "schedule": lambda c: c["schedule"].get("name", "official"),
+    "precision": lambda c: c.get("precision", "fp32"),
 }
 _HPARAM_NAMES = tuple(dict.fromkeys(k for m in METHODS.values() for k in m.HPARAMS))
 _NUMERIC = ("eps", "seed", "epochs")
@@ -302,7 +306,7 @@ def _values(run: RunSpec, key: str) -> list:
 def filter_runs(runs: Iterable[RunSpec], only: list[str], *, require_match: bool = False) -> list[RunSpec]:
     """The runs matching every `KEY=VALUE[,VALUE...]` filter (e.g. method=at,trades eps=8/255 b=0.05).
 
-    Keys: method, dataset, arch, eps, seed, epochs, protocol, schedule, label, or any
+    Keys: method, dataset, arch, eps, seed, epochs, protocol, schedule, precision, label, or any
     hyperparameter name; a run without that hyperparameter does not match. `require_match`
     (the command line): filters that keep none of the runs are a UsageError naming the first
     filter that matches nothing and the values the runs have.

@@ -13,21 +13,23 @@ import json
 import math
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from cat_bench import records
+from cat_bench import distributed, records
 from cat_bench.attacks import PGD
 from cat_bench.data import TensorLoader, dataset_info, load_split, split_train_val
+from cat_bench.distributed import Group
 from cat_bench.errors import CorruptRecord, UsageError
 from cat_bench.evaluate import correct_under, default_batch_size
 from cat_bench.lazy import torch
 from cat_bench.methods import TrainAttack, default_arch, get_method, protocol_for, resolve_hparams
 from cat_bench.methods.base import lr_at
-from cat_bench.models import build_classifier, check_arch
-from cat_bench.networks import Networks, resolve_device
-from cat_bench.presets import PIXEL_PROTOCOLS, SELECTION, clips
+from cat_bench.models import check_arch
+from cat_bench.networks import Networks, precision_context, resolve_device
+from cat_bench.presets import PIXEL_PROTOCOLS, PRECISIONS, SELECTION, clips
 from cat_bench.progress import progress_bar
 
 SELECT_ON = ("test", "val")
@@ -37,13 +39,15 @@ MASK_HEALTHY = (0.01, 0.99)  # an epoch's mean mask outside this range: collapse
 def resolve_config(method: str, dataset: str, eps: float, *, arch: str | None = None, epochs: int | None = None,
                    seed: int = 0, overrides: dict[str, str] | None = None, select_on: str = "test",
                    select_n: int | None = None, batch_size: int | None = None,
-                   n_train: int | None = None, protocol: str = "paper", schedule: str = "official") -> dict[str, Any]:
+                   n_train: int | None = None, protocol: str = "paper", schedule: str = "official",
+                   precision: str = "fp32") -> dict[str, Any]:
     """The fully resolved config of a training run: every constant the run depends on, with defaults filled.
 
     `schedule`: "official" (the method's authors' protocol) or "uniform" (CAT's, for every method).
     `protocol`: "paper" (each official script's pixel domain: CAT's MNIST code never clips to
-    [0,1], METHOD.md s4) or "valid" (inputs always in [0,1]). Raises UsageError for unknown names
-    and out-of-range values, naming what is allowed.
+    [0,1], METHOD.md s4) or "valid" (inputs always in [0,1]). `precision`: "fp32" (the official
+    scripts'), "tf32" or "bf16" (speed options; presets.PRECISIONS). Raises UsageError for unknown
+    names and out-of-range values, naming what is allowed.
     """
     info = dataset_info(dataset)
     cls = get_method(method)
@@ -53,6 +57,8 @@ def resolve_config(method: str, dataset: str, eps: float, *, arch: str | None = 
         raise UsageError(f"--select-on {select_on!r}; allowed: {', '.join(SELECT_ON)}")
     if protocol not in PIXEL_PROTOCOLS:
         raise UsageError(f"--protocol {protocol!r}; allowed: {', '.join(PIXEL_PROTOCOLS)}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
     for name, value in (("epochs", epochs), ("select-n", select_n), ("batch-size", batch_size),
                         ("n-train", n_train)):
         if value is not None and value < 1:
@@ -77,7 +83,7 @@ def resolve_config(method: str, dataset: str, eps: float, *, arch: str | None = 
     selection["clip"] = clips(info.family, protocol)
     config = {
         "method": cls.name, "dataset": dataset, "n_train": n_train, "arch": arch, "eps": eps, "seed": seed,
-        "protocol": protocol,
+        "protocol": protocol, "precision": precision,
         "hparams": resolve_hparams(method, info.family, overrides or {}, proto),
         "schedule": sched,
         "train_attack": train_attack,
@@ -152,12 +158,32 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def _rank_device(device: torch.device, group: Group, config: dict) -> torch.device:
+    """A rank's device (cuda:LOCAL_RANK on CUDA); refuses what a group cannot train as one process would."""
+    if config["hparams"].get("g_kl_reduction") == "sum":
+        raise UsageError("g_kl_reduction=sum is a single-process option: its KL is a sum over the batch, not a "
+                         "mean, so ranks cannot share it by their batch fractions; train it without --nproc")
+    if device.type != "cuda":
+        return device
+    if group.local_rank >= torch.cuda.device_count():
+        raise UsageError(f"rank {group.rank} needs cuda:{group.local_rank}; this node has "
+                         f"{torch.cuda.device_count()} GPU(s)")
+    torch.cuda.set_device(group.local_rank)
+    return torch.device("cuda", group.local_rank)
+
+
+def _summed(losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each rank's weighted losses summed over the group: the global batch's means."""
+    out = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in losses.items()}
+    distributed.sum_weighted(list(out.values()), 1.0)
+    return out
+
+
 def _prepare_run_dir(out: Path, config: dict, resume: bool) -> dict | None:
     """Check the run directory against the config; return the checkpoint to resume from, if any."""
     cfg_path = out / records.CONFIG
     if cfg_path.exists():
-        stored = records.read_json(cfg_path)
-        if stored.get("identity") != config:
+        if records.read_identity(out) != config:
             raise UsageError(f"{out} holds a different run (config.json differs); choose another --out")
         if (out / records.LAST).exists() and not resume:
             raise UsageError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
@@ -168,8 +194,13 @@ def _prepare_run_dir(out: Path, config: dict, resume: bool) -> dict | None:
 
 def train(config: dict, out: Path, *, resume: bool = False, data_root=None, device: torch.device | str | None = None,
           compile: bool = False, progress: bool = True, log=print, stop_after_epoch: int | None = None,
-          trace_every: int = 10) -> dict:
+          trace_every: int = 10, group: Group | None = None) -> dict:
     """Train a resolved config into `out`; returns the `done` summary. Resumes from checkpoints/last.pt.
+
+    `group`: this process's rank in a data-parallel group (default: the one RANK/WORLD_SIZE
+    describe, else a single process). Every rank trains the same steps on its rows of each batch
+    (cat_bench.distributed); rank 0 writes the records and logs. A group may resume a run that
+    another number of ranks started.
 
     `stop_after_epoch`: a compute budget, not part of the run's identity: training stops once that
     epoch is checkpointed, writes no `done` and returns {"done": False, ...}; `--resume` continues.
@@ -178,12 +209,18 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
     """
     out = Path(out)
     if (out / records.DONE).exists():
-        if records.read_json(out / records.CONFIG).get("identity") != config:
+        if records.read_identity(out) != config:
             raise UsageError(f"{out} holds a different, finished run; choose another --out")
         log(f"{out}: already done")
         return records.read_json(out / records.DONE)
     ckpt = _prepare_run_dir(out, config, resume)
+    group = group or distributed.from_env()
     device = resolve_device(device)
+    if group.world > 1:
+        device = _rank_device(device, group, config)
+        distributed.init(group, device)
+        if not group.main:
+            progress, log = False, lambda message: None
     schedule = config["schedule"]
     torch.manual_seed(config["seed"])
     if device.type == "cuda":
@@ -200,7 +237,9 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
     x_sel, y_sel = x_sel.to(device), y_sel.to(device)
 
     nets = Networks(config, device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
+    if group.world > 1:
+        nets.sync_batchnorm()
+    autocast = precision_context(config["precision"], device)
     f_run = torch.compile(nets.f) if compile else nets.f
     method = get_method(config["method"])(f_run, nets.g, config["hparams"], TrainAttack(**config["train_attack"]),
                                           autocast)
@@ -215,12 +254,12 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
     epochs = schedule["epochs"] if max_steps is None else min(schedule["epochs"], math.ceil(max_steps / len(loader)))
 
     start, best = 0, {"epoch": None, "score": float("-inf")}
-    if ckpt is None:
+    if ckpt is None and group.main:
         records.write_json(out / records.CONFIG, {"identity": config, "sources": config_sources(config),
                                                   "provenance": records.provenance(device)})
         (out / records.HISTORY).unlink(missing_ok=True)
         (out / records.TRACE).unlink(missing_ok=True)
-    else:
+    elif ckpt is not None:
         try:
             nets.load(ckpt["nets"])
             for k in optimizers:
@@ -229,15 +268,17 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
             start, best = int(ckpt["epoch"]), ckpt["best"]
         except (KeyError, RuntimeError, TypeError, IndexError, ValueError) as err:
             raise CorruptRecord(f"corrupt checkpoint {out / records.LAST}: {type(err).__name__}: {err}") from None
-        for name in (records.HISTORY, records.TRACE):  # drop what an interrupted epoch wrote
+        for name in (records.HISTORY, records.TRACE) if group.main else ():  # drop what an interrupted epoch wrote
             kept = [r for r in records.read_jsonl(out / name) if r["epoch"] <= start]
             (out / name).unlink(missing_ok=True)
             for row in kept:
                 records.append_jsonl(out / name, row)
         log(f"{out}: resuming after epoch {start}")
 
-    records.append_jsonl(out / records.SESSIONS, {"pid": os.getpid(), "host": socket.gethostname(),
-                                                  "start_epoch": start, "started": time.time()})
+    if group.main:
+        records.append_jsonl(out / records.SESSIONS, {"pid": os.getpid(), "host": socket.gethostname(),
+                                                      "start_epoch": start, "started": time.time(),
+                                                      "ranks": group.world})
     began = time.time()
     until = epochs if stop_after_epoch is None else max(start, min(epochs, stop_after_epoch))
     with progress_bar(until - start, f"{out.name} epochs", enabled=progress) as next_epoch:
@@ -251,16 +292,26 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
                 for i, (x, y) in zip(range(n_steps), loader.epoch(epoch)):
                     lr = lr_at(schedule, epoch, i, len(loader))
                     for o in optimizers.values():
-                        for group in o.param_groups:
-                            group["lr"] = lr
+                        for param_group in o.param_groups:
+                            param_group["lr"] = lr
+                    if group.world > 1:
+                        method.shard = distributed.shard(len(y), group)
+                        x, y = method.shard.take(x), method.shard.take(y)
                     if device.type == "cuda":
                         x = x.contiguous(memory_format=torch.channels_last)
                     losses = method.update(x, y, optimizers, epoch + 1)
+                    if method.shard is not None:  # this rank's share of each batch mean, summed over ranks below
+                        losses = {k: v * method.shard.weight for k, v in losses.items()}
                     for k, v in losses.items():
                         sums[k] = sums.get(k, 0.0) + v
                     if "mask_mean" in losses and i % trace_every == 0:
-                        records.append_jsonl(out / records.TRACE, _trace_row(losses, epoch, i, len(loader)))
+                        if group.world > 1:
+                            losses = _summed(losses)
+                        if group.main:
+                            records.append_jsonl(out / records.TRACE, _trace_row(losses, epoch, i, len(loader)))
                     advance()
+            if group.world > 1:
+                sums = _summed(sums)
             train_seconds = time.time() - t0
             n_images = min(len(y_train), n_steps * schedule["batch_size"])
 
@@ -271,7 +322,8 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
             score = rob if rule == "rob" else nat + rob
             if rule == "final" or score > best["score"]:
                 best = {"epoch": epoch + 1, "score": score}
-                records.save_checkpoint(out / records.BEST, {"nets": nets.state(), "epoch": epoch + 1, "score": score})
+                if group.main:
+                    records.save_checkpoint(out / records.BEST, {"nets": nets.state(), "epoch": epoch + 1, "score": score})
             row = {"epoch": epoch + 1, "lr": lr, "train": _epoch_means(sums, n_steps),
                    "nat_acc": nat, "rob_acc": rob, "score": score, "best_epoch": best["epoch"],
                    "train_seconds": train_seconds, "images_per_s": n_images / train_seconds,
@@ -281,10 +333,11 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
                 row["mask_flag"] = flag
                 log(f"WARNING, epoch {epoch + 1}: mask {flag} (mean mask {row['train']['mask_mean']:.4g}; healthy "
                     f"within {MASK_HEALTHY}): x_cal is {'x' if flag == 'collapsed' else 'x + delta'}, CAT does not calibrate")
-            records.append_jsonl(out / records.HISTORY, row)
-            records.save_checkpoint(out / records.LAST, {
-                "nets": nets.state(), "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                "rng": _rng_state(device), "epoch": epoch + 1, "best": best})
+            if group.main:
+                records.append_jsonl(out / records.HISTORY, row)
+                records.save_checkpoint(out / records.LAST, {
+                    "nets": nets.state(), "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                    "rng": _rng_state(device), "epoch": epoch + 1, "best": best})
             losses_txt = " ".join(f"{k} {v:.4f}" for k, v in row["train"].items())
             log(f"epoch {epoch + 1}/{epochs}: {losses_txt} | nat {100 * nat:.2f} rob {100 * rob:.2f} "
                 f"(best epoch {best['epoch']}) | {row['images_per_s']:.0f} img/s")
@@ -293,8 +346,31 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
     if until < epochs:
         log(f"{out}: stopped after epoch {until} of {epochs} (--stop-after-epoch); continue with --resume")
         return {"done": False, "epochs_trained": until, "epochs": epochs}
-    flagged = [r["epoch"] for r in records.read_jsonl(out / records.HISTORY) if "mask_flag" in r]
-    summary = {"best_epoch": best["epoch"], "best_score": best["score"], "epochs": epochs,
-               "selection": rule, "mask_flag_epochs": flagged, "seconds_this_session": time.time() - began}
-    records.write_json(out / records.DONE, summary)
+    summary = {"best_epoch": best["epoch"], "best_score": best["score"], "epochs": epochs, "selection": rule}
+    if group.main:
+        flagged = [r["epoch"] for r in records.read_jsonl(out / records.HISTORY) if "mask_flag" in r]
+        summary.update(mask_flag_epochs=flagged, seconds_this_session=time.time() - began)
+        records.write_json(out / records.DONE, summary)
     return summary
+
+
+def train_group(config: dict, out: Path, nproc: int, **options) -> dict:
+    """`train` as a group of `nproc` data-parallel processes on this host (`distributed.launch`).
+
+    Returns the summary rank 0 wrote (`done`), or {"done": False, ...} after `stop_after_epoch`.
+    """
+    if distributed.from_env().world > 1:
+        raise UsageError("--nproc starts its own group; under torchrun (WORLD_SIZE set) leave it out")
+    distributed.launch(_train_rank, (config, Path(out), options), nproc)
+    out = Path(out)
+    if (out / records.DONE).exists():
+        return records.read_json(out / records.DONE)
+    from cat_bench.costs import train_epochs
+
+    return {"done": False, "epochs_trained": len(records.read_jsonl(out / records.HISTORY)),
+            "epochs": math.ceil(train_epochs(config))}
+
+
+def _train_rank(config: dict, out: Path, options: dict) -> dict:
+    """One rank of `train_group` (a picklable entry point for the spawned processes); rank 0 logs to stderr."""
+    return train(config, out, log=lambda message: print(message, file=sys.stderr, flush=True), **options)

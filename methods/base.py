@@ -12,7 +12,9 @@ import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from cat_bench import distributed
 from cat_bench.attacks import PGD
+from cat_bench.distributed import Shard
 from cat_bench.lazy import nn, torch
 
 
@@ -126,10 +128,11 @@ class Method:
         self.hparams = hparams
         self.attack = attack
         self._autocast = autocast
+        self.shard: Shard | None = None  # data-parallel training: this rank's rows of the batch (set by the core)
         self._f_has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in f.modules())
 
     def autocast(self):
-        """bf16 autocast on CUDA (set by the core); a no-op context on CPU."""
+        """bf16 autocast when the run's precision is bf16 (set by the core); else a no-op context."""
         return self._autocast if self._autocast is not None else contextlib.nullcontext()
 
     def modules(self) -> dict[str, nn.Module]:
@@ -141,7 +144,7 @@ class Method:
         """The training PGD with this run's eps/step/steps/clip and a method's own loss and start."""
         return PGD(eps=self.attack.eps, alpha=self.attack.alpha, steps=self.attack.steps, loss=loss,
                    random_start=random_start, rs_scale=rs_scale, kappa=kappa, tau=tau, clip=self.attack.clip,
-                   clip_start=clip_start)
+                   clip_start=clip_start, shard=self.shard)
 
     def track_bn(self, x: torch.Tensor) -> None:
         """A gradient-free train-mode forward that only moves f's BatchNorm running statistics.
@@ -159,9 +162,16 @@ class Method:
         """One training step on a batch; returns detached scalar losses (no host sync)."""
         raise NotImplementedError
 
-    @staticmethod
-    def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    def step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         """Backpropagate `loss` and step one optimiser."""
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.apply(optimizer)
+
+    def apply(self, optimizer: torch.optim.Optimizer) -> None:
+        """Step one optimiser on its gradients; in data-parallel training, on the global batch's
+        (each rank's mean-loss gradient weighted by its share of the batch, summed over ranks)."""
+        if self.shard is not None:
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            distributed.sum_weighted(grads, self.shard.weight)
         optimizer.step()

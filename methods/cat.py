@@ -7,6 +7,8 @@ Codes/Train_CIFAR10.py, Codes/Train_CIFAR100.py).
 
 from __future__ import annotations
 
+import contextlib
+
 from cat_bench.attacks import kl_div
 from cat_bench.lazy import F, torch
 from cat_bench.methods.base import Hparam, Method, Protocol
@@ -53,6 +55,23 @@ def loss_g(logits_adv: torch.Tensor, logits_cal: torch.Tensor, y: torch.Tensor, 
     return kl + b * F.cross_entropy(logits_cal.float(), y)
 
 
+@contextlib.contextmanager
+def _bn_twice(net: torch.nn.Module):
+    """One train-mode forward of `net` that leaves its BatchNorm running statistics as two forwards
+    of the same batch do: momentum m twice is 1 - (1 - m)^2 once, and the batch count moves by 2."""
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and m.training and m.track_running_stats and m.momentum is not None]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 1 - (1 - m.momentum) ** 2
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.add_(1)
+
+
 def _cifar(epochs: int, milestones: tuple[int, ...], script: str) -> Protocol:
     return Protocol(
         batch_size=128, epochs=epochs, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
@@ -71,8 +90,12 @@ class CATcent(Method):
     x_cal = x + M delta (clipped to [0,1] unless the MNIST paper protocol). Eq. 13: f steps on L_f
     with M constant. Eq. 14: g steps on L_g computed with the just-updated f, whose weights are
     not stepped. Forwards run in Train_CIFAR10.py's order, which decides BatchNorm's running
-    statistics: PGD, its restart-bookkeeping forward, g, f(x_cal), f(x); g, f(x+delta),
-    f(x_cal'); a clean f(x) after both steps.
+    statistics: PGD, its restart-bookkeeping forward, g, f(x_cal), f(x); f(x+delta), f(x_cal');
+    a clean f(x) after both steps.
+
+    The code runs g(x+delta) twice, before f's step and again for g's, with the same weights and
+    input; here it runs once and its graph serves g's step (`_bn_twice` keeps g's BatchNorm
+    statistics as the two forwards leave them).
     """
 
     name = "cat-cent"
@@ -119,19 +142,17 @@ class CATcent(Method):
             x_adv = attack(self.f, x, y)
             self.track_bn(x_adv)
             delta = x_adv - x
+            mask = 1.0
             if use_mask:
-                with torch.no_grad():
+                with _bn_twice(self.g):
                     mask = self.g(x_adv)
-            else:
-                mask = 1.0
-            logits_cal = self.f(calibrate(x, delta, mask, clip))
+            logits_cal = self.f(calibrate(x, delta, mask.detach() if use_mask else mask, clip))
             logits_nat = self.f(x)
             lf = loss_f(logits_nat, logits_cal, y, h["beta"], weighted=h["ablation"] == "none")
         self.step(optimizers["f"], lf)
         losses = {"loss_f": lf.detach()}
         if use_mask:
             with self.autocast():
-                mask = self.g(x_adv)
                 with torch.no_grad():
                     logits_adv = self.f(x_adv)
                 lg = loss_g(logits_adv, self.f(calibrate(x, delta, mask, clip)), y, h["b"], h["g_kl_reduction"])
@@ -139,7 +160,7 @@ class CATcent(Method):
             grads = torch.autograd.grad(lg, g_params)
             for p, grad in zip(g_params, grads):
                 p.grad = grad
-            optimizers["g"].step()
+            self.apply(optimizers["g"])
             losses["loss_g"] = lg.detach()
             losses["mask_mean"] = mask.detach().float().mean()
             losses["mask_sq"] = mask.detach().float().square().mean()

@@ -117,6 +117,25 @@ def test_slurm_executor_through_submitit(tiny, tmp_path, cluster):
     assert state(tmp_path / "r", specs[0]) == "done"
 
 
+def test_a_suite_trains_each_run_as_one_group(tiny, tmp_path):
+    """`run --gpus-per-job 2` locally: each run trains as a two-process group (gloo on CPU), then is evaluated."""
+    spec = load_suite(str(tiny)).runs[1]
+    outcome = run_local(tmp_path / "r", [spec], device=resolve_device("cpu"), progress=False, log=lambda m: None,
+                        nproc=2)
+    assert outcome == {spec.name: "done"} and state(tmp_path / "r", spec) == "done"
+    assert [s["ranks"] for s in records.read_jsonl(run_dir(tmp_path / "r", spec) / records.SESSIONS)] == [2]
+
+
+def test_a_slurm_job_of_two_tasks_trains_one_group(tiny, tmp_path):
+    submitit = pytest.importorskip("submitit")
+    spec = load_suite(str(tiny)).runs[1]
+    executor = submitit.AutoExecutor(folder=tmp_path / "slurm" / "%j", cluster="local")
+    executor.update_parameters(timeout_min=10, tasks_per_node=2)
+    jobs = submit_slurm(tmp_path / "r", [spec], executor=executor)
+    assert sorted(jobs[0].results()) == ["done", "rank"]  # rank 0 trained and evaluated, rank 1 trained
+    assert [s["ranks"] for s in records.read_jsonl(run_dir(tmp_path / "r", spec) / records.SESSIONS)] == [2]
+
+
 def test_slurm_job_requeues_itself_on_preemption(tiny, tmp_path):
     submitit = pytest.importorskip("submitit")
     spec = load_suite(str(tiny)).runs[0]

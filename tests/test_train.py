@@ -147,12 +147,31 @@ def test_selection_on_a_validation_split(tmp_path, monkeypatch):
 @pytest.mark.parametrize("kwargs,needle", [
     (dict(eps=0.0), "0.0"), (dict(eps=1.5), "1.5"), (dict(method="pgd-at"), "pgd-at"),
     (dict(dataset="svhn"), "svhn"), (dict(arch="resnet50"), "resnet50"), (dict(select_on="train"), "train"),
+    (dict(precision="fp16"), "'fp16'; allowed: fp32, tf32, bf16"),
 ])
 def test_bad_configs_are_named(kwargs, needle):
     args = dict(method="at", dataset="mnist-mini", eps=0.3)
     args.update(kwargs)
     with pytest.raises(UsageError, match=needle):
         resolve_config(args.pop("method"), args.pop("dataset"), args.pop("eps"), **args)
+
+
+def test_precision_is_part_of_the_identity_and_changes_training(uninterrupted, tmp_path):
+    """fp32 (the official scripts') is the default and keeps the name runs had before precision was
+    recorded; bf16 is another run, trained under autocast (also on CPU)."""
+    fp32 = small_config()
+    assert fp32["precision"] == "fp32"
+    before = {k: v for k, v in fp32.items() if k != "precision"}  # an identity recorded before precision was
+    assert records.config_hash(before) == records.config_hash(fp32)
+    bf16 = small_config(precision="bf16")
+    assert records.run_name(bf16) != records.run_name(fp32)
+    train(bf16, tmp_path / "bf16", **QUIET)
+    assert records.read_identity(tmp_path / "bf16")["precision"] == "bf16"
+    loss = [r["train"]["loss_f"] for r in records.read_jsonl(tmp_path / "bf16" / records.HISTORY)]
+    assert loss != [r["train"]["loss_f"] for r in records.read_jsonl(uninterrupted / records.HISTORY)]
+    old = tmp_path / "old"  # a run directory from before: its identity has no precision key
+    records.write_json(old / records.CONFIG, {"identity": before})
+    assert records.read_identity(old) == fp32
 
 
 def test_cifar_path_on_synthetic_cifar_files(synthetic_cifar, tmp_path):

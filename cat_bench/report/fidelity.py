@@ -68,7 +68,7 @@ def fidelity_runs(runs: Sequence[RunRecord]) -> list[FidelityRun]:
     for run in runs:
         if LABEL not in run.spec.labels or not (run.path / records.HISTORY).is_file():
             continue
-        identity = records.read_json(run.path / records.CONFIG)["identity"]
+        identity = records.read_identity(run.path)
         history = records.read_jsonl(run.path / records.HISTORY)
         if not history:
             continue
