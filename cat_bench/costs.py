@@ -33,7 +33,7 @@ TEST_SIZE = {"mnist": 10000, "mnist-mini": 2000, "cifar10": 10000, "cifar100": 1
 F_PASSES = {"natural": lambda k: 1, "at": lambda k: k + 1 + 2 / 3, "trades": lambda k: k + 3 + 1 / 3,
             "fat": lambda k: k + 2 + 1 / 3, "mart": lambda k: k + 2, "cat-cent": lambda k: k + 4 + 1,
             "cat-cw": lambda k: k + 4 + 1}
-G_PASSES = 1 + 1 / 3  # CAT: g forward for f's step, forward+backward for g's own step
+G_PASSES = 1  # CAT: one g forward (f's step reuses it) and its backward for g's step
 QUERY_ATTACKS = {"square": 5000 / 3 / 2, "autoattack": (100 + 9 * 100 + 9 * 100 + 5000 / 3) / 2}
 
 

@@ -98,17 +98,12 @@ def _dies_in_epoch_2(config_, out, options):
     train(config_, out, **options)
 
 
-def test_a_killed_rank_stops_the_group_and_the_rerun_resumes(one_process, tmp_path, capsys):
+def test_a_killed_rank_stops_the_group_and_the_rerun_resumes(one_process, tmp_path):
     out = tmp_path / "killed"
     with pytest.raises(GroupFailed, match="rank 1 of 2 exited with code 9.*--resume"):
         distributed.launch(_dies_in_epoch_2, (config(), out, dict(progress=False)), 2)
     assert not (out / records.DONE).exists()
     assert [r["epoch"] for r in records.read_jsonl(out / records.HISTORY)] == [1]
-    argv = ["train", "--method", "cat-cent", "--dataset", "mnist-mini", "--eps", "0.3", "--out", str(out), "--resume",
-            "--nproc", "2", "--no-progress"]
-    with pytest.raises(UsageError, match="holds a different run"):  # the CLI resolves the unmodified protocol
-        from cat_bench.cli import _parser, _train
-        _train(_parser().parse_args(argv))
     train_group(config(), out, 2, resume=True, progress=False)
     assert max_diff(one_process, out) < TOL
     assert [s["start_epoch"] for s in records.read_jsonl(out / records.SESSIONS)] == [0, 1]
@@ -137,3 +132,26 @@ def test_shards_cover_the_batch_once():
         rows = torch.cat([s.take(torch.arange(n)) for s in shards])
         assert rows.tolist() == list(range(n))
         assert sum(s.weight for s in shards) == pytest.approx(1.0)
+
+
+def test_a_failed_group_exits_1_and_a_suite_marks_the_run_failed(tmp_path, monkeypatch, capsys):
+    import cat_bench.orchestrate as orchestrate
+    import cat_bench.train as train_module
+    from cat_bench.networks import resolve_device
+    from cat_bench.suite import load_suite
+
+    def killed(*args, **kwargs):
+        raise GroupFailed("training rank 1 of 2 exited with code 9 and the group stopped; rerun ... --resume")
+
+    monkeypatch.setattr(train_module, "train_group", killed)
+    argv = ["train", "--method", "at", "--dataset", "mnist-mini", "--eps", "0.3", "--nproc", "2", "--out",
+            str(tmp_path / "cli")]
+    assert main(argv) == 1
+    assert "rank 1 of 2 exited with code 9" in capsys.readouterr().err
+    monkeypatch.setattr(orchestrate, "train_group", killed)
+    spec = load_suite("smoke").runs[0]
+    outcome = orchestrate.run_local(tmp_path / "r", [spec], device=resolve_device("cpu"), progress=False,
+                                    log=lambda m: None, nproc=2)
+    assert outcome == {spec.name: "failed"}
+    failed = records.read_json(orchestrate.run_dir(tmp_path / "r", spec) / records.FAILED)
+    assert "rank 1 of 2" in failed["reason"] and "resumes" in failed["fix"]
