@@ -9,6 +9,7 @@ needed to continue, append-only history, the protocol's checkpoint selection, a 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -160,9 +161,10 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 def _rank_device(device: torch.device, group: Group, config: dict) -> torch.device:
     """A rank's device (cuda:LOCAL_RANK on CUDA); refuses what a group cannot train as one process would."""
-    if config["hparams"].get("g_kl_reduction") == "sum":
-        raise UsageError("g_kl_reduction=sum is a single-process option: its KL is a sum over the batch, not a "
-                         "mean, so ranks cannot share it by their batch fractions; train it without --nproc")
+    if get_method(config["method"]).reduction(config["hparams"]) == "mixed":
+        raise UsageError(f"this {config['method']} run is single-process only: its loss adds a sum over the batch "
+                         f"to a mean (CAT's g_kl_reduction=sum), which ranks cannot share by their batch "
+                         f"fractions; train it without --nproc / --gpus-per-job")
     if device.type != "cuda":
         return device
     if group.local_rank >= torch.cuda.device_count():
@@ -177,6 +179,24 @@ def _summed(losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in losses.items()}
     distributed.sum_weighted(list(out.values()), 1.0)
     return out
+
+
+def _accuracy(model, x, y, attack: PGD | None, batch_size: int, group: Group) -> float:
+    """The selection metric: accuracy on (x, y), clean or under `attack`, in batches of `batch_size`.
+
+    In a group each rank attacks its rows of every batch, the batch's random start drawn whole
+    (PGD's shard), and the counts are summed: the number one process gets, in 1/N of the time.
+    """
+    if group.world == 1:
+        return correct_under(model, x, y, attack, batch_size).sum().item() / len(y)
+    correct = torch.zeros((), dtype=torch.float64, device=x.device)
+    for i in range(0, len(y), batch_size):
+        rows = distributed.shard(len(y[i:i + batch_size]), group)
+        xb, yb = rows.take(x[i:i + batch_size]), rows.take(y[i:i + batch_size])
+        shard_attack = None if attack is None else dataclasses.replace(attack, shard=rows)
+        correct += correct_under(model, xb, yb, shard_attack, len(yb) or 1).sum()
+    distributed.sum_weighted([correct], 1.0)
+    return correct.item() / len(y)
 
 
 def _prepare_run_dir(out: Path, config: dict, resume: bool) -> dict | None:
@@ -300,8 +320,8 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
                     if device.type == "cuda":
                         x = x.contiguous(memory_format=torch.channels_last)
                     losses = method.update(x, y, optimizers, epoch + 1)
-                    if method.shard is not None:  # this rank's share of each batch mean, summed over ranks below
-                        losses = {k: v * method.shard.weight for k, v in losses.items()}
+                    if method.shard is not None:  # this rank's part of each batch's loss, summed over ranks below
+                        losses = {k: v * method.shard_weight() for k, v in losses.items()}
                     for k, v in losses.items():
                         sums[k] = sums.get(k, 0.0) + v
                     if "mask_mean" in losses and i % trace_every == 0:
@@ -317,8 +337,8 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
 
             nets.f.eval()
             with contextlib.nullcontext() if autocast is None else autocast:
-                nat = correct_under(nets.f, x_sel, y_sel, None, eval_batch).sum().item() / len(y_sel)
-                rob = correct_under(nets.f, x_sel, y_sel, select_attack, eval_batch).sum().item() / len(y_sel)
+                nat = _accuracy(nets.f, x_sel, y_sel, None, eval_batch, group)
+                rob = _accuracy(nets.f, x_sel, y_sel, select_attack, eval_batch, group)
             score = rob if rule == "rob" else nat + rob
             if rule == "final" or score > best["score"]:
                 best = {"epoch": epoch + 1, "score": score}

@@ -55,6 +55,10 @@ class AT(Method):
         ),
     }
 
+    @classmethod
+    def reduction(cls, hparams):
+        return hparams["loss_reduction"]  # "sum" on MNIST (mnist_challenge)
+
     def update(self, x, y, optimizers, epoch):
         with self.autocast():
             x_adv = self.pgd("ce", self.hparams["random_start"])(self.f, x, y)

@@ -170,8 +170,19 @@ class Method:
 
     def apply(self, optimizer: torch.optim.Optimizer) -> None:
         """Step one optimiser on its gradients; in data-parallel training, on the global batch's
-        (each rank's mean-loss gradient weighted by its share of the batch, summed over ranks)."""
+        (each rank's gradient times `shard_weight`, summed over ranks)."""
         if self.shard is not None:
             grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            distributed.sum_weighted(grads, self.shard.weight)
+            distributed.sum_weighted(grads, self.shard_weight())
         optimizer.step()
+
+    @classmethod
+    def reduction(cls, hparams: dict[str, Any]) -> str:
+        """How the losses this method steps on reduce over the batch: "mean" (every one, the default),
+        "sum" (every one) or "mixed" (a data-parallel group cannot share those)."""
+        return "mean"
+
+    def shard_weight(self) -> float:
+        """This rank's weight in the group's sums of gradients and recorded losses: its share of the
+        batch for mean losses, 1 for summed ones."""
+        return self.shard.weight if self.reduction(self.hparams) == "mean" else 1.0

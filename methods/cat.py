@@ -128,6 +128,10 @@ class CATcent(Method):
         ("cifar100", "*"): _cifar(120, (100, 110), "Train_CIFAR100.py"),
     }
 
+    @classmethod
+    def reduction(cls, hparams):
+        return "mixed" if hparams["g_kl_reduction"] == "sum" else "mean"  # "sum": Eq. 14's KL summed, its CE a mean
+
     def modules(self):
         if self.hparams["ablation"] == "A1":
             return {"f": self.f}
