@@ -6,6 +6,8 @@ and would not see gradients summed instead of averaged.
 """
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -116,6 +118,18 @@ def test_cli_nproc_trains_a_group(tmp_path, capsys):
     assert main(argv) == 0
     assert "done: selected epoch 1" in capsys.readouterr().out
     assert records.read_jsonl(out / records.SESSIONS)[0]["ranks"] == 2
+
+
+def test_torchrun_starts_the_same_group(tmp_path):
+    """torchrun sets RANK / WORLD_SIZE; `train` joins that group and only rank 0 speaks and writes."""
+    out = tmp_path / "torchrun"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "cat_bench.cli",
+                           "train", "--method", "at", "--dataset", "mnist-mini", "--eps", "0.3", "--epochs", "1",
+                           "--n-train", "60", "--select-n", "20", "--no-progress", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("done: selected epoch 1") == 1 and proc.stderr.count("run directory:") == 1
+    assert [s["ranks"] for s in records.read_jsonl(out / records.SESSIONS)] == [2]
 
 
 def test_what_a_group_cannot_train_like_one_process_is_refused(tmp_path):
