@@ -3,8 +3,9 @@
 The math is the single-process run's. Every rank holds the same state (weights, optimisers, RNG),
 reads the same global batch and keeps its rows (`Shard`); random starts are drawn for the whole
 global batch and sliced, so N ranks draw what one process draws; after each backward the
-gradients are summed across ranks, each weighted by its share of the batch (every loss is a mean
-over its rows), so the step is the global batch's. BatchNorm is synchronised (SyncBatchNorm,
+gradients are summed across ranks, each weighted by its share of the batch when the loss is a
+mean over rows and as it is when the loss is a sum (`Method.reduction`), so the step is the
+global batch's. BatchNorm is synchronised (SyncBatchNorm,
 CUDA only). Rank 0 writes every record.
 
 Why not DistributedDataParallel: its reducer expects each train-mode forward to be followed by a
@@ -47,7 +48,7 @@ class Shard:
 
     @property
     def weight(self) -> float:
-        """Its share of the batch: the weight of its (mean) loss's gradient in the global sum."""
+        """Its share of the batch: the weight of a mean loss's gradient in the global sum."""
         return self.n / self.n_global
 
     def take(self, batch: torch.Tensor) -> torch.Tensor:

@@ -21,9 +21,12 @@ PIXEL_PROTOCOLS = ("paper", "valid")
 
 
 # Numeric precision of training (part of a run's identity). "fp32": what every official script
-# does (plain fp32 on their GPUs; TF32 tensor-core math off, as on the V100-class GPUs of 2019-21);
-# "tf32": fp32 weights with TF32 matmuls and convolutions (CUDA, Ampere and later); "bf16": bf16
-# autocast of every forward (speed options, measured in the README). Evaluation always runs fp32.
+# does (CAT's Train_CIFAR10.py comments apex out; it and Rice et al.'s train_cifar.py declare
+# --half but never read it, and their Batches yield .float(); TRADES, MART and FAT have no half
+# precision; mnist_challenge is TensorFlow float32), with TF32 math off (it does not exist
+# before Ampere GPUs; torch lets cuDNN use it by default); "tf32": fp32 weights with TF32 matmuls
+# and convolutions (CUDA, Ampere and later); "bf16": bf16 autocast of every training forward.
+# tf32 and bf16 are speed options whose effect is measured only on a GPU. Evaluation runs in fp32.
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
