@@ -99,8 +99,11 @@ def free_port() -> int:
 
 
 def _entry(local_rank: int, world: int, port: int, fn, args) -> None:
+    """One spawned rank: its environment (as torchrun sets it), fn, then leave the group."""
     os.environ.update(RANK=str(local_rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if "OMP_NUM_THREADS" not in os.environ:  # ranks on one host share its cores (torchrun gives each 1 thread)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     try:
         fn(*args)
     finally:
