@@ -66,11 +66,12 @@ def random_init(x: torch.Tensor, kind: str, scale: float, shard: Shard | None = 
         return torch.zeros_like(x)
     if kind not in ("uniform", "gaussian"):
         raise ValueError(f"unknown random start {kind!r}; allowed: {', '.join(RANDOM_STARTS)}")
-    like = x
-    if shard is not None:
+    if shard is None:
+        like = torch.empty_like(x)
+    else:
         layout = torch.channels_last if x.dim() == 4 and not x.is_contiguous() else torch.contiguous_format
         like = torch.empty((shard.n_global, *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=layout)
-    noise = torch.empty_like(like).uniform_(-scale, scale) if kind == "uniform" else scale * torch.randn_like(like)
+    noise = like.uniform_(-scale, scale) if kind == "uniform" else scale * torch.randn_like(like)
     return noise if shard is None else shard.take(noise)
 
 

@@ -8,7 +8,7 @@ from cat_bench.data import dataset_info
 from cat_bench.errors import UsageError
 from cat_bench.lazy import torch
 from cat_bench.methods import get_method
-from cat_bench.models import build_classifier, build_mask_net
+from cat_bench.models import batchnorms, build_classifier, build_mask_net
 
 DEVICE_NAME = re.compile(r"cpu|cuda(:\d+)?")
 
@@ -68,8 +68,7 @@ class Networks:
     def sync_batchnorm(self) -> None:
         """Data-parallel training: every BatchNorm of f and g takes its statistics over the global batch
         (SyncBatchNorm, as one process's BatchNorm does); torch implements it on CUDA only."""
-        if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for n in self.all().values()
-                   for m in n.modules()):
+        if not any(batchnorms(net) for net in self.all().values()):
             return
         if next(self.f.parameters()).device.type != "cuda":
             raise UsageError("data-parallel training of a network with BatchNorm needs CUDA (torch's SyncBatchNorm); "

@@ -159,12 +159,16 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _rank_device(device: torch.device, group: Group, config: dict) -> torch.device:
-    """A rank's device (cuda:LOCAL_RANK on CUDA); refuses what a group cannot train as one process would."""
+def _check_shareable(config: dict) -> None:
+    """Refuse a run a group cannot train as one process would: a loss that adds a sum to a mean."""
     if get_method(config["method"]).reduction(config["hparams"]) == "mixed":
         raise UsageError(f"this {config['method']} run is single-process only: its loss adds a sum over the batch "
                          f"to a mean (CAT's g_kl_reduction=sum), which ranks cannot share by their batch "
                          f"fractions; train it without --nproc / --gpus-per-job")
+
+
+def _rank_device(device: torch.device, group: Group) -> torch.device:
+    """A rank's device: cuda:LOCAL_RANK on CUDA, else the device itself."""
     if device.type != "cuda":
         return device
     if group.local_rank >= torch.cuda.device_count():
@@ -237,7 +241,8 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
     group = group or distributed.from_env()
     device = resolve_device(device)
     if group.world > 1:
-        device = _rank_device(device, group, config)
+        _check_shareable(config)
+        device = _rank_device(device, group)
         distributed.init(group, device)
         if not group.main:
             progress, log = False, lambda message: None

@@ -16,6 +16,7 @@ from cat_bench import distributed
 from cat_bench.attacks import PGD
 from cat_bench.distributed import Shard
 from cat_bench.lazy import nn, torch
+from cat_bench.models import batchnorms
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ class Method:
         self.attack = attack
         self._autocast = autocast
         self.shard: Shard | None = None  # data-parallel training: this rank's rows of the batch (set by the core)
-        self._f_has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in f.modules())
+        self._f_has_bn = bool(batchnorms(f))
 
     def autocast(self):
         """bf16 autocast when the run's precision is bf16 (set by the core); else a no-op context."""

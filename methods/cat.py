@@ -12,6 +12,7 @@ import contextlib
 from cat_bench.attacks import kl_div
 from cat_bench.lazy import F, torch
 from cat_bench.methods.base import Hparam, Method, Protocol
+from cat_bench.models import batchnorms
 
 ABLATIONS = ("none", "A1", "A2")
 _CODE = "TienjinHuang/Calibrated-adversarial-training Codes/"
@@ -59,8 +60,7 @@ def loss_g(logits_adv: torch.Tensor, logits_cal: torch.Tensor, y: torch.Tensor, 
 def _bn_twice(net: torch.nn.Module):
     """One train-mode forward of `net` that leaves its BatchNorm running statistics as two forwards
     of the same batch do: momentum m twice is 1 - (1 - m)^2 once, and the batch count moves by 2."""
-    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-             and m.training and m.track_running_stats and m.momentum is not None]
+    norms = [m for m in batchnorms(net) if m.training and m.track_running_stats and m.momentum is not None]
     saved = [m.momentum for m in norms]
     for m in norms:
         m.momentum = 1 - (1 - m.momentum) ** 2

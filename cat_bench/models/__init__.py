@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING
 
 from cat_bench.errors import UsageError
 
+from cat_bench.lazy import torch
+
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["ARCHITECTURES", "MASK_FAMILIES", "build_classifier", "build_mask_net", "check_arch"]
+__all__ = ["ARCHITECTURES", "MASK_FAMILIES", "batchnorms", "build_classifier", "build_mask_net", "check_arch"]
 
 ARCHITECTURES: dict[str, str] = {
     "smallcnn": "MNIST small CNN: 4 convs (32,32,64,64) + 2 linears, no normalization (METHOD.md s.2)",
@@ -102,6 +104,11 @@ def build_classifier(
     if any(s <= 0 for s in std):
         raise UsageError(f"std {std!r} is not allowed; every value must be positive")
     return Classifier(net, Normalize(mean, std))
+
+
+def batchnorms(net: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers of ``net`` (their running statistics depend on every train-mode forward)."""
+    return [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
 
 def build_mask_net(family: str, in_channels: int) -> nn.Module:
