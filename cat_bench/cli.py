@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--stop-after-epoch", type=positive_int, metavar="K",
                    help="train at most up to epoch K this time (a compute budget, not part of the run's identity; "
                         "--resume continues)")
-    t.add_argument("--compile", action="store_true", help="torch.compile the classifier")
+    _budget_args(t)
+    _compile_arg(t)
     t.add_argument("--nproc", type=positive_int, default=1,
                    help="data-parallel processes for this one run (one per GPU on CUDA, gloo on CPU); the global "
                         "batch stays the protocol's (default 1; under torchrun, its WORLD_SIZE)")
@@ -92,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="print the plan (runs, done, GPU-hour estimate) and stop")
     r.add_argument("--stop-after-epoch", type=positive_int, metavar="K",
                    help="train each run at most up to epoch K this time (a compute budget; rerun to continue)")
+    _budget_args(r)
+    _compile_arg(r)
+    r.add_argument("--jobs-per-gpu", type=positive_int, default=1, metavar="K",
+                   help="local: K runs at once on each GPU (K worker processes per GPU, each run under its own "
+                        "lock; small networks leave a big GPU idle), or K worker processes on CPU (default 1)")
     r.add_argument("--gpu-tflops", type=float, help="sustained TFLOP/s assumed by the estimate (default 50)")
     r.add_argument("--executor", choices=("local", "slurm"), default="local",
                    help="local: here, one process per visible GPU; slurm: one job-array task per run (submitit)")
@@ -144,6 +150,33 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+def _budget_args(p: argparse.ArgumentParser) -> None:
+    """`--stop-after-minutes`, the wall-clock budget of train and run."""
+    p.add_argument("--stop-after-minutes", type=positive_float, metavar="M",
+                   help="a wall-clock budget: stop at the first epoch boundary after M minutes, with that epoch "
+                        "checkpointed (not part of any run's identity; the same command continues)")
+
+
+def _compile_arg(p: argparse.ArgumentParser) -> None:
+    from cat_bench.presets import COMPILE_MODES
+
+    p.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",
+                   help="torch.compile the classifier, in MODE: " + ", ".join(COMPILE_MODES)
+                        + " (default when the flag is given alone; reduce-overhead replays CUDA graphs, for "
+                          "launch-bound small networks); a speed option, not part of the run's identity")
+
+
 def _suite_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", required=True, help="smoke, mnist, cifar10-preact, cifar10-wrn, cifar100, paper, or a TOML file")
     p.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: ./results)")
@@ -163,6 +196,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _deadline(args) -> float | None:
+    """`--stop-after-minutes` as a time.time() value, counted from now."""
+    import time
+
+    return None if args.stop_after_minutes is None else time.time() + 60 * args.stop_after_minutes
+
+
 def _train(args) -> None:
     from cat_bench import records
     from cat_bench.train import resolve_config, train, train_group
@@ -173,7 +213,8 @@ def _train(args) -> None:
                             protocol=args.protocol, schedule=args.schedule, precision=args.precision)
     out = args.out or Path("runs") / records.run_name(config)
     options = dict(resume=args.resume, data_root=args.data_root, device=args.device, compile=args.compile,
-                   progress=not args.no_progress, stop_after_epoch=args.stop_after_epoch)
+                   progress=not args.no_progress, stop_after_epoch=args.stop_after_epoch,
+                   deadline=_deadline(args))
     main_rank = distributed.from_env().main  # False on the other ranks torchrun starts
     if main_rank:
         print(f"run directory: {out}", file=sys.stderr)
@@ -252,9 +293,8 @@ def _plan_table(args, specs, with_cost: bool):
 
 def _run(args) -> int:
     from cat_bench import records
-    from cat_bench.lazy import torch
     from cat_bench.networks import resolve_device
-    from cat_bench.orchestrate import run_local, run_parallel, state, submit_slurm
+    from cat_bench.orchestrate import run_local, run_parallel, state, submit_slurm, worker_devices
 
     suite, specs = _suite_specs(args)
     if args.dry_run:
@@ -277,20 +317,24 @@ def _run(args) -> int:
         print(f"submitted {len(jobs)} jobs ({len(specs) - len(todo)} runs already done); "
               f"logs in {args.results / 'slurm'}; follow with: cat-bench status --suite {args.suite}")
         return
+    if args.jobs_per_gpu > 1 and args.gpus_per_job > 1:
+        raise UsageError(f"--jobs-per-gpu {args.jobs_per_gpu} packs several runs on one GPU and --gpus-per-job "
+                         f"{args.gpus_per_job} spreads one run over several; give one of them")
     device = resolve_device(args.device)
-    if args.gpus_per_job == 1 and args.device is None and device.type == "cuda" and torch.cuda.device_count() > 1:
-        gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-        outcome = run_parallel(args.results, specs, gpus, data_root=args.data_root)
+    options = dict(stop_after_epoch=args.stop_after_epoch, deadline=_deadline(args), compile=args.compile)
+    workers = worker_devices(device, args.jobs_per_gpu) if args.gpus_per_job == 1 else [str(device)]
+    if len(workers) > 1:
+        outcome = run_parallel(args.results, specs, workers, data_root=args.data_root, **options)
     else:
         outcome = run_local(args.results, specs, device=device, data_root=args.data_root,
                             progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
-                            stop_after_epoch=args.stop_after_epoch, nproc=args.gpus_per_job)
+                            nproc=args.gpus_per_job, **options)
     trained = sum(v == "done" for v in outcome.values())
     stopped = sum(v == "stopped" for v in outcome.values())
     failed = [name for name, v in outcome.items() if v == "failed"]
     finished = len(specs) - stopped - len(failed) - sum(v == "busy" for v in outcome.values())
     print(f"{suite.name}: {finished} of {len(specs)} runs finished ({trained} this time)"
-          f"{f', {stopped} stopped at --stop-after-epoch' if stopped else ''}"
+          f"{f', {stopped} stopped by the budget (rerun to continue)' if stopped else ''}"
           f"{f', {len(failed)} FAILED' if failed else ''} in {args.results / 'runs'}; "
           f"table: cat-bench results --suite {args.suite} --results {args.results}")
     for name in failed:

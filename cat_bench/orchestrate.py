@@ -10,6 +10,7 @@ directory share the work: a process skips runs another holds, then waits for the
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from cat_bench.suite import RunSpec
 from cat_bench.train import train, train_group
 
 RUNS = "runs"
+OUTCOME_RANK = ("done", "failed", "stopped", "skipped", "busy")  # what a run's outcome is when workers differ
 
 
 def run_dir(results: Path, spec: RunSpec) -> Path:
@@ -59,11 +61,19 @@ def _lock(results: Path, spec: RunSpec) -> FileLock:
     return FileLock(path)
 
 
+def _failed_since(out: Path, since: float) -> bool:
+    """Whether the run's failed.json was written at or after `since`."""
+    path = out / records.FAILED
+    return path.exists() and records.read_json(path).get("time", 0) >= since
+
+
 def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=None, progress: bool = True,
             log: Callable[[str], None] = print, wait: bool = False, stop_after_epoch: int | None = None,
-            nproc: int = 1) -> str:
+            deadline: float | None = None, compile: str | None = None, nproc: int = 1) -> str:
     """Train and evaluate one run under its lock; returns 'done', 'skipped' (already done), 'busy',
-    'stopped' (trained up to `stop_after_epoch`, a compute budget; not evaluated yet) or 'failed'.
+    'stopped' (a compute budget ended it: trained up to `stop_after_epoch`, or `deadline` (a
+    `time.time()` value) passed; not evaluated yet) or 'failed'. Past the deadline a run is
+    neither started nor evaluated; the next call continues it.
 
     `nproc` > 1 trains the run as one data-parallel group of that many processes on this host
     (`train_group`); evaluation then runs here. Under a group already set up (a multi-task Slurm
@@ -81,17 +91,23 @@ def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=Non
             log(f"run {spec.name} is held by another process (lock {lock.lock_file}); coming back to it")
             return "busy"
         log(f"waiting for run {spec.name}: another process holds it (lock {lock.lock_file})")
+        waited_from = time.time()
         lock.acquire(timeout=-1)
+        if _failed_since(run_dir(results, spec), waited_from):  # the holder just failed it: not retried here
+            lock.release()
+            return "failed"
     out = run_dir(results, spec)
     try:
         (out / records.FAILED).unlink(missing_ok=True)
         if state(results, spec) == "done":
             return "skipped"
+        if deadline is not None and time.time() >= deadline:
+            return "stopped"
         options = dict(resume=True, data_root=data_root, device=device, progress=progress,
-                       stop_after_epoch=stop_after_epoch)
+                       stop_after_epoch=stop_after_epoch, deadline=deadline, compile=compile)
         summary = (train_group(spec.config, out, nproc, **options) if nproc > 1
                    else train(spec.config, out, log=log, **options))
-        if not summary.get("done", True):
+        if not summary.get("done", True) or (deadline is not None and time.time() >= deadline):
             return "stopped"
         evaluate(out, ",".join(spec.attacks), n_examples=spec.n_examples, data_root=data_root, device=device,
                  progress=progress, log=log)
@@ -109,41 +125,63 @@ def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=Non
 
 def run_local(results: Path, specs: Sequence[RunSpec], *, device: torch.device, data_root=None,
               progress: bool = True, log: Callable[[str], None] = print,
-              stop_after_epoch: int | None = None, nproc: int = 1) -> dict[str, str]:
+              stop_after_epoch: int | None = None, deadline: float | None = None, compile: str | None = None,
+              nproc: int = 1) -> dict[str, str]:
     """Run jobs one after another (each on `nproc` data-parallel processes); runs held by another
-    process are waited for last."""
+    process are waited for last, unless the deadline has passed."""
     outcome: dict[str, str] = {}
     with progress_bar(len(specs), "suite runs", enabled=progress) as advance:
         for wait in (False, True):
             for spec in specs:
                 if outcome.get(spec.name) in ("done", "skipped", "stopped", "failed"):
                     continue
+                if wait and deadline is not None and time.time() >= deadline:
+                    continue  # another process holds it; waiting would outlast the budget
                 log(f"run {spec.name} ({spec.config['method']}, {', '.join(spec.labels) or 'no label'})")
                 outcome[spec.name] = run_job(results, spec, device=device, data_root=data_root, progress=progress,
-                                             log=log, wait=wait, stop_after_epoch=stop_after_epoch, nproc=nproc)
+                                             log=log, wait=wait, stop_after_epoch=stop_after_epoch,
+                                             deadline=deadline, compile=compile, nproc=nproc)
                 if outcome[spec.name] != "busy":
                     advance()
     return outcome
 
 
-def _worker(results: Path, specs: Sequence[RunSpec], device: str, data_root) -> dict[str, str]:
-    """One process per GPU: the same loop as `run_local`; the locks share the work out."""
+def worker_devices(device: torch.device, jobs_per_gpu: int) -> list[str]:
+    """The devices of a suite's worker processes: `jobs_per_gpu` per visible GPU (only `device` when it
+    names one, e.g. cuda:1), or that many CPU workers on CPU."""
+    if device.type == "cuda" and device.index is None:
+        gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    else:
+        gpus = [str(device)]
+    return [dev for dev in gpus for _ in range(jobs_per_gpu)]
+
+
+def _worker(results: Path, specs: Sequence[RunSpec], device: str, label: str, threads: int, data_root,
+            options: dict) -> dict[str, str]:
+    """One worker process: the same loop as `run_local` on its device; the locks share the work out."""
+    if "OMP_NUM_THREADS" not in os.environ:  # workers on one host share its cores
+        torch.set_num_threads(threads)
     return run_local(results, specs, device=torch.device(device), data_root=data_root, progress=False,
-                     log=lambda m: print(f"[{device}] {m}", file=sys.stderr, flush=True))
+                     log=lambda m: print(f"[{label}] {m}", file=sys.stderr, flush=True), **options)
 
 
-def run_parallel(results: Path, specs: Sequence[RunSpec], devices: Sequence[str], *, data_root=None) -> dict[str, str]:
-    """One worker process per visible GPU, all walking the job list (rotated) under the per-run locks."""
+def run_parallel(results: Path, specs: Sequence[RunSpec], devices: Sequence[str], *, data_root=None,
+                 **options) -> dict[str, str]:
+    """One worker process per entry of `devices` (a GPU named K times packs K runs on it), all walking
+    the job list (rotated) under the per-run locks; each run is trained by exactly one of them.
+    `options`: run_local's budget and speed options (stop_after_epoch, deadline, compile)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // len(devices))
     with ctx.Pool(len(devices)) as pool:
-        parts = [pool.apply_async(_worker, (results, list(specs[i:]) + list(specs[:i]), dev, data_root))
+        parts = [pool.apply_async(_worker, (results, list(specs[i:]) + list(specs[:i]), dev, f"{dev} #{i}",
+                                            threads, data_root, options))
                  for i, dev in enumerate(devices)]
         outcome: dict[str, str] = {}
         for part in parts:
             for name, result in part.get().items():
-                if outcome.get(name) not in ("done",):
+                if name not in outcome or OUTCOME_RANK.index(result) < OUTCOME_RANK.index(outcome[name]):
                     outcome[name] = result
     return outcome
 

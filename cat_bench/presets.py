@@ -29,6 +29,12 @@ PIXEL_PROTOCOLS = ("paper", "valid")
 # tf32 and bf16 are speed options whose effect is measured only on a GPU. Evaluation runs in fp32.
 PRECISIONS = ("fp32", "tf32", "bf16")
 
+# torch.compile modes for f (`--compile MODE`, a speed option outside the run's identity):
+# "default" (inductor kernels), "reduce-overhead" (the same, replayed as CUDA graphs: the launch-bound
+# steps of small networks such as SmallCNN at batch 100 stop waiting on kernel launches),
+# "max-autotune" (also searches GEMM/convolution configurations and uses CUDA graphs).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
 
 def clips(family: str, protocol: str) -> bool:
     """Whether selection and evaluation attacks keep x + delta in [0,1] under `protocol`."""

@@ -178,6 +178,14 @@ def _rank_device(device: torch.device, group: Group) -> torch.device:
     return torch.device("cuda", group.local_rank)
 
 
+def _out_of_time(deadline: float, group: Group, device: torch.device) -> bool:
+    """Whether the wall-clock budget is spent; in a group rank 0's clock decides for every rank."""
+    late = torch.tensor(float(time.time() >= deadline), device=device)
+    if group.world > 1:
+        torch.distributed.broadcast(late, src=0)
+    return bool(late.item())
+
+
 def _summed(losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Each rank's weighted losses summed over the group: the global batch's means."""
     out = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in losses.items()}
@@ -217,8 +225,8 @@ def _prepare_run_dir(out: Path, config: dict, resume: bool) -> dict | None:
 
 
 def train(config: dict, out: Path, *, resume: bool = False, data_root=None, device: torch.device | str | None = None,
-          compile: bool = False, progress: bool = True, log=print, stop_after_epoch: int | None = None,
-          trace_every: int = 10, group: Group | None = None) -> dict:
+          compile: str | None = None, progress: bool = True, log=print, stop_after_epoch: int | None = None,
+          deadline: float | None = None, trace_every: int = 10, group: Group | None = None) -> dict:
     """Train a resolved config into `out`; returns the `done` summary. Resumes from checkpoints/last.pt.
 
     `group`: this process's rank in a data-parallel group (default: the one RANK/WORLD_SIZE
@@ -228,6 +236,10 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
 
     `stop_after_epoch`: a compute budget, not part of the run's identity: training stops once that
     epoch is checkpointed, writes no `done` and returns {"done": False, ...}; `--resume` continues.
+    `deadline` (a `time.time()` value; `--stop-after-minutes`): a wall-clock budget of the same
+    kind: training stops at the first epoch boundary after it, with that epoch checkpointed.
+    `compile`: None (eager) or a torch.compile mode for f (COMPILE_MODES; "reduce-overhead"
+    replays CUDA graphs, for launch-bound small networks).
     `trace_every`: CAT's mask (mean, std over its pixels) and losses go to trace.jsonl on the first
     batch of each epoch and every `trace_every` batches after it.
     """
@@ -265,7 +277,7 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
     if group.world > 1:
         nets.sync_batchnorm()
     autocast = precision_context(config["precision"], device)
-    f_run = torch.compile(nets.f) if compile else nets.f
+    f_run = nets.f if compile is None else torch.compile(nets.f, mode=compile)
     method = get_method(config["method"])(f_run, nets.g, config["hparams"], TrainAttack(**config["train_attack"]),
                                           autocast)
     trained = method.modules()
@@ -306,6 +318,7 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
                                                       "ranks": group.world})
     began = time.time()
     until = epochs if stop_after_epoch is None else max(start, min(epochs, stop_after_epoch))
+    budget = "--stop-after-epoch"
     with progress_bar(until - start, f"{out.name} epochs", enabled=progress) as next_epoch:
         for epoch in range(start, until):
             t0 = time.time()
@@ -367,9 +380,12 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
             log(f"epoch {epoch + 1}/{epochs}: {losses_txt} | nat {100 * nat:.2f} rob {100 * rob:.2f} "
                 f"(best epoch {best['epoch']}) | {row['images_per_s']:.0f} img/s")
             next_epoch()
+            if deadline is not None and epoch + 1 < until and _out_of_time(deadline, group, device):
+                until, budget = epoch + 1, "--stop-after-minutes"
+                break
 
     if until < epochs:
-        log(f"{out}: stopped after epoch {until} of {epochs} (--stop-after-epoch); continue with --resume")
+        log(f"{out}: stopped after epoch {until} of {epochs} ({budget}); continue with --resume")
         return {"done": False, "epochs_trained": until, "epochs": epochs}
     summary = {"best_epoch": best["epoch"], "best_score": best["score"], "epochs": epochs, "selection": rule}
     if group.main:
