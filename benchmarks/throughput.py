@@ -14,17 +14,24 @@ files; see the README).
 
 For each row: images/s, the ratio to the eager loop (or to torchattacks), model FLOPs per image
 counted by `torch.utils.flop_counter` (convolutions and matmuls, forward and backward) and the
-achieved GFLOP/s as a fraction of the machine's peak. The peak is measured, not quoted: the best
-of five dense 2048 x 2048 matmuls in the same dtype on the same device (the rate the convolutions'
-GEMMs can reach at most here). On CUDA the training rows are repeated in bf16 and with
-torch.compile.
+achieved GFLOP/s as a fraction of the machine's peak, and on CUDA the peak memory of the row. The
+peak is measured, not quoted: the best of five dense square matmuls in the same dtype on the same
+device (the rate the convolutions' GEMMs can reach at most here). On CUDA the training rows are
+repeated for every variant (`--variants`): fp32, tf32 and bf16, eager, torch.compile'd and
+replayed as CUDA graphs (torch.compile's reduce-overhead mode). `--record FILE` writes the rows as
+JSON; `cat-bench run --dry-run --throughput FILE` then prices a suite at the measured rate.
+
+    python benchmarks/throughput.py --dataset cifar10 --synthetic --arch wrn-34-10 --device cuda \
+        --variants fp32 bf16 bf16+graphs --record results/gpu/throughput-wrn.json
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from cat_bench.attacks import PGD, kl_div
 from cat_bench.data import dataset_info, load_split
 from cat_bench.evaluate import correct_under, default_batch_size
-from cat_bench.methods import TrainAttack, get_method
+from cat_bench.methods import TrainAttack, default_arch, get_method
 from cat_bench.networks import Networks, precision_context, resolve_device
 from cat_bench.presets import eval_attack
 from cat_bench.train import resolve_config
@@ -64,8 +71,10 @@ def flop_counter() -> FlopCounterMode:
     return counter
 
 
-def peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
-    """The best of five dense n x n matmuls in `dtype` on `device`, in GFLOP/s."""
+def peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int | None = None) -> float:
+    """The best of five dense n x n matmuls in `dtype` on `device`, in GFLOP/s (n: 8192 on CUDA, where
+    smaller products leave a large GPU's units idle; 2048 on CPU)."""
+    n = n or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
@@ -138,12 +147,12 @@ EAGER = {"at": eager_at_step, "cat-cent": eager_cat_step}
 
 # --- measurement ---------------------------------------------------------------------------------------
 
-def _setup(method, dataset, eps, device, precision, compile):
-    config = resolve_config(method, dataset, eps, schedule="uniform", precision=precision)
+def _setup(method, dataset, arch, eps, device, precision, compile):
+    config = resolve_config(method, dataset, eps, arch=arch, schedule="uniform", precision=precision)
     torch.manual_seed(0)
     nets = Networks(config, device)
     autocast = precision_context(precision, device)
-    f = torch.compile(nets.f) if compile else nets.f
+    f = torch.compile(nets.f, mode=compile) if compile else nets.f
     m = get_method(method)(f, nets.g, config["hparams"], TrainAttack(**config["train_attack"]), autocast)
     opts = {k: torch.optim.SGD(v.parameters(), lr=0.01, momentum=0.9) for k, v in m.modules().items()}
     return config, nets, m, opts
@@ -159,17 +168,20 @@ def _time_steps(step, batches, device):
     return time.perf_counter() - t0
 
 
-def train_rows(method, dataset, eps, x, y, device, batches, precision="fp32", compile=False, eager=True):
-    """(images/s, FLOPs per image) of cat-bench's step, and of the eager reference when `eager`."""
-    config, nets, m, opts = _setup(method, dataset, eps, device, precision, compile)
+def train_rows(method, dataset, arch, eps, x, y, device, batches, precision="fp32", compile=None, eager=True):
+    """(images/s, FLOPs per image) of cat-bench's step, and of the eager reference when `eager`.
+    `compile`: None (eager) or a torch.compile mode (reduce-overhead: CUDA graphs)."""
+    config, nets, m, opts = _setup(method, dataset, arch, eps, device, precision, compile)
     bs = config["schedule"]["batch_size"]
     xs = [x[i * bs:(i + 1) * bs].to(device).float().div(255) for i in range(batches + 1)]
     ys = [y[i * bs:(i + 1) * bs].to(device) for i in range(batches + 1)]
     if device.type == "cuda":
         xs = [xb.contiguous(memory_format=torch.channels_last) for xb in xs]
-    with flop_counter() as counter:
-        m.update(xs[0], ys[0], opts, 1)
-    ours_flops = counter.get_total_flops() / bs
+    if compile is None:  # a compiled step's kernels are not aten ops the counter sees: count the eager step
+        with flop_counter() as counter:
+            m.update(xs[0], ys[0], opts, 1)
+        train_rows.flops[(method, arch)] = counter.get_total_flops() / bs
+    ours_flops = train_rows.flops[(method, arch)]
     ours = batches * bs / _time_steps(lambda i: m.update(xs[i], ys[i], opts, 1), batches, device)
     rows = {"cat-bench": (ours, ours_flops)}
     if eager and method in EAGER:
@@ -187,10 +199,13 @@ def train_rows(method, dataset, eps, x, y, device, batches, precision="fp32", co
     return rows
 
 
-def eval_rows(dataset, x, y, device, batch_size):
+train_rows.flops = {}  # (method, arch): FLOPs per image of cat-bench's eager step
+
+
+def eval_rows(dataset, arch, x, y, device, batch_size):
     """(images/s, FLOPs per image) of cat-bench's PGD-20 evaluation and of torchattacks' PGD, when installed."""
     info = dataset_info(dataset)
-    config = resolve_config("natural", dataset, info.test_eps)
+    config = resolve_config("natural", dataset, info.test_eps, arch=arch)
     torch.manual_seed(0)
     f = Networks(config, device).f.eval()
     p = eval_attack(info.family, "pgd20", info.test_eps)
@@ -223,16 +238,33 @@ def eval_rows(dataset, x, y, device, batch_size):
     return rows, (ours_acc, correct / len(ys))
 
 
+VARIANTS = {"fp32": ("fp32", None), "tf32": ("tf32", None), "bf16": ("bf16", None),
+            "fp32+compile": ("fp32", "default"), "bf16+compile": ("bf16", "default"),
+            "fp32+graphs": ("fp32", "reduce-overhead"), "bf16+graphs": ("bf16", "reduce-overhead")}
+CPU_VARIANTS = ("fp32",)
+
+
+def _peak_memory_gb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="mnist-mini", help="mnist-mini (default), mnist, cifar10, cifar100")
+    ap.add_argument("--arch", help="network (default: the uniform protocol's for the dataset)")
     ap.add_argument("--synthetic", action="store_true", help="random images of the dataset's shape (no files)")
     ap.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     ap.add_argument("--batches", type=int, default=10, help="timed training batches per row (after one warm-up)")
     ap.add_argument("--eval-n", type=int, default=1000, help="test images in the PGD-20 rows")
+    ap.add_argument("--variants", nargs="+", choices=tuple(VARIANTS),
+                    help="precision[+compile|+graphs] rows of the training steps (default: fp32 on CPU; every "
+                         "variant on CUDA)")
+    ap.add_argument("--record", type=Path, help="also write the rows as JSON (cat-bench run --dry-run --throughput)")
     args = ap.parse_args()
     device = resolve_device(args.device)
     info = dataset_info(args.dataset)
+    arch = args.arch or default_arch("cat-cent", info.family, "uniform")
+    variants = args.variants or (tuple(VARIANTS) if device.type == "cuda" else CPU_VARIANTS)
     if args.synthetic:
         gen = torch.Generator().manual_seed(0)
         x = torch.randint(0, 256, (4096, *info.shape), dtype=torch.uint8, generator=gen)
@@ -242,44 +274,73 @@ def main() -> None:
     eps = info.test_eps
     peak = {"fp32": peak_gflops(device)}
     if device.type == "cuda":
+        peak["tf32"] = _tf32_peak(device)
         peak["bf16"] = peak_gflops(device, torch.bfloat16)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads, dataset "
-          f"{args.dataset}{' (synthetic)' if args.synthetic else ''}, eps {eps:.4f}, uniform protocol (CAT's), "
-          f"{args.batches} timed batches per row; peak (measured dense matmul): "
+          f"{args.dataset}{' (synthetic)' if args.synthetic else ''}, {arch}, eps {eps:.4f}, uniform protocol "
+          f"(CAT's), {args.batches} timed batches per row; peak (measured dense matmul): "
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
-    print("\n| what | images/s | vs reference | GFLOP / image | GFLOP/s | of peak |\n|---|---|---|---|---|---|")
+    print("\n| what | images/s | vs reference | GFLOP / image | GFLOP/s | of peak | peak memory |"
+          "\n|---|---|---|---|---|---|---|")
+    record = {"device": name, "torch": torch.__version__, "dataset": args.dataset, "arch": arch,
+              "synthetic": args.synthetic, "peak_gflops": peak, "rows": []}
 
-    def show(label, rate, flops, ref, precision="fp32"):
+    def show(label, rate, flops, ref, precision="fp32", **key):
         ratio = f"{rate / ref:.2f}x" if ref else "reference"
+        memory = _peak_memory_gb(device)
         print(f"| {label} | {rate:.1f} | {ratio} | {flops / 1e9:.3f} | {rate * flops / 1e9:.1f} | "
-              f"{rate * flops / 1e9 / peak[precision]:.0%} |")
+              f"{rate * flops / 1e9 / peak[precision]:.0%} | {'-' if memory is None else f'{memory:.1f} GB'} |")
+        record["rows"].append({"what": label, "images_per_s": rate, "ratio": rate / ref if ref else None,
+                               "flops_per_image": flops, "fraction_of_peak": rate * flops / 1e9 / peak[precision],
+                               "peak_memory_gb": memory, "precision": precision, **key})
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
 
-    variants = [("fp32", False)] + ([("bf16", False), ("bf16", True)] if device.type == "cuda" else [])
-    natural = train_rows("natural", args.dataset, eps, x, y, device, args.batches, eager=False)["cat-bench"]
-    show("train natural, cat-bench", *natural, None)
+    natural = train_rows("natural", args.dataset, arch, eps, x, y, device, args.batches, eager=False)["cat-bench"]
+    show("train natural, cat-bench", *natural, None, method="natural", compile=None)
     for method in ("at", "cat-cent"):
-        for precision, compiled in variants:
-            rows = train_rows(method, args.dataset, eps, x, y, device, args.batches, precision, compiled,
-                              eager=(precision, compiled) == ("fp32", False))
+        ref = fp32 = None
+        for variant in variants:
+            precision, compiled = VARIANTS[variant]
+            rows = train_rows(method, args.dataset, arch, eps, x, y, device, args.batches, precision, compiled,
+                              eager=ref is None)
             if "authors-style eager" in rows:
                 ref = rows["authors-style eager"][0]
-                show(f"train {method}, authors-style eager loop (fp32)", *rows["authors-style eager"], None)
+                show(f"train {method}, authors-style eager loop (fp32)", *rows["authors-style eager"], None,
+                     method=method, compile=None, reference=True)
+            if variant == "fp32":
                 fp32 = rows["cat-bench"][0]
-            tag = precision + (" + torch.compile" if compiled else "")
-            show(f"train {method}, cat-bench ({tag})", *rows["cat-bench"], ref, precision)
-        print(f"| {method} / natural training time per image (cat-bench, fp32) | | {natural[0] / fp32:.1f}x | | | |")
-    rows, accs = eval_rows(args.dataset, x[: args.eval_n], y[: args.eval_n], device, default_batch_size(device))
+            show(f"train {method}, cat-bench ({variant})", *rows["cat-bench"], ref, precision, method=method,
+                 compile=compiled)
+        if fp32:
+            print(f"| {method} / natural training time per image (cat-bench, fp32) | | {natural[0] / fp32:.1f}x "
+                  f"| | | | |")
+    rows, accs = eval_rows(args.dataset, arch, x[: args.eval_n], y[: args.eval_n], device,
+                           default_batch_size(device))
     ours = rows.pop("cat-bench")
     other = next(iter(rows.items()), None)
     if other is not None:
-        show(f"eval PGD-20, {other[0]}", *other[1], None)
-    show("eval PGD-20, cat-bench", *ours, other[1][0] if other else None)
+        show(f"eval PGD-20, {other[0]}", *other[1], None, method="eval")
+    show("eval PGD-20, cat-bench", *ours, other[1][0] if other else None, method="eval", compile=None)
     if accs is not None:
         print(f"\nPGD-20 accuracy of the untrained net, same {args.eval_n} images: cat-bench {accs[0]:.4f}, "
               f"torchattacks {accs[1]:.4f}")
     elif other is None:
-        print("\ntorchattacks is not installed here: the evaluation comparison is skipped (README: Benchmarks)")
+        print("\ntorchattacks is not installed here: the evaluation comparison is skipped (docs/speed.md)")
+    if args.record is not None:
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        args.record.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _tf32_peak(device: torch.device) -> float:
+    """The dense-matmul peak with TF32 math on (fp32 tensors)."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        return peak_gflops(device)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 if __name__ == "__main__":

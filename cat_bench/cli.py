@@ -98,7 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--jobs-per-gpu", type=positive_int, default=1, metavar="K",
                    help="local: K runs at once on each GPU (K worker processes per GPU, each run under its own "
                         "lock; small networks leave a big GPU idle), or K worker processes on CPU (default 1)")
-    r.add_argument("--gpu-tflops", type=float, help="sustained TFLOP/s assumed by the estimate (default 50)")
+    r.add_argument("--gpu-tflops", type=positive_float, help="sustained TFLOP/s assumed by the estimate (default 50)")
+    r.add_argument("--throughput", nargs="+", type=Path, default=[], metavar="FILE",
+                   help="benchmarks/throughput.py --record files: --dry-run prices each network they measured at "
+                        "its measured rate")
     r.add_argument("--executor", choices=("local", "slurm"), default="local",
                    help="local: here, one process per visible GPU; slurm: one job-array task per run (submitit)")
     r.add_argument("--partition", help="Slurm partition")
@@ -144,6 +147,13 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--verify-n", type=int, default=100, help="test points for --verify's benchmark (default 100)")
     sb.add_argument("--batch-size", type=int, help="--verify's batch size (default: 500 on CUDA, 100 on CPU)")
     _common(sb)
+
+    dr = sub.add_parser("doctor", help="self-check every device-specific branch on one device; exit 1 on a failure")
+    dr.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    dr.add_argument("--only", nargs="+", metavar="TEXT", help="run the checks whose name contains TEXT")
+    dr.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON to FILE")
+    dr.add_argument("--keep", type=Path, metavar="DIR",
+                    help="work in DIR (an empty or new folder) and keep what the checks wrote there")
 
     li = sub.add_parser("list", help="list methods, datasets, attacks or architectures")
     li.add_argument("what", choices=LISTABLE, help="what to list")
@@ -260,6 +270,20 @@ def _progress(results: Path, spec) -> dict:
     return {"epochs": f"{len(history)}/{total}", "eta": eta}
 
 
+def _measured_rates(paths: list[Path]) -> dict[str, float]:
+    """Sustained TFLOP/s per network from benchmark records (`--throughput`); a bad file is a UsageError."""
+    from cat_bench.costs import measured_tflops
+
+    rates: dict[str, float] = {}
+    for path in paths:
+        try:
+            rates.update(measured_tflops(path))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UsageError(f"--throughput {path}: not a benchmarks/throughput.py --record file "
+                             f"({type(err).__name__}: {err})") from None
+    return rates
+
+
 def _plan_table(args, specs, with_cost: bool):
     import pandas as pd
 
@@ -268,6 +292,9 @@ def _plan_table(args, specs, with_cost: bool):
 
     from cat_bench.presets import format_eps
 
+    if with_cost:
+        measured = _measured_rates(args.throughput)
+        assumed = args.gpu_tflops or DEFAULT_TFLOPS
     # the hyperparameters that tell apart runs of one method in this list
     values: dict[tuple[str, str], set] = {}
     for spec in specs:
@@ -286,9 +313,24 @@ def _plan_table(args, specs, with_cost: bool):
         if with_cost:
             row["protocol"] = f"{c['protocol']}/{c['schedule']['name']}"
             row["epochs"] = train_epochs(c)
-            row["gpu_hours"] = run_gpu_hours(c, spec.attacks, spec.n_examples, args.gpu_tflops or DEFAULT_TFLOPS)
+            tflops = measured.get(c["arch"])
+            row["basis"] = "measured" if tflops else "assumed"
+            row["gpu_hours"] = run_gpu_hours(c, spec.attacks, spec.n_examples, tflops or assumed)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _pricing(args, table) -> str:
+    """How the dry run's GPU-hours were priced: measured rates (which networks) and/or the assumption."""
+    parts = []
+    measured = _measured_rates(args.throughput)
+    if (table.basis == "measured").any():
+        rates = ", ".join(f"{arch} {measured[arch]:.3g}" for arch in sorted(set(table.arch[table.basis == "measured"])))
+        parts.append(f"measured sustained TFLOP/s ({rates}; {', '.join(map(str, args.throughput))})")
+    if (table.basis == "assumed").any():
+        parts.append(f"FLOP estimate at an assumed {args.gpu_tflops or 50:g} sustained TFLOP/s for "
+                     f"{', '.join(sorted(set(table.arch[table.basis == 'assumed'])))}")
+    return "; ".join(parts)
 
 
 def _run(args) -> int:
@@ -307,7 +349,7 @@ def _run(args) -> int:
         todo = table[table.state != "done"]
         print(f"{suite.name}: {len(table)} runs, {int((table.state == 'done').sum())} done; "
               f"estimated {todo.gpu_hours.sum():.1f} GPU-hours left ({table.gpu_hours.sum():.1f} in all; "
-              f"assumes {args.gpu_tflops or 50:g} sustained TFLOP/s, see cat_bench/costs.py)")
+              f"{_pricing(args, table)}; see cat_bench/costs.py)")
         return
     if args.executor == "slurm":
         todo = [s for s in specs if state(args.results, s) != "done"]
@@ -424,6 +466,36 @@ def _submit(args) -> None:
           f"{info['dataset']}.py (with the upload's gdrive_id)")
 
 
+def _doctor(args) -> int:
+    import dataclasses
+    import json
+
+    from cat_bench.networks import resolve_device
+
+    if args.keep is not None and args.keep.exists() and (not args.keep.is_dir() or any(args.keep.iterdir())):
+        raise UsageError(f"--keep {args.keep} is not an empty folder; give a new or empty one")
+    device = resolve_device(args.device)
+    from cat_bench.doctor import checks, run_checks, table
+
+    names = [name for name, _ in checks()]
+    unknown = [o for o in args.only or [] if not any(o in name for name in names)]
+    if unknown:
+        raise UsageError(f"--only {' '.join(unknown)} matches no check; checks: {', '.join(names)}")
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    results = run_checks(device, args.only, log=lambda m: print(m, file=sys.stderr, flush=True), work=args.keep)
+    print(table(results), end="")
+    failed = [r.check for r in results if r.status == "FAIL"]
+    if args.json is not None:
+        from cat_bench import records
+
+        records.write_json(args.json, {"device": str(device), "provenance": records.provenance(device),
+                                       "results": [dataclasses.asdict(r) for r in results]})
+    print(f"doctor on {device}: {len(results) - len(failed)} of {len(results)} checks passed or skipped"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
 def _list(args) -> None:
     if args.what == "methods":
         from cat_bench.methods import METHODS, protocol_for
@@ -463,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         code = {"train": _train, "eval": _eval, "run": _run, "status": _status, "results": _results,
-                "report": _report, "submit": _submit, "list": _list}[args.command](args)
+                "report": _report, "submit": _submit, "doctor": _doctor, "list": _list}[args.command](args)
     except UsageError as err:
         print(f"cat-bench: error: {err}", file=sys.stderr)
         return 2

@@ -9,13 +9,17 @@ Where the numbers come from:
   training-set size are each method's protocol (`max_steps` counted).
 - Evaluation passes follow the attack presets (METHOD.md s4); AutoAttack and Square are
   estimated as if half the test set survives to the query-heavy sub-attacks.
-- The sustained throughput is an assumption, 50 TFLOP/s by default (`--gpu-tflops`): replace it by
-  what `benchmarks/throughput.py` measures on your GPU.
+- The sustained throughput is an assumption, 50 TFLOP/s by default (`--gpu-tflops`), unless a
+  record of `benchmarks/throughput.py --record` is given (`--throughput FILE`): then each network
+  it measured is priced at its measured rate (cat-bench's fp32 AT and CAT training steps: images/s
+  times the step's counted FLOPs per image), and the others at the assumption.
 """
 
 from __future__ import annotations
 
+import json
 from functools import cache
+from pathlib import Path
 
 from cat_bench.data import dataset_info
 from cat_bench.lazy import torch
@@ -86,3 +90,13 @@ def run_gpu_hours(config: dict, attacks, n_examples: int | None, tflops: float =
         passes = QUERY_ATTACKS.get(name, p.steps + 1 / 3)
         flops += n_eval * passes * fb
     return flops / (tflops * 1e12) / 3600
+
+
+def measured_tflops(record_path: Path) -> dict[str, float]:
+    """Sustained TFLOP/s per network from a `benchmarks/throughput.py --record` file: the mean over its
+    fp32, uncompiled cat-bench training rows of AT and CAT (images/s x counted FLOPs per image)."""
+    record = json.loads(Path(record_path).read_text())
+    rates = [r["images_per_s"] * r["flops_per_image"] / 1e12 for r in record["rows"]
+             if r.get("method") in ("at", "cat-cent") and r.get("precision") == "fp32" and r.get("compile") is None
+             and not r.get("reference")]
+    return {record["arch"]: sum(rates) / len(rates)} if rates else {}

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# One GPU hour: check that everything works on the GPU, measure its speed, then spend the rest of the
+# hour on the paper's MNIST table, in steps of less than 9 minutes that survive the slot ending.
+#
+#   bash scripts/gpu_hour.sh OUT_DIR start      # install offline, doctor, then benchmarks and the mnist
+#                                               # suite detached (returns after the doctor)
+#   bash scripts/gpu_hour.sh OUT_DIR collect    # wait up to COLLECT_MINUTES (8) for the detached work,
+#                                               # pack the records into OUT_DIR, write OUT_DIR/next.sh
+#   bash scripts/gpu_hour.sh OUT_DIR tiny       # every step in the foreground on the CPU, tiny (CI)
+#
+# Before (here, with a package index): bash scripts/fetch_wheels.sh  (fills wheelhouse/), and copy
+# genuine MNIST into data-cache/MNIST/raw. Carry wheelhouse/ and data-cache/ with the working tree.
+# Settings (environment): SUITE (mnist), ONLY (seed=0: one seed per row first), JOBS_PER_GPU (4),
+# SUITE_MINUTES (40: the suite's wall-clock budget; rerun `start` or next.sh to continue),
+# CAT_BENCH_DATA (data-cache), RUNS (gpu-runs: the suite's results, kept between calls).
+# OUT_DIR gets at most five files: doctor.md, doctor.json, throughput.md, records.tar.gz, next.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: scripts/gpu_hour.sh OUT_DIR start|collect|tiny}
+step=${2:-start}
+suite=${SUITE:-mnist}
+only=${ONLY:-seed=0}
+jobs=${JOBS_PER_GPU:-4}
+minutes=${SUITE_MINUTES:-40}
+runs=${RUNS:-gpu-runs}
+data=${CAT_BENCH_DATA:-data-cache}
+site=${SITE:-/tmp/cat-bench-site}
+mkdir -p "$out" "$runs"
+log() { echo "[gpu_hour $(date +%H:%M:%S)] $*" >&2; }
+
+install() {  # (a) offline: the wheels and cat-bench itself into $site, first on PYTHONPATH
+  if [ ! -d wheelhouse ]; then
+    log "no wheelhouse/: run scripts/fetch_wheels.sh where a package index is reachable"; return 1
+  fi
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" wheelhouse/*.whl
+  PYTHONPATH="$site" python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
+    --upgrade --target "$site" .
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+  python3 -c "import submitit, cat_bench.methods, cat_bench.robustbench_compat; print('installed offline:', cat_bench.__file__)"
+}
+
+doctor() {  # (b)
+  python3 -m cat_bench.cli doctor --json "$out/doctor.json" "$@" > "$out/doctor.md"
+}
+
+benchmarks() {  # (c) cat-bench against the authors-style eager loop, every precision and compile mode
+  : > "$out/throughput.md"
+  for arch in "$@"; do
+    python3 benchmarks/throughput.py --dataset "${BENCH_DATASET:-cifar10}" --synthetic --arch "$arch" ${BENCH_ARGS:-} \
+      --record "$runs/throughput-$arch.json" >> "$out/throughput.md"
+  done
+}
+
+suite_run() {  # (d) the suite, packed K runs per GPU, under the wall-clock budget
+  local records=()
+  for f in "$runs"/throughput-*.json; do [ -e "$f" ] && records+=("$f"); done
+  python3 -m cat_bench.cli run --suite "$suite" --only $only --results "$runs" --data-root "$data" --dry-run \
+    ${records:+--throughput "${records[@]}"} > "$runs/plan.txt"
+  python3 -m cat_bench.cli run --suite "$suite" --only $only --results "$runs" --data-root "$data" \
+    --jobs-per-gpu "$jobs" --stop-after-minutes "$minutes" --no-progress "$@" || true
+}
+
+collect() {  # (e) pack the records (never checkpoints) and write the commands for the next hour
+  tar czf "$out/records.tar.gz" --exclude='*.pt' --exclude='*.lock' --exclude='checkpoints' "$runs"
+  python3 -m cat_bench.cli status --suite "$suite" --only $only --results "$runs" > "$runs/status.txt" || true
+  {
+    echo "# What remains of suite $suite ($only) after this hour; run where the records are:"
+    echo "tar xzf records.tar.gz   # the records; checkpoints stay on the GPU machine"
+    if grep -qE ' (partial|todo|failed) ' "$runs/status.txt"; then
+      echo "SUITE=$suite ONLY='$only' SUITE_MINUTES=$minutes bash scripts/gpu_hour.sh OUT_DIR start"
+      echo "# or directly: cat-bench run --suite $suite --only $only --results $runs --jobs-per-gpu $jobs" \
+           "--stop-after-minutes $minutes"
+    else
+      echo "# every run of this selection is done; next: ONLY='seed=1 seed=2' (the other seeds), then the CIFAR suites"
+    fi
+    cat "$runs/status.txt" | sed 's/^/# /'
+  } > "$out/next.sh"
+  log "packed into $out: $(ls "$out" | tr '\n' ' ')"
+}
+
+case "$step" in
+  start)
+    install
+    doctor || log "the doctor reports failures (doctor.md); the hour goes on"
+    log "doctor: $(tail -1 "$out/doctor.md")"
+    rm -f "$runs/.finished"
+    export PYTHONPATH SUITE="$suite" ONLY="$only" JOBS_PER_GPU="$jobs" SUITE_MINUTES="$minutes" RUNS="$runs" \
+      CAT_BENCH_DATA="$data"
+    setsid nohup bash "$0" "$out" background > "$runs/background.log" 2>&1 < /dev/null &
+    log "benchmarks and suite started detached (log $runs/background.log); collect with: $0 $out collect"
+    ;;
+  background)  # started by `start`, in a session of its own so it outlives the call
+    benchmarks preact-resnet18 wrn-34-10
+    suite_run
+    touch "$runs/.finished"
+    ;;
+  collect)
+    waited=0
+    while [ ! -e "$runs/.finished" ] && [ "$waited" -lt "$((60 * ${COLLECT_MINUTES:-8}))" ]; do
+      sleep 15; waited=$((waited + 15))
+    done
+    [ -e "$runs/.finished" ] && log "the detached work has finished" || log "still running: collecting what is there"
+    collect
+    ;;
+  tiny)  # CI: every step on the CPU with synthetic data, one epoch, K=2, a one-minute budget
+    install
+    doctor --device cpu
+    log "doctor: $(tail -1 "$out/doctor.md")"
+    BENCH_DATASET=mnist-mini BENCH_ARGS="--device cpu --batches 1 --eval-n 20 --variants fp32" benchmarks smallcnn
+    suite=smoke only=seed=0 jobs=2 minutes=1 suite_run --device cpu
+    collect
+    tar tzf "$out/records.tar.gz" | grep -q 'history.jsonl' || { log "no training records were packed"; exit 1; }
+    ;;
+  *)
+    echo "usage: scripts/gpu_hour.sh OUT_DIR start|collect|tiny" >&2; exit 2 ;;
+esac
