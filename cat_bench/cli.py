@@ -510,6 +510,7 @@ def _list(args) -> None:
                     step = f"step {p.attack_step:.4g}" if p.attack_step is not None else f"step eps*{p.attack_step_ratio:.4g}"
                     print(f"    {dataset}/{arch}: {p.epochs} epochs, batch {p.batch_size}, {p.optimizer} lr {p.lr:g} "
                           f"wd {p.weight_decay:g}, lr /10 after epochs {list(p.milestones)}"
+                          f"{' (moved in proportion by --epochs)' if p.milestones_follow_epochs else ''}"
                           f"{' (per iteration)' if p.lr_per_iteration else ''}"
                           f"{f', max {p.max_steps} steps' if p.max_steps else ''}, PGD-{p.attack_steps} {step}, "
                           f"selection {p.selection}, augment {p.augment}, normalise {p.normalize}"

@@ -69,10 +69,12 @@ def resolve_config(method: str, dataset: str, eps: float, *, arch: str | None = 
     proto = protocol_for(method, dataset, arch, schedule)
     sched = {"name": schedule, **proto.as_dict()}
     for key in ("source", "hparams", "attack_steps", "attack_step", "attack_step_ratio", "eps_decimals",
-                "selection", "select_at_train_eps"):
+                "selection", "select_at_train_eps", "milestones_follow_epochs"):
         sched.pop(key)
     sched["train_skip"] = proto.train_skip if dataset == "mnist" else 0  # the script's own dataset only
     if epochs is not None:
+        if proto.milestones_follow_epochs and epochs != proto.epochs:
+            sched["milestones"] = [m * epochs / proto.epochs for m in proto.milestones]
         sched["epochs"] = epochs
     if batch_size is not None:
         sched["batch_size"] = batch_size

@@ -16,10 +16,11 @@ _RICE = "locuslab/robust_overfitting "
 def _rice(script: str, augment: str, note: str) -> Protocol:
     return Protocol(
         batch_size=128, epochs=200, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
-        milestones=(100, 150), lr_per_iteration=True, attack_steps=10, attack_step=2 / 255,
+        milestones=(100, 150), lr_per_iteration=True, milestones_follow_epochs=True, attack_steps=10,
+        attack_step=2 / 255,
         selection="rob", select_at_train_eps=True, augment=augment,
         source=f"{_RICE}{script}: SGD 0.1 momentum 0.9 wd 5e-4, batch 128, 200 epochs, piecewise "
-               f"lr_schedule(epoch + (i+1)/n): /10 at 100, /100 at 150; PGD-10 step 2/255 from U(-eps, eps) "
+               f"lr_schedule(epoch + (i+1)/n): /10 at half the epochs (100), /100 at three quarters (150); PGD-10 step 2/255 from U(-eps, eps) "
                f"(train mode); {note}; keeps the best PGD-10 robust test accuracy (at the training eps)",
     )
 

@@ -42,7 +42,9 @@ class Protocol:
 
     `milestones`: lr is divided by 10 once that many epochs are complete (torch's MultiStepLR);
     with `lr_per_iteration` the lr is set before every batch from t = epoch + (i+1)/n instead
-    (Rice et al.'s piecewise schedule). `max_steps` ends training after that many optimiser steps
+    (Rice et al.'s piecewise schedule). `milestones_follow_epochs`: the script places its drops at
+    fractions of its `--epochs` (Rice et al.'s `t / args.epochs < 0.5`), so a run with other epochs
+    moves them in proportion; otherwise they stay at the script's fixed epochs. `max_steps` ends training after that many optimiser steps
     (Madry et al.'s 100k). `eps_decimals`: the script writes eps and step as decimals (TRADES'
     0.031 and 0.007 for 8/255), so the train attack uses round(eps, d) and round(step, d).
     `selection`: the epoch kept, "nat+rob" (best natural + robust test accuracy, CAT), "rob" (best
@@ -65,6 +67,7 @@ class Protocol:
     momentum: float = 0.9
     weight_decay: float = 0.0
     lr_per_iteration: bool = False
+    milestones_follow_epochs: bool = False
     max_steps: int | None = None
     eps_decimals: int | None = None
     select_at_train_eps: bool = False

@@ -113,3 +113,23 @@ def test_stop_after_epoch_is_a_budget_and_the_mask_is_traced(tmp_path):
         if name == records.DONE:
             a, b = {k: v for k, v in a.items() if "seconds" not in k}, {k: v for k, v in b.items() if "seconds" not in k}
         assert a == b
+
+
+def test_rice_schedule_scales_with_epochs_as_train_cifar_does_and_fixed_schedules_do_not():
+    """train_cifar.py's piecewise schedule: lr_max while t / epochs < 0.5, /10 while < 0.75, then /100,
+    t = epoch + (i+1)/n; other scripts drop at fixed epochs (TRADES) whatever --epochs says."""
+    from cat_bench.methods.base import lr_at
+    from cat_bench.train import resolve_config
+
+    def official(t, epochs, lr_max=0.1):
+        return lr_max if t / epochs < 0.5 else lr_max / 10 if t / epochs < 0.75 else lr_max / 100
+
+    for epochs in (200, 100, 30, 7):
+        schedule = resolve_config("at", "cifar10", 8 / 255, epochs=epochs)["schedule"]
+        n = 13
+        for epoch in range(epochs):
+            for i in range(n):
+                assert lr_at(schedule, epoch, i, n) == pytest.approx(official(epoch + (i + 1) / n, epochs), rel=1e-12)
+    assert resolve_config("at", "cifar10", 8 / 255)["schedule"]["milestones"] == [100, 150]  # identity unchanged
+    fixed = resolve_config("trades", "cifar10", 8 / 255)["schedule"]["milestones"]
+    assert resolve_config("trades", "cifar10", 8 / 255, epochs=30)["schedule"]["milestones"] == fixed
