@@ -516,6 +516,12 @@ def _list(args) -> None:
                           f"selection {p.selection}, augment {p.augment}, normalise {p.normalize}"
                           f"{', ' + ', '.join(f'{k}={v:g}' for k, v in p.hparams.items()) if p.hparams else ''}"
                           f"  [{p.source}]")
+                    family = "mnist" if dataset == "mnist" else "cifar"
+                    if family in cls.SCRIPT_NETWORK and arch == cls.DEFAULT_ARCH[family]:
+                        print(f"        network: {arch}, the paper's; the script itself builds {cls.SCRIPT_NETWORK[family]}")
+        from cat_bench.presets import EVALUATION_NOTE
+        for family, note in EVALUATION_NOTE.items():
+            print(f"evaluation, {family}: {note}")
     elif args.what == "datasets":
         from cat_bench.data import DATASETS
         for name, info in DATASETS.items():

@@ -122,6 +122,9 @@ class Method:
     HPARAMS: ClassVar[dict[str, Hparam]] = {}
     PROTOCOLS: ClassVar[dict[tuple[str, str], Protocol]] = {}
     DEFAULT_ARCH: ClassVar[dict[str, str]] = {"mnist": "smallcnn", "cifar": "preact-resnet18"}
+    # The network the official script itself builds, per family, where cat-bench trains another one
+    # (the paper's) with the script's settings: said in `list methods` and under the report's tables.
+    SCRIPT_NETWORK: ClassVar[dict[str, str]] = {}
     uses_mask_net: ClassVar[bool] = False
     clips_on_mnist: ClassVar[bool] = True  # the official MNIST script keeps inputs in [0,1]
 

@@ -28,6 +28,7 @@ class FAT(Method):
     """
 
     name = "fat"
+    SCRIPT_NETWORK = {"cifar": "WRN-34-10 (FAT_for_TRADES.py's default network)"}
     HPARAMS = {
         "beta": Hparam(6.0, 1.0, "FAT_for_TRADES.py --beta 6.0 (no MNIST script; TRADES' MNIST 1.0)"),
         "tau_epoch1": Hparam(30, 30, "FAT_for_TRADES.py adjust_tau: tau 0 up to epoch 30"),

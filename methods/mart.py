@@ -44,6 +44,7 @@ class MART(Method):
     """MART: CE attack from x + 0.001 N(0,1) (not projected), model in eval mode, then the MART loss."""
 
     name = "mart"
+    SCRIPT_NETWORK = {"cifar": "a standard ResNet-18 (train_resnet.py; WRN-34-10 in train_wideresnet.py)"}
     HPARAMS = {
         "beta": Hparam(6.0, 6.0, "train_wideresnet.py --beta 6.0 (train_resnet.py: 5.0, set by its protocol); "
                                  "no MNIST script"),

@@ -44,6 +44,7 @@ class TRADES(Method):
 
     name = "trades"
     DEFAULT_ARCH = {"mnist": "trades-smallcnn", "cifar": "preact-resnet18"}
+    SCRIPT_NETWORK = {"cifar": "WRN-34-10 (train_trades_cifar10.py: WideResNet())"}
     HPARAMS = {
         "beta": Hparam(6.0, 1.0, "train_trades_cifar10.py --beta 6.0; train_trades_mnist.py --beta 1.0"),
     }

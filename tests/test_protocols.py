@@ -133,3 +133,23 @@ def test_rice_schedule_scales_with_epochs_as_train_cifar_does_and_fixed_schedule
     assert resolve_config("at", "cifar10", 8 / 255)["schedule"]["milestones"] == [100, 150]  # identity unchanged
     fixed = resolve_config("trades", "cifar10", 8 / 255)["schedule"]["milestones"]
     assert resolve_config("trades", "cifar10", 8 / 255, epochs=30)["schedule"]["milestones"] == fixed
+
+
+def test_mnist_rows_share_one_harness_the_baselines_train_with_their_scripts_clip():
+    """Under the paper protocol every MNIST run is selected (and evaluated, presets.clips) without the
+    [0,1] clip, as CAT's Train_MNIST.py tests; AT and TRADES still train clipped as their scripts do."""
+    for method, trains_clipped in (("at", True), ("trades", True), ("cat-cw", False)):
+        paper = resolve_config(method, "mnist", 0.3)
+        assert paper["train_attack"]["clip"] is trains_clipped
+        assert paper["selection"]["attack"]["clip"] is False
+        valid = resolve_config(method, "mnist", 0.3, protocol="valid")
+        assert valid["train_attack"]["clip"] is True and valid["selection"]["attack"]["clip"] is True
+
+
+def test_list_methods_says_where_the_network_is_the_papers_and_how_each_family_is_evaluated(capsys):
+    from cat_bench.cli import main
+
+    assert main(["list", "methods"]) == 0
+    out = capsys.readouterr().out
+    assert "the script itself builds WRN-34-10" in out and "the script itself builds a standard ResNet-18" in out
+    assert "evaluation, mnist: every method selected and evaluated as Train_MNIST.py tests: no [0,1] clip" in out
