@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--gpu-tflops", type=positive_float, help="sustained TFLOP/s assumed by the estimate (default 50)")
     r.add_argument("--throughput", nargs="+", type=Path, default=[], metavar="FILE",
                    help="benchmarks/throughput.py --record files: --dry-run prices each network they measured at "
-                        "its measured rate")
+                        "its measured rate (default: RESULTS/throughput-*.json, where scripts/gpu_hour.sh puts them)")
     r.add_argument("--executor", choices=("local", "slurm"), default="local",
                    help="local: here, one process per visible GPU; slurm: one job-array task per run (submitit)")
     r.add_argument("--partition", help="Slurm partition")
@@ -293,6 +293,7 @@ def _plan_table(args, specs, with_cost: bool):
     from cat_bench.presets import format_eps
 
     if with_cost:
+        args.throughput = args.throughput or sorted(args.results.glob("throughput-*.json"))
         measured = _measured_rates(args.throughput)
         assumed = args.gpu_tflops or DEFAULT_TFLOPS
     # the hyperparameters that tell apart runs of one method in this list

@@ -52,10 +52,8 @@ benchmarks() {  # (c) cat-bench against the authors-style eager loop, every prec
 }
 
 suite_run() {  # (d) the suite, packed K runs per GPU, under the wall-clock budget
-  local records=()
-  for f in "$runs"/throughput-*.json; do [ -e "$f" ] && records+=("$f"); done
   python3 -m cat_bench.cli run --suite "$suite" --only $only --results "$runs" --data-root "$data" --dry-run \
-    ${records:+--throughput "${records[@]}"} > "$runs/plan.txt"
+    > "$runs/plan.txt"  # priced with the benchmark records in $runs (throughput-*.json) where they exist
   python3 -m cat_bench.cli run --suite "$suite" --only $only --results "$runs" --data-root "$data" \
     --jobs-per-gpu "$jobs" --stop-after-minutes "$minutes" --no-progress "$@" || true
 }

@@ -92,3 +92,16 @@ def test_budget_and_compile_mode_are_checked_by_the_parser(tmp_path):
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 2 and value in err, err
         assert not (tmp_path / "x").exists()
+
+
+def test_dry_run_prices_with_a_measured_record_and_says_which(tiny, tmp_path):
+    record = {"arch": "smallcnn", "rows": [
+        {"method": "at", "precision": "fp32", "compile": None, "images_per_s": 1000.0, "flops_per_image": 1e9},
+        {"method": "at", "precision": "fp32", "compile": None, "images_per_s": 10.0, "flops_per_image": 1e9,
+         "reference": True},
+    ]}
+    out = finish("run", "--suite", tiny, "--results", tmp_path, "--dry-run")
+    assert "FLOP estimate at an assumed 50 sustained TFLOP/s for madry-cnn, smallcnn;" in out
+    (tmp_path / "throughput-smallcnn.json").write_text(json.dumps(record))
+    out = finish("run", "--suite", tiny, "--results", tmp_path, "--dry-run")
+    assert "measured sustained TFLOP/s (smallcnn 1;" in out and "assumed 50 sustained TFLOP/s for madry-cnn;" in out
