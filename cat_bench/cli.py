@@ -406,7 +406,9 @@ def _results(args) -> None:
         raise UsageError(f"no finished runs of suite {args.suite!r} under {args.results}; "
                          f"run: cat-bench run --suite {args.suite} --results {args.results}")
     table = df if args.per_seed else summarize(df)
-    print(format_table(table if args.wide or args.per_seed else concise(table), args.format), end="")
+    if not (args.wide or args.per_seed):
+        table = concise(table, numeric=args.format != "markdown")
+    print(format_table(table, args.format), end="")
     if df["n_examples"].nunique() == 1 and df["test_eps"].nunique() == 1:
         print(f"every row: evaluated on {df['n_examples'].iloc[0]} test examples at eps "
               f"{format_eps(df['test_eps'].iloc[0])} (each run's eval.json)", file=sys.stderr)

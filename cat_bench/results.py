@@ -116,10 +116,11 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(keys, kind="mergesort", na_position="last").reset_index(drop=True)
 
 
-def concise(summary: pd.DataFrame) -> pd.DataFrame:
+def concise(summary: pd.DataFrame, numeric: bool = False) -> pd.DataFrame:
     """The table a reader wants first: `method`, the config columns that differ between rows, the
     hyperparameters that differ between rows of one method, `seeds`, and each metric as "mean" (one
-    seed) or "mean ± std" (several), in percent with two decimals; flag totals when there are any."""
+    seed) or "mean ± std" (several), in percent with two decimals; flag totals when there are any.
+    `numeric` (CSV and JSON, read by programs): each metric as numbers, `<m>` the mean and `<m>_std`."""
     config = [c for c in summary.columns if c in CONFIG_COLUMNS]
     hparams = [c for c in summary.columns if c.startswith(HP_PREFIX)]
     varying = ["method"] + [c for c in config if c != "method" and summary[c].astype(str).nunique() > 1]
@@ -127,12 +128,15 @@ def concise(summary: pd.DataFrame) -> pd.DataFrame:
     varying += [c for c in hparams if (summary.groupby("method")[c].nunique() > 1).any()]
     metrics = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")]
     out = summary[varying].copy()
-    if "eps" in out:
+    if "eps" in out and not numeric:
         out["eps"] = out["eps"].map(format_eps)
     out.columns = [c[len(HP_PREFIX):] if c.startswith(HP_PREFIX) else c for c in out.columns]
     out["seeds"] = summary["n_seeds"]
     for m in metrics:
         mean, std = summary[f"{m}_mean"], summary[f"{m}_std"]
+        if numeric:
+            out[m], out[f"{m}_std"] = mean, std
+            continue
         out[m] = [("—" if pd.isna(a) else f"{a:.2f}" if n == 1 or pd.isna(b) else f"{a:.2f} ± {b:.2f}")
                   for a, b, n in zip(mean, std, summary["n_seeds"])]
     for c in ("n_examples", "test_eps"):  # which evaluation each row shows, when the rows differ
@@ -150,6 +154,8 @@ def format_table(df: pd.DataFrame, fmt: str) -> str:
     if fmt == "csv":
         return df.to_csv(index=False, float_format=FLOAT_FORMAT)
     if fmt == "markdown":
+        if "eps" in df and pd.api.types.is_numeric_dtype(df["eps"]):  # eps printed one way in every table
+            df = df.assign(eps=df["eps"].map(format_eps))
         text_columns = [i for i, (_, col) in enumerate(df.items()) if not pd.api.types.is_numeric_dtype(col)]  # "80.00" stays
         return df.to_markdown(index=False, floatfmt=FLOAT_FORMAT[1:], disable_numparse=text_columns) + "\n"
     if fmt == "json":

@@ -144,6 +144,9 @@ def _locate(entry: str, base: Path) -> Path:
     shipped = f"shipped suites: {', '.join(SUITES)}"
     if entry in SUITES:
         return SUITES_DIR / f"{entry}.toml"
+    if (base / entry).is_dir():
+        raise UsageError(f"--suite {entry!r} is a folder; give a suite file (NAME.toml), or a shipped suite: "
+                         f"{', '.join(SUITES)}")
     if entry.endswith(".toml") or "/" in entry or "\\" in entry:
         path = (base / entry).resolve()
         if not path.is_file():

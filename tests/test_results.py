@@ -139,3 +139,19 @@ def test_concise_table_says_which_evaluation_when_rows_differ(summary):
     mixed.loc[0, "n_examples"], mixed.loc[0, "test_eps"] = "500", "0.2"
     table = concise(mixed)
     assert list(table["n_examples"]) == ["500", "50", "50"] and list(table["test_eps"]) == ["0.2", "0.3", "0.3"]
+
+
+def test_csv_and_json_are_numeric_and_markdown_prints_eps_one_way(capsys):
+    """Programs read numbers (mean and std columns); people read "mean ± std"; eps reads 0.1 or 8/255 everywhere."""
+    import json
+    from pathlib import Path
+
+    from cat_bench.cli import main
+
+    results = Path(__file__).resolve().parents[1] / "results" / "smoke"
+    assert main(["results", "--suite", "smoke", "--results", str(results), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert all(isinstance(r["natural"], float) and "natural_std" in r for r in rows)
+    assert main(["results", "--suite", "smoke", "--results", str(results), "--per-seed"]) == 0
+    table = capsys.readouterr().out
+    assert "| 0.1   |" in table and "0.1000" not in table

@@ -316,3 +316,16 @@ def test_include_cycle_and_unknown_suites(tmp_path):
     for name in ("nope", str(tmp_path / "missing.toml")):
         with pytest.raises(UsageError, match="smoke"):
             load_suite(name)
+
+
+def test_a_suite_given_as_a_folder_or_with_a_toml_syntax_error_is_named(tmp_path, monkeypatch):
+    from cat_bench.errors import UsageError
+    from cat_bench.suite import load_suite
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grid").mkdir()
+    with pytest.raises(UsageError, match=r"--suite 'grid' is a folder; give a suite file"):
+        load_suite("grid")
+    (tmp_path / "bad.toml").write_text('description = "x"\n[defaults\nseeds = [0]\n')
+    with pytest.raises(UsageError, match=r"bad.toml: not a valid TOML file: .*line 2"):
+        load_suite("bad.toml")
