@@ -154,8 +154,9 @@ def format_table(df: pd.DataFrame, fmt: str) -> str:
     if fmt == "csv":
         return df.to_csv(index=False, float_format=FLOAT_FORMAT)
     if fmt == "markdown":
-        if "eps" in df and pd.api.types.is_numeric_dtype(df["eps"]):  # eps printed one way in every table
-            df = df.assign(eps=df["eps"].map(format_eps))
+        for c in ("eps", "test_eps"):  # eps printed one way in every table: 0.3, 8/255
+            if c in df and pd.api.types.is_numeric_dtype(df[c]):
+                df = df.assign(**{c: df[c].map(format_eps)})
         text_columns = [i for i, (_, col) in enumerate(df.items()) if not pd.api.types.is_numeric_dtype(col)]  # "80.00" stays
         return df.to_markdown(index=False, floatfmt=FLOAT_FORMAT[1:], disable_numparse=text_columns) + "\n"
     if fmt == "json":
