@@ -15,6 +15,7 @@ from pathlib import Path
 from cat_bench import distributed
 from cat_bench.errors import GroupFailed, UsageError
 from cat_bench.presets import parse_eps
+from cat_bench.tracking import check_trackers
 
 LISTABLE = ("methods", "datasets", "attacks", "architectures")
 
@@ -72,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
                         "--resume continues)")
     _budget_args(t)
     _compile_arg(t)
+    _log_arg(t)
     t.add_argument("--nproc", type=positive_int, default=1,
                    help="data-parallel processes for this one run (one per GPU on CUDA, gloo on CPU); the global "
                         "batch stays the protocol's (default 1; under torchrun, its WORLD_SIZE)")
@@ -95,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="train each run at most up to epoch K this time (a compute budget; rerun to continue)")
     _budget_args(r)
     _compile_arg(r)
+    _log_arg(r)
     r.add_argument("--jobs-per-gpu", type=positive_int, default=1, metavar="K",
                    help="local: K runs at once on each GPU (K worker processes per GPU, each run under its own "
                         "lock; small networks leave a big GPU idle), or K worker processes on CPU (default 1)")
@@ -178,6 +181,12 @@ def _budget_args(p: argparse.ArgumentParser) -> None:
                         "checkpointed (not part of any run's identity; the same command continues)")
 
 
+def _log_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log", nargs="+", default=[], metavar="TRACKER",
+                   help="also write training curves for TRACKER: tensorboard (RUN_DIR/tensorboard; the tensorboard "
+                        "extra); not part of the run's identity")
+
+
 def _compile_arg(p: argparse.ArgumentParser) -> None:
     from cat_bench.presets import COMPILE_MODES
 
@@ -224,7 +233,7 @@ def _train(args) -> None:
     out = args.out or Path("runs") / records.run_name(config)
     options = dict(resume=args.resume, data_root=args.data_root, device=args.device, compile=args.compile,
                    progress=not args.no_progress, stop_after_epoch=args.stop_after_epoch,
-                   deadline=_deadline(args))
+                   deadline=_deadline(args), trackers=check_trackers(args.log))
     main_rank = distributed.from_env().main  # False on the other ranks torchrun starts
     if main_rank:
         print(f"run directory: {out}", file=sys.stderr)
@@ -364,7 +373,8 @@ def _run(args) -> int:
         raise UsageError(f"--jobs-per-gpu {args.jobs_per_gpu} packs several runs on one GPU and --gpus-per-job "
                          f"{args.gpus_per_job} spreads one run over several; give one of them")
     device = resolve_device(args.device)
-    options = dict(stop_after_epoch=args.stop_after_epoch, deadline=_deadline(args), compile=args.compile)
+    options = dict(stop_after_epoch=args.stop_after_epoch, deadline=_deadline(args), compile=args.compile,
+                   trackers=check_trackers(args.log))
     workers = worker_devices(device, args.jobs_per_gpu) if args.gpus_per_job == 1 else [str(device)]
     if len(workers) > 1:
         outcome = run_parallel(args.results, specs, workers, data_root=args.data_root, **options)

@@ -69,7 +69,8 @@ def _failed_since(out: Path, since: float) -> bool:
 
 def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=None, progress: bool = True,
             log: Callable[[str], None] = print, wait: bool = False, stop_after_epoch: int | None = None,
-            deadline: float | None = None, compile: str | None = None, nproc: int = 1) -> str:
+            deadline: float | None = None, compile: str | None = None, trackers: list[str] | None = None,
+            nproc: int = 1) -> str:
     """Train and evaluate one run under its lock; returns 'done', 'skipped' (already done), 'busy',
     'stopped' (a compute budget ended it: trained up to `stop_after_epoch`, or `deadline` (a
     `time.time()` value) passed; not evaluated yet) or 'failed'. Past the deadline a run is
@@ -104,7 +105,7 @@ def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=Non
         if deadline is not None and time.time() >= deadline:
             return "stopped"
         options = dict(resume=True, data_root=data_root, device=device, progress=progress,
-                       stop_after_epoch=stop_after_epoch, deadline=deadline, compile=compile)
+                       stop_after_epoch=stop_after_epoch, deadline=deadline, compile=compile, trackers=trackers)
         summary = (train_group(spec.config, out, nproc, **options) if nproc > 1
                    else train(spec.config, out, log=log, **options))
         if not summary.get("done", True) or (deadline is not None and time.time() >= deadline):
@@ -126,7 +127,7 @@ def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=Non
 def run_local(results: Path, specs: Sequence[RunSpec], *, device: torch.device, data_root=None,
               progress: bool = True, log: Callable[[str], None] = print,
               stop_after_epoch: int | None = None, deadline: float | None = None, compile: str | None = None,
-              nproc: int = 1) -> dict[str, str]:
+              trackers: list[str] | None = None, nproc: int = 1) -> dict[str, str]:
     """Run jobs one after another (each on `nproc` data-parallel processes); runs held by another
     process are waited for last, unless the deadline has passed."""
     outcome: dict[str, str] = {}
@@ -140,7 +141,7 @@ def run_local(results: Path, specs: Sequence[RunSpec], *, device: torch.device, 
                 log(f"run {spec.name} ({spec.config['method']}, {', '.join(spec.labels) or 'no label'})")
                 outcome[spec.name] = run_job(results, spec, device=device, data_root=data_root, progress=progress,
                                              log=log, wait=wait, stop_after_epoch=stop_after_epoch,
-                                             deadline=deadline, compile=compile, nproc=nproc)
+                                             deadline=deadline, compile=compile, trackers=trackers, nproc=nproc)
                 if outcome[spec.name] != "busy":
                     advance()
     return outcome
@@ -169,7 +170,7 @@ def run_parallel(results: Path, specs: Sequence[RunSpec], devices: Sequence[str]
                  **options) -> dict[str, str]:
     """One worker process per entry of `devices` (a GPU named K times packs K runs on it), all walking
     the job list (rotated) under the per-run locks; each run is trained by exactly one of them.
-    `options`: run_local's budget and speed options (stop_after_epoch, deadline, compile)."""
+    `options`: run_local's budget, speed and tracker options (stop_after_epoch, deadline, compile, trackers)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")

@@ -32,6 +32,7 @@ from cat_bench.models import check_arch
 from cat_bench.networks import Networks, precision_context, resolve_device
 from cat_bench.presets import PIXEL_PROTOCOLS, PRECISIONS, SELECTION, clips
 from cat_bench.progress import progress_bar
+from cat_bench.tracking import Trackers
 
 SELECT_ON = ("test", "val")
 MASK_HEALTHY = (0.01, 0.99)  # an epoch's mean mask outside this range: collapsed (M ~ 0) or saturated (M ~ 1)
@@ -228,7 +229,8 @@ def _prepare_run_dir(out: Path, config: dict, resume: bool) -> dict | None:
 
 def train(config: dict, out: Path, *, resume: bool = False, data_root=None, device: torch.device | str | None = None,
           compile: str | None = None, progress: bool = True, log=print, stop_after_epoch: int | None = None,
-          deadline: float | None = None, trace_every: int = 10, group: Group | None = None) -> dict:
+          deadline: float | None = None, trace_every: int = 10, group: Group | None = None,
+          trackers: list[str] | None = None) -> dict:
     """Train a resolved config into `out`; returns the `done` summary. Resumes from checkpoints/last.pt.
 
     `group`: this process's rank in a data-parallel group (default: the one RANK/WORLD_SIZE
@@ -241,7 +243,8 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
     `deadline` (a `time.time()` value; `--stop-after-minutes`): a wall-clock budget of the same
     kind: training stops at the first epoch boundary after it, with that epoch checkpointed.
     `compile`: None (eager) or a torch.compile mode for f (COMPILE_MODES; "reduce-overhead"
-    replays CUDA graphs, for launch-bound small networks).
+    replays CUDA graphs, for launch-bound small networks). `trackers`: views of the records for
+    TensorBoard (cat_bench.tracking), written by rank 0.
     `trace_every`: CAT's mask (mean, std over its pixels) and losses go to trace.jsonl on the first
     batch of each epoch and every `trace_every` batches after it.
     """
@@ -314,6 +317,7 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
                 records.append_jsonl(out / name, row)
         log(f"{out}: resuming after epoch {start}")
 
+    curves = Trackers((trackers or []) if group.main else [], out, start * len(loader) + 1)
     if group.main:
         records.append_jsonl(out / records.SESSIONS, {"pid": os.getpid(), "host": socket.gethostname(),
                                                       "start_epoch": start, "started": time.time(),
@@ -348,7 +352,9 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
                         if group.world > 1:
                             losses = _summed(losses)
                         if group.main:
-                            records.append_jsonl(out / records.TRACE, _trace_row(losses, epoch, i, len(loader)))
+                            trace_row = _trace_row(losses, epoch, i, len(loader))
+                            records.append_jsonl(out / records.TRACE, trace_row)
+                            curves.batch(trace_row)
                     advance()
             if group.world > 1:
                 sums = _summed(sums)
@@ -375,6 +381,7 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
                     f"within {MASK_HEALTHY}): x_cal is {'x' if flag == 'collapsed' else 'x + delta'}, CAT does not calibrate")
             if group.main:
                 records.append_jsonl(out / records.HISTORY, row)
+                curves.epoch(row, (epoch + 1) * len(loader))
                 records.save_checkpoint(out / records.LAST, {
                     "nets": nets.state(), "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                     "rng": _rng_state(device), "epoch": epoch + 1, "best": best})
@@ -386,6 +393,7 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
                 until, budget = epoch + 1, "--stop-after-minutes"
                 break
 
+    curves.close()
     if until < epochs:
         log(f"{out}: stopped after epoch {until} of {epochs} ({budget}); continue with --resume")
         return {"done": False, "epochs_trained": until, "epochs": epochs}

@@ -1,0 +1,39 @@
+"""TensorBoard curves (`--log tensorboard`): the event files hold the run's own records, also across a resume."""
+
+import pytest
+
+from cat_bench import records
+from cat_bench.cli import main
+from cat_bench.tracking import TENSORBOARD_DIR
+
+pytest.importorskip("tensorboard")
+
+TRAIN = ["train", "--method", "cat-cent", "--dataset", "mnist-mini", "--eps", "0.3", "--epochs", "2", "--n-train",
+         "100", "--batch-size", "50", "--select-n", "20", "--no-progress", "--log", "tensorboard"]
+
+
+def _scalars(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_curves_are_the_records_and_survive_a_resume(tmp_path):
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out), "--stop-after-epoch", "1"]) == 0
+    assert main([*TRAIN, "--out", str(out), "--resume"]) == 0
+    scalars = _scalars(out / TENSORBOARD_DIR)
+    history = records.read_jsonl(out / records.HISTORY)
+    assert scalars["epoch/nat_acc"] == [(2, pytest.approx(history[0]["nat_acc"])),
+                                        (4, pytest.approx(history[1]["nat_acc"]))]  # 2 batches an epoch
+    assert [v for _, v in scalars["train/loss_f"]] == pytest.approx([h["train"]["loss_f"] for h in history])
+    trace = records.read_jsonl(out / records.TRACE)
+    assert [s for s, _ in scalars["trace/mask_mean"]] == [r["step"] for r in trace]
+
+
+def test_an_unknown_tracker_exits_2_before_training(tmp_path, capsys):
+    assert main([*TRAIN[:-1], "wandb-typo", "--out", str(tmp_path / "run")]) == 2
+    assert "--log 'wandb-typo'; allowed: tensorboard" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
