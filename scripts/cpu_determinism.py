@@ -1,4 +1,4 @@
-"""Which CPU settings change a seeded run's numbers? (issue 10, item 7)
+"""Which CPU settings change a seeded run's numbers?
 
     python scripts/cpu_determinism.py [--n-train 500]
 

@@ -1,4 +1,4 @@
-"""Issue 9, item 4: which change to CAT's released MNIST code keeps the mask off 0 and 1 from the start?
+"""which change to CAT's released MNIST code keeps the mask off 0 and 1 from the start?
 
     python scripts/mask_variants.py run VARIANT [--batches 300] [--n-test 2000] [--seed 0] \
         [--data-root data-cache] [--out results/fidelity/variants]

@@ -115,7 +115,7 @@ def test_existing_run_without_resume_exits_2(trained, tmp_path, capsys):
 ])
 @pytest.mark.parametrize("command", [["run", "--dry-run"], ["run"], ["status"], ["results"]])
 def test_suite_filter_matching_nothing_exits_2(command, suite, only, needle, capsys, tmp_path):
-    """Issue 10, item 1: a filter that keeps no run is refused, naming it and the values the runs have."""
+    """a filter that keeps no run is refused, naming it and the values the runs have."""
     code, err = run([*command, "--suite", suite, "--results", str(tmp_path / "res"), "--only", *only], capsys)
     assert code == 2
     assert needle in err
@@ -123,7 +123,7 @@ def test_suite_filter_matching_nothing_exits_2(command, suite, only, needle, cap
 
 
 def test_train_with_missing_data_writes_nothing(capsys, tmp_path, monkeypatch):
-    """Issue 10, item 5: no run directory and no empty dataset folders when the data cannot be had."""
+    """no run directory and no empty dataset folders when the data cannot be had."""
     from urllib.error import URLError
 
     import torchvision.datasets
@@ -139,7 +139,7 @@ def test_train_with_missing_data_writes_nothing(capsys, tmp_path, monkeypatch):
 
 
 def test_report_defaults_to_the_results_directory(capsys, tmp_path, monkeypatch):
-    """Issue 10, item 6: `cat-bench report` without --out writes beside the records, never into ./reports."""
+    """`cat-bench report` without --out writes beside the records, never into ./reports."""
     import shutil
     from pathlib import Path
 
@@ -153,7 +153,7 @@ def test_report_defaults_to_the_results_directory(capsys, tmp_path, monkeypatch)
 
 
 def test_results_is_concise_and_says_what_is_missing(capsys, tmp_path):
-    """Issue 10, item 9: the default table has no nan columns; runs not in it are counted; --wide has every column."""
+    """the default table has no nan columns; runs not in it are counted; --wide has every column."""
     import shutil
     from pathlib import Path
 
@@ -173,7 +173,7 @@ def test_results_is_concise_and_says_what_is_missing(capsys, tmp_path):
 
 
 def test_status_shows_epochs_and_eta_and_distinguishing_hparams(capsys):
-    """Issue 10, items 9 and 12: status has epochs done/total, an ETA for partial runs, the hparams that differ."""
+    """status has epochs done/total, an ETA for partial runs, the hparams that differ."""
     from pathlib import Path
 
     results = Path(__file__).resolve().parents[1] / "results" / "fidelity"
@@ -187,7 +187,7 @@ def test_status_shows_epochs_and_eta_and_distinguishing_hparams(capsys):
 
 
 def test_every_command_and_flag_has_help(capsys):
-    """Issue 10, item 12: top-level --help lists every command; every option of every command has help text."""
+    """top-level --help lists every command; every option of every command has help text."""
     from cat_bench.cli import _parser
 
     parser = _parser()

@@ -145,7 +145,7 @@ def test_failed_download_is_a_usage_error(tmp_path, monkeypatch, name, module):
     msg = str(info.value)
     assert name in msg and str(tmp_path) in msg and "--data-root" in msg
     assert info.value.__cause__ is not None
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["mine.txt"]  # issue 10, item 5: no empty MNIST/raw
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["mine.txt"]  # no empty MNIST/raw
     with pytest.raises(UsageError, match="could not be downloaded"):
         load_split(name, "test", tmp_path / "new" / "root")
     assert not (tmp_path / "new" / "root").exists()

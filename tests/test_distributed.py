@@ -1,4 +1,4 @@
-"""Data-parallel training (issue 11): two gloo processes on CPU train what one process trains.
+"""Data-parallel training: two gloo processes on CPU train what one process trains.
 
 CAT is the method under test because it steps two networks (f and g, both synchronised); the
 optimiser is switched to SGD because Adam, CAT's MNIST optimiser, is blind to a gradient's scale

@@ -128,7 +128,7 @@ def test_rerun_skips_finished_attacks_and_adds_the_new_one(evaluated, tmp_path):
 @pytest.mark.parametrize("change", [{"n_examples": 50}, {"n_examples": N, "eps": 0.2}],
                          ids=["n_examples", "eps"])
 def test_another_evaluation_key_keeps_the_earlier_evaluation(evaluated, tmp_path, change):
-    """Issue 10, item 3: another --eps or --n-examples adds an evaluation; none is lost, and going back reuses it."""
+    """another --eps or --n-examples adds an evaluation; none is lost, and going back reuses it."""
     src, first, _ = evaluated
     run = copy_run(src, tmp_path / "run")
     logs: list[str] = []
@@ -149,7 +149,7 @@ def test_another_evaluation_key_keeps_the_earlier_evaluation(evaluated, tmp_path
 
 
 def test_unfinished_run_is_refused_unless_asked(trained_run, tmp_path):
-    """Issue 10, item 2: a run without `done` is not evaluated silently; --unfinished evaluates it on purpose."""
+    """a run without `done` is not evaluated silently; --unfinished evaluates it on purpose."""
     run = copy_run(trained_run, tmp_path / "run", keep_eval=False)
     (run / records.DONE).unlink()
     with pytest.raises(UsageError, match=r"has not finished training \(1 epoch\(s\) recorded.*--resume --out"):
@@ -447,7 +447,7 @@ def test_missing_or_corrupt_checkpoint(trained_run, tmp_path, damage):
 
 
 def test_evaluation_runs_a_batchnorm_model_in_eval_mode(tmp_path, monkeypatch):
-    """Issue 10, item 14: every attack sees f in eval mode; BatchNorm's running statistics do not move."""
+    """every attack sees f in eval mode; BatchNorm's running statistics do not move."""
     run = tmp_path / "bn-run"
     config = resolve_config("natural", "mnist-mini", 0.3, arch="preact-resnet18", epochs=1, n_train=20, select_n=10,
                             batch_size=10)

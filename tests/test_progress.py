@@ -1,4 +1,4 @@
-"""Progress in piped output (issue 10, item 12): a line with count, rate and time left at most every 30 s."""
+"""Progress in piped output: a line with count, rate and time left at most every 30 s."""
 
 import cat_bench.progress as progress
 

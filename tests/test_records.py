@@ -1,4 +1,4 @@
-"""Atomic records (issue 10, item 14): a write killed halfway leaves the previous file intact and no temp file."""
+"""Atomic records: a write killed halfway leaves the previous file intact and no temp file."""
 
 import json
 

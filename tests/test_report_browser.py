@@ -102,7 +102,7 @@ window.addEventListener('load', () => {
 
 
 def test_first_screen_shows_the_suite_own_results(report, tmp_path):
-    """Issue 10, item 8: the leaderboard of the suite's runs starts on the first 1280x800 screen; the paper
+    """the leaderboard of the suite's runs starts on the first 1280x800 screen; the paper
     tables come after the suite's runs, and rows of other suites are collapsed at the end."""
     probe = report / "probe-first.html"
     probe.write_text((report / "index.html").read_text().replace("</body>", FIRST_SCREEN + "</body>"))

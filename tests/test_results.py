@@ -108,7 +108,7 @@ def test_unknown_format(summary):
 
 
 def test_run_settings_are_listed_not_averaged(runs, summary):
-    """Issue 10, item 9: best epochs are listed per seed, evaluation sizes listed, flags summed; none is a mean."""
+    """best epochs are listed per seed, evaluation sizes listed, flags summed; none is a mean."""
     at = summary[summary.method == "at"].iloc[0]
     assert at["best_epochs"] == "/".join(str(e) for e in runs[runs.method == "at"]["best_epoch"])
     assert at["n_examples"] == "50" and at["masking_flags"] == runs[runs.method == "at"]["masking_flags"].sum()
@@ -117,7 +117,7 @@ def test_run_settings_are_listed_not_averaged(runs, summary):
 
 
 def test_concise_table_shows_what_differs_and_mean_std_only_for_several_seeds(summary):
-    """Issue 10, item 9: `cat-bench results` by default: method, differing config columns, seeds, mean (± std)."""
+    """`cat-bench results` by default: method, differing config columns, seeds, mean (± std)."""
     table = concise(summary)
     assert list(table.columns[:3]) == ["method", "arch", "seeds"]  # dataset, eps, epochs ... are the same
     assert "nan" not in format_table(table, "markdown")
@@ -133,7 +133,7 @@ def test_concise_table_shows_what_differs_and_mean_std_only_for_several_seeds(su
 
 
 def test_concise_table_says_which_evaluation_when_rows_differ(summary):
-    """Issue 10, item 3: rows evaluated on different test sets or eps show n_examples and test_eps."""
+    """rows evaluated on different test sets or eps show n_examples and test_eps."""
     assert "n_examples" not in concise(summary).columns  # all rows: 50 examples at eps 0.3
     mixed = summary.copy()
     mixed.loc[0, "n_examples"], mixed.loc[0, "test_eps"] = "500", "0.2"

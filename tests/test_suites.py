@@ -49,7 +49,7 @@ def test_smoke_has_one_short_run_per_method_on_mnist_mini():
 
 
 def test_committed_smoke_records_are_the_suite_and_every_method_leaves_chance_level():
-    """results/smoke holds one finished run per smoke run (the suite's current settings) and each learned (issue 9)."""
+    """results/smoke holds one finished run per smoke run (the suite's current settings) and each learned."""
     import json
     from pathlib import Path
 
