@@ -36,7 +36,17 @@ install() {  # (a) offline: the wheels and cat-bench itself into $site, first on
   PYTHONPATH="$site" python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
     --upgrade --target "$site" .
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-  python3 -c "import submitit, cat_bench.methods, cat_bench.robustbench_compat; print('installed offline:', cat_bench.__file__)"
+  export PYTHONSAFEPATH=1  # the checkout's cat_bench/ (without methods/, which installs into it) must not shadow it
+  # the copy in $site imports on its own (an editable install of a development checkout would shadow it)
+  python3 - "$site" <<'PY'
+import sys
+sys.meta_path = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
+import pyautoattack, submitit, cat_bench.methods  # noqa: E401
+from cat_bench.robustbench_compat import import_robustbench
+import_robustbench()
+assert cat_bench.__file__.startswith(sys.argv[1]), cat_bench.__file__
+print("installed offline:", cat_bench.__file__)
+PY
 }
 
 doctor() {  # (b)
