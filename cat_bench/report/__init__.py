@@ -9,9 +9,10 @@
     runs/<run>.html      one page per finished run: config, training curves, selected epoch,
     runs/<run>.png       evaluation, time, hardware and versions
 
-Table cells carry `data-cell="table<N>/<row label>/<metric>"` (plus `@<arch>` in Table 4, and
-`.../runs` for the runs column) and `data-mark="above|below|within"` when a difference is shown;
-`read_cells` extracts them from the HTML.
+Table cells carry `data-cell="table<N>/<row label>/<metric>"` (plus `@<arch>` in Table 4,
+`.../verdict` for the row's verdict, `.../runs` for the runs column, and `table<N>/counts` for the
+table's verdict counts) and `data-mark`: "above|below|within" on a cell whose difference is shown,
+"reproduced|not-reproduced|not-run" on a verdict; `read_cells` extracts them from the HTML.
 """
 
 from __future__ import annotations
