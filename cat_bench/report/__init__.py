@@ -31,7 +31,7 @@ from cat_bench.paper import load_authors_log
 from cat_bench.presets import format_eps
 from cat_bench.suite import SUITES_DIR, Suite, load_suite
 
-from .fidelity import TOLERANCE, accuracy_plot, fidelity_runs, fmt, mask_plot
+from .fidelity import TOLERANCE, accuracy_plot, fidelity_runs, fmt, log_epochs, mask_plot
 from .figures import draw_figure2, figure2_panels, paper_figures, run_curves
 from .runs import RunRecord, format_value, load_runs
 from .tables import (ARCH_LABELS, DATASET_LABELS, METRIC_LABELS, Table, build_tables, leaderboard, mask_flags)
@@ -202,7 +202,7 @@ def _fidelity(runs: list[RunRecord], out: Path, device: str, data_root) -> dict 
             fig2[fr.run.name] = (None, f"not drawn: {type(err).__name__}: {err}")
     return {"fruns": frs, "tolerance": TOLERANCE, "mask_image": "figures/fidelity_mask.png" if has_mask else None,
             "accuracy_image": "figures/fidelity_accuracy.png", "figure2": fig2, "fmt": fmt,
-            "log": load_authors_log().to_dict("records")}
+            "log": load_authors_log().to_dict("records"), "log_epochs": log_epochs()}
 
 
 class _CellParser(HTMLParser):
