@@ -96,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("run_dir", type=Path, help="a finished run directory evaluated with cat-bench eval")
     x.add_argument("--name", required=True, help="the model's name, e.g. cat-cw-mnist-eps0.4 (letters, digits, . _ -)")
     x.add_argument("--out", type=Path, help="model folder (default: results/models/NAME); must not exist")
+    x.add_argument("--trained-with", metavar="COMMAND",
+                   help="the command that trained the run, as given (e.g. its suite's cat-bench run ...), for the card")
     x.add_argument("--batch-size", type=int, help="the check's batch size (default: 500 on CUDA, 100 on CPU)")
     _common(x)
 
@@ -261,7 +263,8 @@ def _export(args) -> None:
     from cat_bench.shipped import check_name, export
 
     check_name(args.name)
-    out = export(args.run_dir, args.name, args.out, device=args.device, batch_size=args.batch_size,
+    out = export(args.run_dir, args.name, args.out, trained_with=args.trained_with, device=args.device,
+                 batch_size=args.batch_size,
                  data_root=args.data_root, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     from cat_bench.shipped import read_card
 

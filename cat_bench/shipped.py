@@ -75,11 +75,13 @@ def sha256(path: Path) -> str:
 # Export
 
 
-def export(run_dir: Path, name: str, out: Path | None = None, *, device=None, batch_size: int | None = None,
-           data_root=None, progress: bool = True, log=print) -> Path:
+def export(run_dir: Path, name: str, out: Path | None = None, *, trained_with: str | None = None, device=None,
+           batch_size: int | None = None, data_root=None, progress: bool = True, log=print) -> Path:
     """Write the model folder of a finished, evaluated run (module docstring); returns the folder.
 
-    Everything is checked before anything is written; the folder appears complete or not at all.
+    `trained_with`: the command that trained the run as it was given (e.g. a suite's `cat-bench run`),
+    recorded beside the derived `cat-bench train` command. Everything is checked before anything is
+    written; the folder appears complete or not at all.
     """
     run_dir = Path(run_dir)
     check_name(name)
@@ -101,7 +103,7 @@ def export(run_dir: Path, name: str, out: Path | None = None, *, device=None, ba
         _write_weights(tmp / WEIGHTS, ckpt, run_dir)
         digest = sha256(tmp / WEIGHTS)
         (tmp / SHA256).write_text(f"{digest}  {WEIGHTS}\n")
-        card = model_card(run_dir, name, ckpt, digest, (tmp / WEIGHTS).stat().st_size)
+        card = model_card(run_dir, name, ckpt, digest, (tmp / WEIGHTS).stat().st_size, trained_with)
         log(f"measuring the check ({', '.join(CHECK_ATTACKS)} on the first {CHECK_N} test examples)")
         card["check"] = _check(tmp, card, out, device, batch_size, data_root, progress)
         records.write_json(tmp / CARD, card)
@@ -146,7 +148,7 @@ def _write_weights(path: Path, ckpt: dict, run_dir: Path) -> None:
         torch.save(nets, fh)
 
 
-def model_card(run_dir: Path, name: str, ckpt: dict, digest: str, size: int) -> dict:
+def model_card(run_dir: Path, name: str, ckpt: dict, digest: str, size: int, trained_with: str | None = None) -> dict:
     """card.json's content, without the check: what the model is, how it was trained and evaluated."""
     config = records.read_json(run_dir / records.CONFIG)
     identity = records.read_identity(run_dir)
@@ -167,7 +169,7 @@ def model_card(run_dir: Path, name: str, ckpt: dict, digest: str, size: int) -> 
                    "clip": clips(info.family, identity.get("protocol", "valid"))},
         "weights": {"file": WEIGHTS, "sha256": digest, "bytes": size, "networks": sorted(ckpt["nets"]),
                     "checkpoint": records.BEST, "epoch": int(ckpt["epoch"]), "score": ckpt.get("score")},
-        "training": training(run_dir, identity, config, done, history, sessions),
+        "training": {"trained_with": trained_with, **training(run_dir, identity, config, done, history, sessions)},
         "evaluation": evaluation,
         "published": published_rows(identity),
     }
@@ -410,6 +412,7 @@ def readme(card: dict) -> str:
               f"count or CPU kernel level can move a number by an example (README, \"Determinism\").", "",
              "## Training", "",
              f"- Command: `{tr['command']}` ({tr['command_note']})" if tr["command"] else f"- Command: {tr['command_note']}",
+             f"- Trained with: `{tr['trained_with']}`" if tr["trained_with"] else "- Trained with: not recorded at export",
              f"- Shipped suites with this run (`cat-bench run --suite S` trains it among the suite's others): "
              f"{', '.join(tr['suites']) or 'none'}",
              f"- Protocol: {card['sources'].get('protocol', 'not recorded')}",

@@ -16,6 +16,7 @@ from cat_bench.train import resolve_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "results" / "models"
+TRAINED_WITH = "cat-bench train --method cat-cw --dataset mnist-mini --eps 0.3 --epochs 1 (the fixture's train())"
 
 
 def assert_card_check(folder: Path, data_root=None) -> None:
@@ -71,7 +72,8 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(run):
     folder = run.parent / "models" / "tiny-cw"
-    assert main(["export", str(run), "--name", "tiny-cw", "--out", str(folder), "--device", "cpu", "--no-progress"]) == 0
+    assert main(["export", str(run), "--name", "tiny-cw", "--out", str(folder), "--device", "cpu", "--no-progress",
+                 "--trained-with", TRAINED_WITH]) == 0
     return folder
 
 
@@ -99,6 +101,7 @@ def test_export_writes_weights_sha256_and_card(run, model):
     history = records.read_jsonl(run / records.HISTORY)
     assert card["training"]["wall_seconds"] == pytest.approx(sum(h["seconds"] for h in history))
     assert card["training"]["provenance"] == records.read_json(run / records.CONFIG)["provenance"]
+    assert card["training"]["trained_with"] == TRAINED_WITH
     assert card["check"]["key"] == {"n_examples": 500, "eps": 0.3}
     assert card["check"]["attacks"]["pgd20"]["settings"]["clip"] is False  # the paper protocol: CAT's MNIST code
     readme = (model / "README.md").read_text()
