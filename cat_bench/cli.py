@@ -1,4 +1,4 @@
-"""The `cat-bench` command line: train, eval, run, status, results, report, submit, list.
+"""The `cat-bench` command line: train, eval, export, run, status, results, report, submit, list.
 
 Every user mistake (unknown name, eps outside (0, 1], bad `--set`, missing or corrupt checkpoint)
 ends with a message naming the bad value and what is allowed, and exit status 2.
@@ -79,8 +79,12 @@ def _parser() -> argparse.ArgumentParser:
                         "batch stays the protocol's (default 1; under torchrun, its WORLD_SIZE)")
     _common(t)
 
-    e = sub.add_parser("eval", help="evaluate a trained run under the paper's attacks (METHOD.md s4)")
-    e.add_argument("run_dir", type=Path, help="a run directory (cat-bench train --out, or RESULTS/runs/NAME)")
+    e = sub.add_parser("eval", help="evaluate a trained run, or a shipped model folder, under the paper's attacks "
+                                    "(METHOD.md s4)")
+    e.add_argument("run_dir", type=Path,
+                   help="a run directory (cat-bench train --out, or RESULTS/runs/NAME; writes its eval.json), or a model "
+                        "folder (cat-bench export; its SHA-256 is verified, the numbers are printed beside its card's, "
+                        "nothing is written)")
     e.add_argument("--attacks", default="natural,fgsm,pgd20,pgd100,cw",
                    help="comma-separated: natural,fgsm,pgd20,pgd100,cw,square,autoattack")
     e.add_argument("--n-examples", type=int, help="first N test examples (default: the full test set)")
@@ -89,6 +93,16 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--unfinished", action="store_true",
                    help="evaluate a run whose training has not finished (its best checkpoint so far)")
     _common(e)
+
+    x = sub.add_parser("export", help="ship a finished, evaluated run's selected model: weights, SHA-256 and model "
+                                      "card in one folder")
+    x.add_argument("run_dir", type=Path, help="a finished run directory evaluated with cat-bench eval")
+    x.add_argument("--name", required=True, help="the model's name, e.g. cat-cw-mnist-eps0.4 (letters, digits, . _ -)")
+    x.add_argument("--out", type=Path, help="model folder (default: results/models/NAME); must not exist")
+    x.add_argument("--trained-with", metavar="COMMAND",
+                   help="the command that trained the run, as given (e.g. its suite's cat-bench run ...), for the card")
+    x.add_argument("--batch-size", type=int, help="the check's batch size (default: 500 on CUDA, 100 on CPU)")
+    _common(x)
 
     r = sub.add_parser("run", help="train and evaluate every run of a suite, skipping finished ones")
     _suite_args(r)
@@ -253,7 +267,10 @@ def _train(args) -> None:
 
 def _eval(args) -> None:
     from cat_bench.evaluate import evaluate
+    from cat_bench.shipped import is_model_folder
 
+    if is_model_folder(args.run_dir):
+        return _eval_model_folder(args)
     eps = parse_eps(args.eps) if args.eps is not None else None
     result = evaluate(args.run_dir, args.attacks, n_examples=args.n_examples, eps=eps, batch_size=args.batch_size,
                       data_root=args.data_root, device=args.device, progress=not args.no_progress,
@@ -262,6 +279,60 @@ def _eval(args) -> None:
     for name, entry in result["attacks"].items():
         print(f"{name:<{width}}  {100 * entry['accuracy']:6.2f}%")
     print(f"written: {args.run_dir / 'eval.json'}")
+
+
+def _eval_model_folder(args) -> None:
+    """`cat-bench eval MODEL_FOLDER`: verify the weights' SHA-256, evaluate, print beside the card's numbers."""
+    from cat_bench.data import dataset_info
+    from cat_bench.evaluate import check_options, default_batch_size, parse_attacks
+    from cat_bench.shipped import card_numbers, measure_folder, read_card, verify
+
+    if args.unfinished:
+        raise UsageError(f"--unfinished is for run directories; {args.run_dir} is a model folder of a finished run")
+    card = read_card(args.run_dir)
+    info = dataset_info(card["identity"]["dataset"])
+    names = parse_attacks(args.attacks, info.family)
+    eps = parse_eps(args.eps) if args.eps is not None else None
+    check_options(batch_size=args.batch_size, n_examples=args.n_examples, eps=eps)
+    digest = verify(args.run_dir, card)
+    print(f"{card['weights']['file']}: SHA-256 verified ({digest})", file=sys.stderr)
+
+    from cat_bench.networks import resolve_device
+
+    device = resolve_device(args.device)
+    batch_size = args.batch_size or card.get("check", {}).get("batch_size") or default_batch_size(device)
+    result = measure_folder(args.run_dir, card, names, n_examples=args.n_examples, eps=eps, batch_size=batch_size,
+                            device=device, data_root=args.data_root, progress=not args.no_progress,
+                            log=lambda m: print(m, file=sys.stderr))
+    n, test_eps = result["key"]["n_examples"], result["key"]["eps"]
+    recorded = card_numbers(card, n, test_eps)
+    width = max(map(len, names))
+    print(f"{card['name']}: {n} test examples, eps {test_eps:g}; measured here, then the card's number for the "
+          f"same examples")
+    for name, entry in result["attacks"].items():
+        mine = 100 * entry["accuracy"]
+        if name in recorded:
+            theirs = 100 * recorded[name]
+            same = "same" if abs(mine - theirs) < 1e-9 else f"differs by {mine - theirs:+.2f}"
+            print(f"{name:<{width}}  {mine:6.2f}%  card {theirs:6.2f}%  {same}")
+        else:
+            print(f"{name:<{width}}  {mine:6.2f}%  card has no number for these examples")
+
+
+def _export(args) -> None:
+    from cat_bench.shipped import check_name, export
+
+    check_name(args.name)
+    out = export(args.run_dir, args.name, args.out, trained_with=args.trained_with, device=args.device,
+                 batch_size=args.batch_size,
+                 data_root=args.data_root, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    from cat_bench.shipped import read_card
+
+    check = read_card(out)["check"]
+    print(f"written: {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    print(f"check on the first {check['key']['n_examples']} test examples: "
+          + ", ".join(f"{k} {100 * v['accuracy']:.2f}%" for k, v in check["attacks"].items()))
+    print(f"verify anywhere with: {check['command']}")
 
 
 def _progress(results: Path, spec) -> dict:
@@ -554,8 +625,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cat-bench` console script."""
     args = _parser().parse_args(argv)
     try:
-        code = {"train": _train, "eval": _eval, "run": _run, "status": _status, "results": _results,
-                "report": _report, "submit": _submit, "doctor": _doctor, "list": _list}[args.command](args)
+        code = {"train": _train, "eval": _eval, "export": _export, "run": _run, "status": _status,
+                "results": _results, "report": _report, "submit": _submit, "doctor": _doctor,
+                "list": _list}[args.command](args)
     except UsageError as err:
         print(f"cat-bench: error: {err}", file=sys.stderr)
         return 2

@@ -85,6 +85,47 @@ def parse_attacks(spec: str, family: str) -> list[str]:
     return names
 
 
+def check_options(*, batch_size: int | None, n_examples: int | None, eps: float | None) -> None:
+    """UsageError for an evaluation option out of range, naming it and what is allowed."""
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size!r} must be a positive integer")
+    if n_examples is not None and n_examples < 1:
+        raise UsageError(f"--n-examples {n_examples!r} must be a positive integer")
+    if eps is not None and not 0 < eps <= 1:
+        raise UsageError(f"eps {eps!r} is outside (0, 1]")
+
+
+def load_test_examples(dataset: str, n_examples: int | None, data_root, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `n_examples` test examples (all without it; RobustBench's convention) on the device, pixels in [0,1]."""
+    x, y = load_split(dataset, "test", data_root)
+    if n_examples is not None:
+        x, y = x[:n_examples], y[:n_examples]
+    x, y = x.to(device).float().div_(255), y.to(device)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+def measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, preset: AttackPreset, settings: dict, *,
+            seed: int, batch_size: int, device: torch.device, progress: bool = True, log=print,
+            state_dir: Path | None = None, key: dict | None = None) -> torch.Tensor:
+    """Per-example correctness under one evaluation preset, torch seeded with the run's seed first, so that
+    every evaluation of the same weights on the same examples gives the same numbers.
+
+    `settings` is what eval.json records for the attack (its `clip` decides PGD's [0,1] clip).
+    AutoAttack and Square keep their finished sub-attacks under `state_dir`/eval_state and log to
+    `state_dir`/autoattack.log; without a `state_dir` they keep and log nothing.
+    """
+    torch.manual_seed(seed)
+    if preset.kind in ("natural", "pgd"):
+        attack = None if preset.kind == "natural" else PGD(
+            eps=preset.eps, alpha=preset.alpha, steps=preset.steps, loss=preset.loss,
+            random_start=preset.random_start, kappa=preset.kappa, clip=settings["clip"])
+        with progress_bar(-(-len(y) // batch_size), settings["name"], enabled=progress) as advance:
+            return correct_under(model, x, y, attack, batch_size, advance)
+    return _autoattack(state_dir, model, x, y, preset.eps, settings, batch_size, seed, device, log, key=key)
+
+
 def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps: float | None = None,
              batch_size: int | None = None, data_root=None, device: torch.device | str | None = None, progress: bool = True,
              log=print, unfinished: bool = False) -> dict:
@@ -105,12 +146,7 @@ def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps:
     config = records.read_identity(run_dir)
     info = dataset_info(config["dataset"])
     names = parse_attacks(attacks, info.family)
-    if batch_size is not None and batch_size < 1:
-        raise UsageError(f"--batch-size {batch_size!r} must be a positive integer")
-    if n_examples is not None and n_examples < 1:
-        raise UsageError(f"--n-examples {n_examples!r} must be a positive integer")
-    if eps is not None and not 0 < eps <= 1:
-        raise UsageError(f"eps {eps!r} is outside (0, 1]")
+    check_options(batch_size=batch_size, n_examples=n_examples, eps=eps)
     device = resolve_device(device)
     precision_context("fp32", device)  # the paper's evaluation: fp32, TF32 off
     batch_size = batch_size or default_batch_size(device)
@@ -123,12 +159,7 @@ def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps:
         raise CorruptRecord(f"corrupt checkpoint {run_dir / records.BEST}: {type(err).__name__}: {err}") from None
     model = nets.f.eval()
 
-    x, y = load_split(config["dataset"], "test", data_root)
-    if n_examples is not None:
-        x, y = x[:n_examples], y[:n_examples]
-    x, y = x.to(device).float().div_(255), y.to(device)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x, y = load_test_examples(config["dataset"], n_examples, data_root, device)
     test_eps = eps if eps is not None else info.test_eps
     clip = clips(info.family, config.get("protocol", "valid"))  # runs from before protocols always clipped
     key = {"checkpoint": records.BEST, "epoch": best_epoch, "n_examples": len(y), "eps": test_eps}
@@ -144,17 +175,9 @@ def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps:
         if done is not None and done["settings"] == settings:
             log(f"{name}: {100 * done['accuracy']:.2f}% (already evaluated)")
             continue
-        torch.manual_seed(config["seed"])
         t0 = time.time()
-        if preset.kind in ("natural", "pgd"):
-            attack = None if preset.kind == "natural" else PGD(
-                eps=preset.eps, alpha=preset.alpha, steps=preset.steps, loss=preset.loss,
-                random_start=preset.random_start, kappa=preset.kappa, clip=clip)
-            with progress_bar(-(-len(y) // batch_size), name, enabled=progress) as advance:
-                correct = correct_under(model, x, y, attack, batch_size, advance)
-        else:
-            correct = _autoattack(run_dir, model, x, y, preset.eps, settings, batch_size, config["seed"], device, log,
-                                  key=key)
+        correct = measure(model, x, y, preset, settings, seed=config["seed"], batch_size=batch_size, device=device,
+                          progress=progress, log=log, state_dir=run_dir, key=key)
         result["attacks"][name] = {"accuracy": correct.sum().item() / len(correct), "settings": settings,
                                    "seconds": time.time() - t0}
         result["flags"] = masking_flags({k: v["accuracy"] for k, v in result["attacks"].items()})
@@ -181,15 +204,19 @@ def _select_evaluation(stored: dict, key: dict) -> dict:
     return {**current, **({"earlier": earlier} if earlier else {})}
 
 
-def _autoattack(run_dir: Path, model, x, y, eps, settings, batch_size, seed, device, log,
+def _autoattack(run_dir: Path | None, model, x, y, eps, settings, batch_size, seed, device, log,
                 key: dict | None = None) -> torch.Tensor:
-    """AutoAttack or Square via pyautoattack, checkpointing robust flags after each sub-attack.
+    """AutoAttack or Square via pyautoattack, checkpointing robust flags after each sub-attack (under
+    `run_dir`; with None, nothing is kept).
 
     The saved flags are reused only for the same attack settings and the same evaluation `key`
     (checkpoint epoch, n_examples, eps): flags from an older best.pt must not leak into a new one.
     """
-    state_path = run_dir / "eval_state" / f"{settings['name']}.pt"
     robust, finished = torch.ones(len(y), dtype=torch.bool), []
+    if run_dir is None:
+        return run_autoattack(model, x, y, eps, settings["subattacks"], robust.to(device), batch_size=batch_size,
+                              seed=seed, device=device, on_attack_done=lambda name, flags: None)
+    state_path = run_dir / "eval_state" / f"{settings['name']}.pt"
     if state_path.exists():
         state = records.load_checkpoint(state_path)
         if state["settings"] == settings and state.get("key") == key and len(state["robust"]) == len(y):

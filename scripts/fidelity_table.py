@@ -12,22 +12,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cat_bench.report.fidelity import fidelity_runs, fmt
+from cat_bench.report.fidelity import fidelity_runs, fmt, log_epochs
 from cat_bench.report.runs import load_runs
 from cat_bench.suite import load_suite
 
 
 def markdown(suite: str, results: Path) -> str:
-    """One row per (run, epoch): accuracy, the log's, the difference, the mean mask; then each verdict."""
+    """One row per (run, shown epoch: the log's, the selected, the last): accuracy, the log's, the
+    difference, whether the epoch is within the bar, the mean mask; then each run's verdict."""
     runs, _ = load_runs(load_suite(suite), results)
     frs = fidelity_runs(runs)
-    lines = ["| run | configuration | epoch | natural | log | Δ | PGD-20 | log | Δ | mean mask | mask |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    epochs = log_epochs()
+    lines = [f"Rows: the log's epochs ({', '.join(map(str, epochs))}), the selected epoch (best natural + PGD-20) "
+             "and the last one trained of each run.", "",
+             "| run | configuration | epoch | shown as | natural | log | Δ | PGD-20 | log | Δ | bar | mean mask | mask |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for fr in frs:
-        for r in fr.rows:
-            lines.append(f"| {fr.run.name} | {fr.title} | {r.epoch} | {fmt(r.natural)} | {fmt(r.log_natural)} | "
+        for r, why in fr.shown(epochs):
+            bar = "—" if r.within is None else "within" if r.within else "**outside**"
+            lines.append(f"| {fr.run.name} | {fr.title} | {r.epoch} | {why} | {fmt(r.natural)} | {fmt(r.log_natural)} | "
                          f"{fmt(r.d_natural, True)} | {fmt(r.pgd20)} | {fmt(r.log_pgd20)} | {fmt(r.d_pgd20, True)} | "
-                         f"{r.mask_mean:.3g} | {r.mask_flag or 'healthy'} |")
+                         f"{bar} | {r.mask_mean:.3g} | {r.mask_flag or 'healthy'} |")
     lines.append("")
     lines += [f"- {fr.run.name}: **{fr.verdict}**. {fr.verdict_text}" for fr in frs]
     return "\n".join(lines) + "\n"

@@ -49,3 +49,51 @@ def synthetic_cifar(tmp_path, monkeypatch):
         return write_cifar(tmp_path / f"{name}-data", name, n_train, n_test, seed)
 
     return make
+
+
+def _write_run_records(results: Path, spec, *, history: list[dict] | None = None,
+                       accuracies: dict[str, float] | None = None, n_examples: int | None = None) -> Path:
+    """The records of one run of a suite as training and evaluation write them, with chosen numbers and no
+    checkpoint; returns the run directory.
+
+    history: history.jsonl's rows (each needs epoch, nat_acc, rob_acc; best_epoch and seconds are filled
+    in); accuracies: percent per attack, written to eval.json with `done` (a finished, evaluated run);
+    without them the run is partial. n_examples: the evaluation's size (default: the suite's, else the test set).
+    """
+    from cat_bench import records
+    from cat_bench.data import dataset_info
+    from cat_bench.evaluate import _settings
+    from cat_bench.orchestrate import run_dir
+    from cat_bench.presets import clips, eval_attack
+    from cat_bench.train import config_sources
+
+    out = run_dir(results, spec)
+    info = dataset_info(spec.config["dataset"])
+    records.write_json(out / records.CONFIG, {"identity": spec.config, "sources": config_sources(spec.config),
+                                              "provenance": {"hardware": {"device": "cpu"}}})
+    best, best_score = None, float("-inf")
+    for row in history or []:
+        score = row["nat_acc"] + row["rob_acc"]
+        if score > best_score:
+            best, best_score = row["epoch"], score
+        records.append_jsonl(out / records.HISTORY, {"best_epoch": best, "score": score, "seconds": 100.0,
+                                                     "train_seconds": 90.0, "train": {}, **row})
+    if accuracies is not None:
+        epochs = spec.config["schedule"]["epochs"]
+        records.write_json(out / records.DONE, {"best_epoch": best or epochs, "best_score": best_score,
+                                                "epochs": epochs, "selection": spec.config["selection"]["rule"],
+                                                "mask_flag_epochs": []})
+        n = n_examples or spec.n_examples or info.n_test
+        records.write_json(out / records.EVAL, {
+            "key": {"checkpoint": records.BEST, "epoch": best or epochs, "n_examples": n, "eps": info.test_eps},
+            "attacks": {name: {"accuracy": acc / 100, "seconds": 1.0, "settings": _settings(
+                name, eval_attack(info.family, name, info.test_eps), spec.config["seed"],
+                clips(info.family, spec.config["protocol"]))} for name, acc in accuracies.items()},
+            "flags": []})
+    return out
+
+
+@pytest.fixture
+def write_run_records():
+    """`_write_run_records`: fabricated records of a suite's run, for report tests that need chosen numbers."""
+    return _write_run_records

@@ -49,16 +49,29 @@ CASES = {
     "results suite": (["results", "--suite", "nope"], 2, "unknown suite 'nope'"),
     "report suite": (["report", "--suite", "nope"], 2, "unknown suite 'nope'"),
     "submit name": (["submit", "finished", "--name", "x"], 2, "not a RobustBench model name"),
+    "export name": (["export", "finished", "--name", "a/b"], 2, "--name 'a/b' is not a folder name"),
+    "export unfinished": (["export", "unfinished", "--name", "x"], 2, "has not finished training"),
+    "eval model sha256": (["eval", "model", "--attacks", "natural"], 2, "has SHA-256"),
+    "eval model attack": (["eval", "model", "--attacks", "pgd7"], 2, "pgd7"),
 }
 
 
 @pytest.fixture(scope="module")
 def cwd(tmp_path_factory):
-    """A working directory with a finished-looking run, an unfinished one and a run of another config."""
+    """A working directory with a finished-looking run, an unfinished one, a run of another config and a model
+    folder whose weights are not the card's."""
     root = tmp_path_factory.mktemp("startup")
     for name in ("finished", "unfinished", "other"):
         records.write_json(root / name / records.CONFIG, {"identity": {"dataset": "mnist-mini", "method": "at"}})
     (root / "finished" / records.DONE).write_text("{}")
+    from cat_bench import shipped
+
+    (root / "model").mkdir()
+    (root / "model" / shipped.WEIGHTS).write_bytes(b"not the exported weights")
+    (root / "model" / shipped.SHA256).write_text(f"{'0' * 64}  {shipped.WEIGHTS}\n")
+    records.write_json(root / "model" / shipped.CARD, {
+        "format": shipped.CARD_FORMAT, "identity": {"dataset": "mnist-mini", "method": "at"},
+        "weights": {"file": shipped.WEIGHTS, "sha256": "0" * 64}})
     return root
 
 

@@ -1,6 +1,7 @@
 """The report's Fidelity section: runs beside the authors' log, verdicts computed from the numbers."""
 
 import re
+from html import unescape
 
 import pytest
 
@@ -123,3 +124,43 @@ def test_committed_mask_variant_table_matches_the_records():
     table = _script("mask_variants").table(repo / "results" / "fidelity" / "variants")
     assert table.count("\n| ") >= 4  # the reference and three variants
     assert table in (repo / "results" / "fidelity" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("epoch10,within", [((98.5, 94.0), True), ((98.7, 91.5), False)])
+def test_a_twelve_epoch_history_shows_epoch_10_beside_the_log(tmp_path, write_run_records, epoch10, within):
+    """A fabricated 12-epoch history of the fidelity suite's CATcw run (still training: no `done`): the page
+    and the README table list the log's epochs 1, 2, 10, the selected epoch 11 and the last epoch 12, not
+    every epoch; epoch 10 stands beside the log's 98.7 / 94.8 with its own verdict, which decides the run's."""
+    suite = load_suite("mnist-fidelity")
+    (spec,) = [s for s in suite.runs if s.name == "cat-cw-mnist-a213ca5433a6"]
+    accs = {1: (96.2, 78.5), 2: (97.6, 87.9), 10: epoch10, 11: (99.0, 95.5), 12: (98.9, 95.0)}
+    history = [{"epoch": e, "nat_acc": accs.get(e, (97.0 + 0.1 * e, 88.0 + 0.3 * e))[0] / 100,
+                "rob_acc": accs.get(e, (97.0 + 0.1 * e, 88.0 + 0.3 * e))[1] / 100, "train": {"mask_mean": 0.6}}
+               for e in range(1, 13)]
+    write_run_records(tmp_path, spec, history=history)
+    out = tmp_path / "report"
+    render_report(suite, tmp_path, out)
+    page = (out / "fidelity.html").read_text()
+    section = re.search(r'<section id="cat-cw-mnist-a213ca5433a6".*?</section>', page, re.S).group(0)
+    assert re.findall(r'data-epoch="(\d+)"', section) == ["1", "2", "10", "11", "12"]
+    row10 = re.search(r'<tr data-epoch="10"(.*?)</tr>', section, re.S).group(1)
+    cells = [c.strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row10, re.S)]
+    mark = "within" if within else "<strong>outside</strong>"
+    assert cells[:9] == ["10", "log epoch", f"{epoch10[0]:.1f}", "98.7", f"{epoch10[0] - 98.7:+.1f}",
+                         f"{epoch10[1]:.1f}", "94.8", f"{epoch10[1] - 94.8:+.1f}", mark]
+    assert re.search(r'<tr data-epoch="11"[^>]*><td class="num">11</td><td>selected</td>', section)
+    assert re.search(r'<tr data-epoch="12"[^>]*><td class="num">12</td><td>last</td>', section)
+    text = " ".join(unescape(section).split())
+    assert "the last one trained (5 of 12 epochs; the accuracy plot above draws every epoch)" in text
+    kind = "reproduced" if within else "not reproduced"
+    assert f'data-verdict="{kind}"' in section
+    assert (f"epoch 10 {'within' if within else 'outside'}: natural {epoch10[0]:.1f}% vs 98.7%"
+            f" ({epoch10[0] - 98.7:+.1f}), PGD-20 {epoch10[1]:.1f}% vs the log's 94.8%") in text
+
+    table = _script("fidelity_table").markdown("mnist-fidelity", tmp_path)
+    lines = [line for line in table.splitlines() if line.startswith("| cat-cw-mnist-a213ca5433a6 |")]
+    assert [line.split(" | ")[2:4] for line in lines] == [["1", "log epoch"], ["2", "log epoch"], ["10", "log epoch"],
+                                                          ["11", "selected"], ["12", "last"]]
+    assert lines[2].split(" | ")[4:11] == [f"{epoch10[0]:.1f}", "98.7", f"{epoch10[0] - 98.7:+.1f}",
+                                           f"{epoch10[1]:.1f}", "94.8", f"{epoch10[1] - 94.8:+.1f}",
+                                           "within" if within else "**outside**"]

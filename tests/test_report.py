@@ -295,3 +295,90 @@ def test_figure2_draws_from_a_trained_cat_model(tmp_path):
     name, text = figure2([run], tmp_path / "figure2.png")
     assert name == run.name and "epoch 1" in text
     assert (tmp_path / "figure2.png").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# Table 1's bar and verdicts, on fabricated records of the fidelity suite's full-length runs
+
+CATCW_04, CATCENT_04 = "CATcw (eps_train=0.4)", "CATcent (eps_train=0.4)"
+
+
+def test_table1_has_its_own_bar_and_other_tables_keep_one_point(suite):
+    """Table 1's bar is 0.3 points natural and 1.5 robust (a per-table constant); a stand-in table without
+    its own bar keeps the 1-point rule. A natural miss of 0.4 and a PGD-20 miss of 1.4 show the difference."""
+    from cat_bench.report.tables import BARS, DEFAULT_BAR
+
+    assert (BARS["1"].natural, BARS["1"].robust) == (0.3, 1.5) and (DEFAULT_BAR.natural, DEFAULT_BAR.robust) == (1, 1)
+    _, collected = load_runs(suite, RESULTS)
+    rep = {m: collected[collected.method == "cat-cent"][m].mean() for m in ("natural", "pgd20")}
+    rows = [dict(row="CAT", metric="natural", mean=rep["natural"] + 0.4),
+            dict(row="CAT", metric="pgd20", mean=rep["pgd20"] + 1.4)]
+    marks = {}
+    for table in ("1", "9"):
+        (t,) = build_tables(_published(rows).assign(table=table), collected, suite.runs, SUITE_REF)
+        marks[table] = cells_frame([t]).set_index("metric")["mark"].to_dict()
+        assert t.rows[0].verdict == "not reproduced"  # each bar is missed by one column, a different one
+    assert marks["1"] == {"natural": "below", "pgd20": "within"}
+    assert marks["9"] == {"natural": "within", "pgd20": "below"}
+
+
+@pytest.fixture
+def fidelity_suite():
+    return load_suite("mnist-fidelity")
+
+
+def _spec(suite, *only):
+    (spec,) = filter_runs(suite.runs, list(only))
+    return spec
+
+
+@pytest.mark.parametrize("natural,pgd20,pgd100,verdict", [
+    (99.05, 96.0, 95.0, "reproduced"),  # -0.05, -1.1, -1.2: every column within the bar
+    (98.7, 97.1, 96.2, "not reproduced"),  # natural 0.4 below
+    (99.1, 97.1, 94.5, "not reproduced"),  # PGD-100 1.7 below
+])
+def test_table1_catcw_cell_has_a_verdict_from_its_numbers(fidelity_suite, write_run_records, tmp_path,
+                                                          natural, pgd20, pgd100, verdict):
+    """The full-length CATcw run at eps_train 0.4 (the fidelity suite's seed 0, whose records are committed)
+    fills Table 1's CATcw (eps_train=0.4) row: reproduced beside published, differences, a verdict with
+    the numbers, '1 seed'; the section counts the table's rows by verdict."""
+    spec = _spec(fidelity_suite, "method=cat-cw", "g_kl_reduction=batchmean", "seed=0")
+    assert spec.name == "cat-cw-mnist-a213ca5433a6"
+    write_run_records(tmp_path, spec, accuracies={"natural": natural, "pgd20": pgd20, "pgd100": pgd100})
+    out = tmp_path / "report"
+    cells = read_cells(render_report(fidelity_suite, tmp_path, out).read_text())
+    for metric, value, published in (("natural", natural, 99.1), ("pgd20", pgd20, 97.1), ("pgd100", pgd100, 96.2)):
+        text = cells[f"table1/{CATCW_04}/{metric}"]["text"]
+        assert text == f"{value:.2f} (1 seed) paper {published} {value - published:+.2f}"
+    cell = cells[f"table1/{CATCW_04}/verdict"]
+    assert cell["mark"] == verdict.replace(" ", "-")
+    assert cell["text"].startswith(f"{verdict} 1 seed, 2 more in the suite: Natural {natural:.2f} vs 99.1 "
+                                   f"({natural - 99.1:+.2f}")
+    assert f"PGD-100 {pgd100:.2f} vs 96.2 ({pgd100 - 96.2:+.2f}" in cell["text"]
+    assert ("outside" in cell["text"]) == (verdict == "not reproduced")
+    n_rep = int(verdict == "reproduced")
+    assert cells["table1/counts"]["text"].startswith(
+        f"7 rows: {n_rep} reproduced · {1 - n_rep} attempted (run, not within the bar) · 6 not run. "
+        f"Bar: ±0.3 points natural, ±1.5 points robust")
+
+
+def test_counts_and_verdicts_of_several_rows(fidelity_suite, write_run_records, tmp_path):
+    """A run whose evaluation lacks a column is an attempt, not a reproduction; rows without runs are not run;
+    the counts appear at the top of every paper table's section."""
+    cw = _spec(fidelity_suite, "method=cat-cw", "g_kl_reduction=batchmean", "seed=0")
+    cent = _spec(fidelity_suite, "method=cat-cent", "g_kl_reduction=batchmean")
+    write_run_records(tmp_path, cw, accuracies={"natural": 99.0, "pgd20": 97.0, "pgd100": 96.0})
+    write_run_records(tmp_path, cent, accuracies={"natural": 99.2, "pgd20": 96.8})
+    runs, collected = load_runs(fidelity_suite, tmp_path)
+    from cat_bench.paper import load_published
+
+    tables = {t.id: t for t in build_tables(load_published(), collected, fidelity_suite.runs, "mnist-fidelity")}
+    rows = {r.id: r for r in tables["1"].rows}
+    assert rows[CATCW_04].verdict == "reproduced" and rows[CATCENT_04].verdict == "not reproduced"
+    assert "PGD-100 not evaluated" in rows[CATCENT_04].verdict_text(tables["1"].columns)
+    assert tables["1"].counts() == {"reproduced": 1, "not reproduced": 1, "not run": 5}
+    assert tables["2"].counts() == {"reproduced": 0, "not reproduced": 0, "not run": len(tables["2"].rows)}
+    html = render_report(fidelity_suite, tmp_path, tmp_path / "report").read_text()
+    cells = read_cells(html)
+    for t in tables.values():
+        assert cells[f"{t.key}/counts"]["text"].startswith(f"{len(t.rows)} rows: ")

@@ -9,9 +9,10 @@
     runs/<run>.html      one page per finished run: config, training curves, selected epoch,
     runs/<run>.png       evaluation, time, hardware and versions
 
-Table cells carry `data-cell="table<N>/<row label>/<metric>"` (plus `@<arch>` in Table 4, and
-`.../runs` for the runs column) and `data-mark="above|below|within"` when a difference is shown;
-`read_cells` extracts them from the HTML.
+Table cells carry `data-cell="table<N>/<row label>/<metric>"` (plus `@<arch>` in Table 4,
+`.../verdict` for the row's verdict, `.../runs` for the runs column, and `table<N>/counts` for the
+table's verdict counts) and `data-mark`: "above|below|within" on a cell whose difference is shown,
+"reproduced|not-reproduced|not-run" on a verdict; `read_cells` extracts them from the HTML.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from cat_bench.paper import load_authors_log
 from cat_bench.presets import format_eps
 from cat_bench.suite import SUITES_DIR, Suite, load_suite
 
-from .fidelity import TOLERANCE, accuracy_plot, fidelity_runs, fmt, mask_plot
+from .fidelity import TOLERANCE, accuracy_plot, fidelity_runs, fmt, log_epochs, mask_plot
 from .figures import draw_figure2, figure2_panels, paper_figures, run_curves
 from .runs import RunRecord, format_value, load_runs
 from .tables import (ARCH_LABELS, DATASET_LABELS, METRIC_LABELS, Table, build_tables, leaderboard, mask_flags)
@@ -201,7 +202,7 @@ def _fidelity(runs: list[RunRecord], out: Path, device: str, data_root) -> dict 
             fig2[fr.run.name] = (None, f"not drawn: {type(err).__name__}: {err}")
     return {"fruns": frs, "tolerance": TOLERANCE, "mask_image": "figures/fidelity_mask.png" if has_mask else None,
             "accuracy_image": "figures/fidelity_accuracy.png", "figure2": fig2, "fmt": fmt,
-            "log": load_authors_log().to_dict("records")}
+            "log": load_authors_log().to_dict("records"), "log_epochs": log_epochs()}
 
 
 class _CellParser(HTMLParser):

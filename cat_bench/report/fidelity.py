@@ -4,6 +4,8 @@ A fidelity run is a run of the suite labelled "Fidelity" (the `mnist-fidelity` s
 history, finished or not: its per-epoch selection metric is the log's measurement (natural and
 PGD-20 accuracy at eps 0.3 on the full test set). Each run gets its epochs beside the log with the
 differences, its mask trajectory from trace.jsonl, and a verdict computed from those numbers.
+Tables list the log's epochs (1, 2, 10), the selected epoch and the last one (`FidelityRun.shown`),
+so a 40-epoch run reads as five rows; the accuracy plot draws every epoch.
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ class EpochRow:
     def d_pgd20(self) -> float | None:
         return None if self.log_pgd20 is None else self.pgd20 - self.log_pgd20
 
+    @property
+    def within(self) -> bool | None:
+        """Whether this epoch is within TOLERANCE of the log (None where the log has no such epoch)."""
+        if self.log_natural is None or self.log_pgd20 is None:
+            return None
+        return abs(self.d_natural) <= TOLERANCE["natural"] and abs(self.d_pgd20) <= TOLERANCE["pgd20"]
+
 
 @dataclass
 class FidelityRun:
@@ -49,9 +58,21 @@ class FidelityRun:
     rows: list[EpochRow]
     trace: list[dict]
     selection_n: int | None
+    selected: int | None = None  # the epoch the protocol keeps (best so far while training)
     verdict: str = ""  # "reproduced", "not reproduced", "mask collapsed", "mask saturated", "no log"
     verdict_text: str = ""
     compared: list[int] = field(default_factory=list)  # epochs present in both
+
+    def shown(self, log_epochs: Sequence[int]) -> list[tuple[EpochRow, str]]:
+        """The rows a table lists, each with why: the log's epochs, the selected epoch and the last one."""
+        last = self.rows[-1].epoch if self.rows else None
+        out = []
+        for r in self.rows:
+            why = [w for w, hit in (("log epoch", r.epoch in log_epochs), ("selected", r.epoch == self.selected),
+                                    ("last", r.epoch == last)) if hit]
+            if why:
+                out.append((r, ", ".join(why)))
+        return out
 
     @property
     def title(self) -> str:
@@ -79,10 +100,15 @@ def fidelity_runs(runs: Sequence[RunRecord]) -> list[FidelityRun]:
                          h.get("mask_flag"), by_epoch.get((h["epoch"], "natural")), by_epoch.get((h["epoch"], "pgd20")))
                 for h in history]
         trace = records.read_jsonl(run.path / records.TRACE)
-        fr = FidelityRun(run, identity, rows, trace, identity["selection"]["n"])
+        fr = FidelityRun(run, identity, rows, trace, identity["selection"]["n"], history[-1].get("best_epoch"))
         fr.verdict, fr.verdict_text = verdict(fr, has_log=bool(by_epoch))
         out.append(fr)
     return out
+
+
+def log_epochs() -> list[int]:
+    """The epochs the authors' log records (1, 2, 10)."""
+    return sorted(int(e) for e in set(load_authors_log()["epoch"]))
 
 
 def verdict(fr: FidelityRun, has_log: bool) -> tuple[str, str]:
@@ -92,8 +118,7 @@ def verdict(fr: FidelityRun, has_log: bool) -> tuple[str, str]:
     parts = []
     kind = "no log"
     if fr.compared:
-        off = [r for r in fr.rows if r.epoch in fr.compared and (abs(r.d_natural) > TOLERANCE["natural"]
-                                                                 or abs(r.d_pgd20) > TOLERANCE["pgd20"])]
+        off = [r for r in fr.rows if r.within is False]
         kind = "not reproduced" if off else "reproduced"
         epochs = [f"epoch {r.epoch} {'outside' if r in off else 'within'}: natural {r.natural:.1f}% vs "
                   f"{r.log_natural:.1f}% ({fmt(r.d_natural, True)}), PGD-20 {r.pgd20:.1f}% vs the log's "
@@ -103,7 +128,7 @@ def verdict(fr: FidelityRun, has_log: bool) -> tuple[str, str]:
     elif not has_log:
         parts.append("The authors published no log for this configuration; nothing to compare with.")
     else:
-        parts.append("The log's epochs (1, 2, 10) are not trained yet.")
+        parts.append(f"The log's epochs ({', '.join(map(str, log_epochs()))}) are not trained yet.")
     means = ", ".join(f"{r.mask_mean:.2g}" for r in fr.rows if r.mask_mean is not None)
     if flags:
         fate = flags[0].mask_flag

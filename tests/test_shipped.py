@@ -1,0 +1,187 @@
+"""Shipped models (cat_bench.shipped): `cat-bench export` of a real tiny CATcw run on mnist-mini, `cat-bench eval`
+of the folder, refusals, and the check of every model folder committed under results/models/."""
+
+import hashlib
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+
+from cat_bench import records, shipped
+from cat_bench.cli import _parser, main
+from cat_bench.evaluate import evaluate
+from cat_bench.train import resolve_config, train
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "results" / "models"
+TRAINED_WITH = "cat-bench train --method cat-cw --dataset mnist-mini --eps 0.3 --epochs 1 (the fixture's train())"
+
+
+def assert_card_check(folder: Path, data_root=None) -> None:
+    """A shipped model folder's weights are the card's (SHA-256), and natural and PGD-20 accuracy on the first
+    500 test examples, measured here from the card's identity and the weights, are the numbers its card records."""
+    card = shipped.read_card(folder)
+    digest = shipped.sha256(folder / card["weights"]["file"])
+    assert digest == card["weights"]["sha256"], f"{folder}: the weights' SHA-256 is not the card's"
+    check = card["check"]
+    assert check["key"]["n_examples"] == shipped.CHECK_N and set(check["attacks"]) == set(shipped.CHECK_ATTACKS)
+    got = shipped.measure_folder(folder, card, list(shipped.CHECK_ATTACKS), n_examples=shipped.CHECK_N, eps=None,
+                                 batch_size=check["batch_size"], device=torch.device("cpu"), data_root=data_root,
+                                 progress=False)
+    assert got["key"] == check["key"]
+    for name in shipped.CHECK_ATTACKS:
+        assert got["attacks"][name]["settings"] == check["attacks"][name]["settings"], name
+        assert got["attacks"][name]["correct"] == check["attacks"][name]["correct"], name
+        assert got["attacks"][name]["accuracy"] == check["attacks"][name]["accuracy"], name
+
+
+def committed_models() -> list[Path]:
+    return sorted(p for p in MODELS.iterdir() if shipped.is_model_folder(p)) if MODELS.is_dir() else []
+
+
+@pytest.mark.parametrize("folder", committed_models(), ids=lambda p: p.name)
+def test_committed_model_gives_its_card_numbers(folder, request):
+    """Every committed model folder: its weights are the card's and give the card's check numbers."""
+    dataset = shipped.read_card(folder)["identity"]["dataset"]
+    root = None if dataset == "mnist-mini" else request.getfixturevalue("mnist_root") if dataset == "mnist" else None
+    assert_card_check(folder, data_root=root)
+
+
+# ---------------------------------------------------------------------------------------------
+# A real tiny run, exported
+
+
+def run_cli(argv, capsys):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """CATcw on 100 mnist-mini digits for one epoch, evaluated (natural, PGD-20) on its first 100 test digits."""
+    config = resolve_config("cat-cw", "mnist-mini", 0.3, epochs=1, n_train=100, batch_size=50, select_n=20)
+    out = tmp_path_factory.mktemp("ship") / records.run_name(config)
+    train(config, out, progress=False, log=lambda m: None, device=torch.device("cpu"))
+    evaluate(out, "natural,pgd20", n_examples=100, progress=False, log=lambda m: None, device=torch.device("cpu"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(run):
+    folder = run.parent / "models" / "tiny-cw"
+    assert main(["export", str(run), "--name", "tiny-cw", "--out", str(folder), "--device", "cpu", "--no-progress",
+                 "--trained-with", TRAINED_WITH]) == 0
+    return folder
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_export_writes_weights_sha256_and_card(run, model):
+    assert sorted(p.name for p in model.iterdir()) == ["README.md", "card.json", "weights.pt", "weights.pt.sha256"]
+    weights = torch.load(model / "weights.pt", weights_only=True)
+    best = records.load_checkpoint(run / records.BEST)
+    assert set(weights) == {"f", "g"}
+    for net in ("f", "g"):
+        assert weights[net].keys() == best["nets"][net].keys()
+        assert all(torch.equal(weights[net][k], best["nets"][net][k]) for k in weights[net])
+    digest = hashlib.sha256((model / "weights.pt").read_bytes()).hexdigest()
+    assert (model / "weights.pt.sha256").read_text() == f"{digest}  weights.pt\n"
+
+    card = json.loads((model / "card.json").read_text())
+    assert card["weights"]["sha256"] == digest and card["weights"]["epoch"] == best["epoch"]
+    assert card["identity"] == records.read_identity(run) and card["run"] == run.name
+    assert card["sources"] == records.read_json(run / records.CONFIG)["sources"]
+    assert card["evaluation"] == records.read_json(run / records.EVAL)
+    assert card["training"]["sessions"] == records.read_jsonl(run / records.SESSIONS)
+    history = records.read_jsonl(run / records.HISTORY)
+    assert card["training"]["wall_seconds"] == pytest.approx(sum(h["seconds"] for h in history))
+    assert card["training"]["provenance"] == records.read_json(run / records.CONFIG)["provenance"]
+    assert card["training"]["trained_with"] == TRAINED_WITH
+    assert card["check"]["key"] == {"n_examples": 500, "eps": 0.3}
+    assert card["check"]["attacks"]["pgd20"]["settings"]["clip"] is False  # the paper protocol: CAT's MNIST code
+    readme = (model / "README.md").read_text()
+    assert digest in readme and card["training"]["command"] in readme and "## Identity" in readme
+
+
+def test_the_cards_command_trains_the_same_run(run, model):
+    """card.json's `cat-bench train` command, parsed by the CLI, resolves to the run's config hash."""
+    command = json.loads((model / "card.json").read_text())["training"]["command"]
+    args = _parser().parse_args(shlex.split(command)[1:])
+    from cat_bench.cli import parse_sets
+    from cat_bench.presets import parse_eps
+
+    config = resolve_config(args.method, args.dataset, parse_eps(args.eps), arch=args.arch, epochs=args.epochs,
+                            seed=args.seed, overrides=parse_sets(args.set), select_on=args.select_on,
+                            select_n=args.select_n, batch_size=args.batch_size, n_train=args.n_train,
+                            protocol=args.protocol, schedule=args.schedule, precision=args.precision)
+    assert records.run_name(config) == run.name
+    assert "--epochs 1" in command and "--n-train 100" in command and "--set" not in command
+
+
+def test_eval_of_the_folder_prints_the_cards_numbers_and_writes_nothing(run, model, capsys):
+    before = _snapshot(model)
+    code, out, err = run_cli(["eval", model, "--attacks", "natural,pgd20", "--n-examples", 100, "--device", "cpu",
+                              "--no-progress"], capsys)
+    assert code == 0, err
+    assert "SHA-256 verified" in err
+    evaluation = records.read_json(run / records.EVAL)["attacks"]
+    for name in ("natural", "pgd20"):
+        acc = 100 * evaluation[name]["accuracy"]
+        assert f"{name:<7}  {acc:6.2f}%  card {acc:6.2f}%  same" in out
+    assert _snapshot(model) == before
+
+
+def test_the_folder_gives_its_check_numbers(model):
+    assert_card_check(model)
+
+
+def test_tampered_weights_exit_2_before_evaluating(model, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for p in model.iterdir():
+        (bad / p.name).write_bytes(p.read_bytes())
+    data = bytearray((bad / "weights.pt").read_bytes())
+    data[-200] ^= 1
+    (bad / "weights.pt").write_bytes(bytes(data))
+    code, out, err = run_cli(["eval", bad, "--attacks", "natural", "--n-examples", 10], capsys)
+    assert code == 2 and "has SHA-256" in err and "the card records" in err and out == ""
+    with pytest.raises(AssertionError):
+        assert_card_check(bad)
+
+
+def test_export_refusals_exit_2_and_write_nothing(run, model, tmp_path, capsys):
+    out = tmp_path / "m"
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    for name in (records.CONFIG, records.HISTORY):
+        (unfinished / name).write_bytes((run / name).read_bytes())
+    unevaluated = tmp_path / "unevaluated"
+    unevaluated.mkdir()
+    for name in (records.CONFIG, records.HISTORY, records.DONE):
+        (unevaluated / name).write_bytes((run / name).read_bytes())
+    cases = [([run, "--name", "bad name"], "is not a folder name"),
+             ([run, "--name", "x", "--out", model], "already exists"),
+             ([tmp_path / "nothing", "--name", "x", "--out", out], "not a run directory"),
+             ([unfinished, "--name", "x", "--out", out], "has not finished training"),
+             ([unevaluated, "--name", "x", "--out", out], "is not evaluated")]
+    for argv, needle in cases:
+        code, _, err = run_cli(["export", *argv], capsys)
+        assert code == 2 and needle in err, (argv, err)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_mnist_mini_test_digits_are_not_the_first_of_mnist():
+    """Why a model trained on `mnist` needs the MNIST test file for its check: mnist-mini's test digits are a
+    class-balanced draw from MNIST's test set, not its first 500 (the shipped asset's own index says so)."""
+    import numpy as np
+    from importlib import resources
+
+    with resources.as_file(resources.files("cat_bench") / "assets" / "mnist_mini.npz") as path, np.load(path) as npz:
+        index = npz["test_index"]
+    assert len(index) == 2000 and not np.array_equal(index[:500], np.arange(500))
+    assert np.isin(np.arange(500), index).sum() < 500
