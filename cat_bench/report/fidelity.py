@@ -22,7 +22,7 @@ from .figures import METHOD_LABELS, PALETTE, _finish_axes, _new, save_png
 from .runs import RunRecord
 
 LABEL = "Fidelity"
-TOLERANCE = {"natural": 1.0, "pgd20": 3.0}  # points: issue 9's bar for "reproduces the log"
+TOLERANCE = {"natural": 1.0, "pgd20": 3.0}  # points: the bar for "reproduces the log"
 
 
 @dataclass
