@@ -115,7 +115,8 @@ case "$step" in
     doctor --device cpu
     log "doctor: $(tail -1 "$out/doctor.md")"
     BENCH_DATASET=mnist-mini BENCH_ARGS="--device cpu --batches 1 --eval-n 20 --variants fp32" benchmarks smallcnn
-    suite=smoke only=seed=0 jobs=2 minutes=1 suite_run --device cpu
+    suite=smoke; only=seed=0; jobs=2; minutes=1
+    suite_run --device cpu
     collect
     tar tzf "$out/records.tar.gz" | grep -q 'history.jsonl' || { log "no training records were packed"; exit 1; }
     ;;
