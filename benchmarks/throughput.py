@@ -327,7 +327,7 @@ def main() -> None:
         print(f"\nPGD-20 accuracy of the untrained net, same {args.eval_n} images: cat-bench {accs[0]:.4f}, "
               f"torchattacks {accs[1]:.4f}")
     elif other is None:
-        print("\ntorchattacks is not installed here: the evaluation comparison is skipped (docs/speed.md)")
+        print("\ntorchattacks is not installed here: the evaluation comparison is skipped (README: Speed)")
     if args.record is not None:
         args.record.parent.mkdir(parents=True, exist_ok=True)
         args.record.write_text(json.dumps(record, indent=2) + "\n")
