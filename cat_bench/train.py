@@ -280,6 +280,7 @@ def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.de
     if (out / records.DONE).exists():
         if records.read_identity(out) != config:
             raise UsageError(f"{out} holds a different, finished run; choose another --out")
+        records.verify_run(out)  # done, but only while every record can be read
         log(f"{out}: already done")
         return records.read_json(out / records.DONE)
     ckpt = _prepare_run_dir(out, config, resume)
