@@ -108,13 +108,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--executor", choices=("local", "slurm"), default="local",
                    help="local: here, one process per visible GPU; slurm: one job-array task per run (submitit)")
     r.add_argument("--partition", type=partition_name, help="Slurm partition")
-    r.add_argument("--time", type=int, default=24 * 60, help="Slurm time limit per job, minutes (default 1440)")
+    r.add_argument("--time", type=positive_int, default=24 * 60, help="Slurm time limit per job, minutes (default 1440)")
     r.add_argument("--gpus-per-job", type=positive_int, default=1,
                    help="processes per run (default 1); above 1 each run trains as one data-parallel group: "
                         "local, one run at a time on that many GPUs (gloo processes on CPU); slurm, one task per GPU")
     r.add_argument("--nodes-per-job", type=positive_int, default=1,
                    help="Slurm nodes per run, each with --gpus-per-job GPUs (default 1)")
-    r.add_argument("--array-parallelism", type=int, default=32, help="Slurm array tasks running at once")
+    r.add_argument("--array-parallelism", type=positive_int, default=32, help="Slurm array tasks running at once")
     _common(r)
 
     st = sub.add_parser("status", help="progress of a suite's runs")

@@ -126,6 +126,10 @@ def _evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps
     device = resolve_device(device)
     precision_context("fp32", device)  # the paper's evaluation: fp32, TF32 off
     batch_size = batch_size or default_batch_size(device)
+    if (run_dir / records.DONE).exists() and not (run_dir / records.BEST).exists():
+        raise UsageError(f"missing checkpoint {run_dir / records.BEST} of a finished run (resuming cannot make it); "
+                         f"train the run again from scratch: in a suite, `cat-bench run --suite SUITE --retrain "
+                         f"{run_dir.name}`; else move {run_dir} aside and rerun its `cat-bench train` command")
     ckpt = records.load_checkpoint(run_dir / records.BEST)
     nets = Networks(config, device)
     try:
