@@ -123,49 +123,46 @@ def test_the_lock_is_reentrant_and_refuses_another_process(copy, tmp_path):
         pass
 
 
-def _ranks(launcher: int) -> list[int]:
-    children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
-    return [int(pid) for pid in children
-            if "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+def _ignores_sigint(ready: str) -> None:
+    """A rank that does not act on SIGINT (as one deep in a collective whose peer is gone never returns
+    to Python to raise KeyboardInterrupt): torch's own SIGINT on the parent's death cannot stop it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    (Path(ready) / str(os.getpid())).touch()
+    time.sleep(600)
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads a launcher's children from /proc")
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the ranks' state from /proc")
 def test_killing_a_launcher_kills_its_ranks(tmp_path):
-    out = tmp_path / "group"
-    argv = list(TRAIN)
-    argv[argv.index("--epochs") + 1] = "1000"
-    proc = subprocess.Popen([sys.executable, "-m", "cat_bench.cli", *argv, "--nproc", "2", "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    code = (f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\nfrom test_rundir import _ignores_sigint\n"
+            f"from cat_bench import distributed\ndistributed.launch(_ignores_sigint, ({str(ready)!r},), 2)\n")
+    launcher = subprocess.Popen([sys.executable, "-c", code])
+    ranks: list[int] = []
     try:
         deadline = time.time() + 300
-        while not (out / records.HISTORY).exists():  # the group trains
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.5)
-        ranks = _ranks(proc.pid)
-        assert len(ranks) == 2
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        while any(Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid) for pid in ranks):
+        while len(ranks) < 2:
+            assert launcher.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+            ranks = [int(p.name) for p in ready.iterdir()]
+        launcher.kill()
+        launcher.wait()
+        deadline = time.time() + 60
+        while any(map(_alive, ranks)):
             assert time.time() < deadline, "the ranks outlived their launcher"
             time.sleep(0.2)
     finally:
-        proc.kill()
-        for pid in _ranks_left(proc.pid):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _proc_state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "Z"
-
-
-def _ranks_left(launcher: int) -> list[int]:
-    try:
-        return _ranks(launcher)
-    except OSError:
-        return []
+        launcher.kill()
+        for pid in ranks:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 # 3. Modes follow the umask
