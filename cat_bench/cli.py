@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
 from cat_bench import distributed
-from cat_bench.errors import GroupFailed, UsageError
+from cat_bench.errors import CorruptRecord, Diverged, GroupFailed, UsageError
 from cat_bench.presets import parse_eps
+from cat_bench.shell import command
 from cat_bench.tracking import check_trackers
 
 LISTABLE = ("methods", "datasets", "attacks", "architectures")
@@ -40,6 +42,13 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
     return value
+
+
+def partition_name(text: str) -> str:
+    """An argparse type: a Slurm partition name (it goes into a generated job script, so nothing else may)."""
+    if not re.fullmatch(r"[A-Za-z0-9_.,-]+", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a partition name; allowed: letters, digits and _ . , -")
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train and evaluate every run of a suite, skipping finished ones")
     _suite_args(r)
     r.add_argument("--dry-run", action="store_true", help="print the plan (runs, done, GPU-hour estimate) and stop")
+    r.add_argument("--retrain", nargs="+", default=[], metavar="RUN",
+                   help="start these runs of the suite again from scratch (each directory is moved aside to "
+                        "RUN.old-TIMESTAMP, not deleted)")
     r.add_argument("--stop-after-epoch", type=positive_int, metavar="K",
                    help="train each run at most up to epoch K this time (a compute budget; rerun to continue)")
     _budget_args(r)
@@ -121,14 +133,14 @@ def _parser() -> argparse.ArgumentParser:
                         "its measured rate (default: RESULTS/throughput-*.json, where scripts/gpu_hour.sh puts them)")
     r.add_argument("--executor", choices=("local", "slurm"), default="local",
                    help="local: here, one process per visible GPU; slurm: one job-array task per run (submitit)")
-    r.add_argument("--partition", help="Slurm partition")
-    r.add_argument("--time", type=int, default=24 * 60, help="Slurm time limit per job, minutes (default 1440)")
+    r.add_argument("--partition", type=partition_name, help="Slurm partition")
+    r.add_argument("--time", type=positive_int, default=24 * 60, help="Slurm time limit per job, minutes (default 1440)")
     r.add_argument("--gpus-per-job", type=positive_int, default=1,
                    help="processes per run (default 1); above 1 each run trains as one data-parallel group: "
                         "local, one run at a time on that many GPUs (gloo processes on CPU); slurm, one task per GPU")
     r.add_argument("--nodes-per-job", type=positive_int, default=1,
                    help="Slurm nodes per run, each with --gpus-per-job GPUs (default 1)")
-    r.add_argument("--array-parallelism", type=int, default=32, help="Slurm array tasks running at once")
+    r.add_argument("--array-parallelism", type=positive_int, default=32, help="Slurm array tasks running at once")
     _common(r)
 
     st = sub.add_parser("status", help="progress of a suite's runs")
@@ -219,8 +231,14 @@ def _suite_args(p: argparse.ArgumentParser) -> None:
 def _suite_specs(args):
     from cat_bench.suite import filter_runs, load_suite
 
+    _check_results(args.results)
     suite = load_suite(args.suite)
     return suite, filter_runs(suite.runs, args.only, require_match=True)
+
+
+def _check_results(results: Path) -> None:
+    if results.exists() and not results.is_dir():
+        raise UsageError(f"--results {results} is a file, not a results directory")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -245,6 +263,9 @@ def _train(args) -> None:
                             select_n=args.select_n, batch_size=args.batch_size, n_train=args.n_train,
                             protocol=args.protocol, schedule=args.schedule, precision=args.precision)
     out = args.out or Path("runs") / records.run_name(config)
+    if args.n_train is not None and config["n_train"] != args.n_train:
+        print(f"note: --n-train {args.n_train} is more than the {config['n_train']} training images {args.dataset} "
+              f"has here; training on (and recording) {config['n_train']}", file=sys.stderr)
     options = dict(resume=args.resume, data_root=args.data_root, device=args.device, compile=args.compile,
                    progress=not args.no_progress, stop_after_epoch=args.stop_after_epoch,
                    deadline=_deadline(args), trackers=check_trackers(args.log))
@@ -259,10 +280,10 @@ def _train(args) -> None:
         return
     if not summary.get("done", True):
         print(f"stopped after epoch {summary['epochs_trained']} of {summary['epochs']}; continue with: "
-              f"cat-bench train ... --resume --out {out}")
+              f"{command('train', '...', '--resume', '--out', out)}")
         return
     print(f"done: selected epoch {summary['best_epoch']} (rule {summary['selection']}); "
-          f"evaluate with: cat-bench eval {out}")
+          f"evaluate with: {command('eval', out)}")
 
 
 def _eval(args) -> None:
@@ -341,8 +362,11 @@ def _progress(results: Path, spec) -> dict:
     from cat_bench.costs import train_epochs
     from cat_bench.orchestrate import run_dir
 
-    history = records.read_jsonl(run_dir(results, spec) / records.HISTORY)
     total = math.ceil(train_epochs(spec.config))
+    try:
+        history = records.read_jsonl(run_dir(results, spec) / records.HISTORY)
+    except CorruptRecord:  # the run is failed; `state` says so
+        return {"epochs": f"?/{total}", "eta": "-"}
     eta = "-"
     if history and len(history) < total:
         left = (total - len(history)) * sum(h["seconds"] for h in history) / len(history)
@@ -415,11 +439,16 @@ def _pricing(args, table) -> str:
 
 
 def _run(args) -> int:
-    from cat_bench import records
     from cat_bench.networks import resolve_device
-    from cat_bench.orchestrate import run_local, run_parallel, state, submit_slurm, worker_devices
+    from cat_bench.orchestrate import (failure, move_aside, run_local, run_parallel, state, submit_slurm,
+                                       worker_devices)
+    from cat_bench.rundir import check_writable
 
     suite, specs = _suite_specs(args)
+    retrain = _retrain_specs(args.retrain, specs)
+    if args.jobs_per_gpu > 1 and args.gpus_per_job > 1:
+        raise UsageError(f"--jobs-per-gpu {args.jobs_per_gpu} packs several runs on one GPU and --gpus-per-job "
+                         f"{args.gpus_per_job} spreads one run over several; give one of them")
     if args.dry_run:
         table = _plan_table(args, specs, with_cost=True)
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
@@ -432,17 +461,22 @@ def _run(args) -> int:
               f"estimated {todo.gpu_hours.sum():.1f} GPU-hours left ({table.gpu_hours.sum():.1f} in all; "
               f"{_pricing(args, table)}; see cat_bench/costs.py)")
         return
+    for spec in retrain:
+        aside = move_aside(args.results, spec)
+        print(f"{spec.name}: {'moved ' + str(aside.name) + ' aside; ' if aside else ''}training it from scratch",
+              file=sys.stderr)
+    if any(state(args.results, s) != "done" for s in specs):  # before hours of work, not after
+        check_writable(args.results / "runs", "results directory")
     if args.executor == "slurm":
+        _check_script_path(args.results)
         todo = [s for s in specs if state(args.results, s) != "done"]
         jobs = submit_slurm(args.results, todo, partition=args.partition, time_min=args.time,
                             gpus_per_job=args.gpus_per_job, nodes_per_job=args.nodes_per_job,
                             array_parallelism=args.array_parallelism, data_root=args.data_root)
         print(f"submitted {len(jobs)} jobs ({len(specs) - len(todo)} runs already done); "
-              f"logs in {args.results / 'slurm'}; follow with: cat-bench status --suite {args.suite}")
+              f"logs in {args.results / 'slurm'}; follow with: "
+              f"{command('status', '--suite', args.suite, '--results', args.results)}")
         return
-    if args.jobs_per_gpu > 1 and args.gpus_per_job > 1:
-        raise UsageError(f"--jobs-per-gpu {args.jobs_per_gpu} packs several runs on one GPU and --gpus-per-job "
-                         f"{args.gpus_per_job} spreads one run over several; give one of them")
     device = resolve_device(args.device)
     options = dict(stop_after_epoch=args.stop_after_epoch, deadline=_deadline(args), compile=args.compile,
                    trackers=check_trackers(args.log))
@@ -460,11 +494,30 @@ def _run(args) -> int:
     print(f"{suite.name}: {finished} of {len(specs)} runs finished ({trained} this time)"
           f"{f', {stopped} stopped by the budget (rerun to continue)' if stopped else ''}"
           f"{f', {len(failed)} FAILED' if failed else ''} in {args.results / 'runs'}; "
-          f"table: cat-bench results --suite {args.suite} --results {args.results}")
-    for name in failed:
-        record = records.read_json(args.results / "runs" / name / records.FAILED)
-        print(f"FAILED {name}: {record['reason']}\n  fix: {record['fix']}")
+          f"table: {command('results', '--suite', args.suite, '--results', args.results)}")
+    for spec in (s for s in specs if s.name in failed):
+        record = failure(args.results, spec)
+        print(f"FAILED {spec.name}: {record['reason']}\n  fix: {record['fix']}")
+        if "--retrain" in record["fix"]:
+            print(f"  {command('run', '--suite', args.suite, '--results', args.results, '--retrain', spec.name)}")
     return 1 if failed else 0
+
+
+def _retrain_specs(names: list[str], specs) -> list:
+    """The runs `--retrain` names, each one of the suite's (after --only)."""
+    by_name = {s.name: s for s in specs}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise UsageError(f"--retrain {' '.join(unknown)}: not a run of this suite (after --only); its runs: "
+                         f"{', '.join(by_name) if len(by_name) <= 10 else ', '.join(list(by_name)[:10]) + ', ...'}")
+    return [by_name[n] for n in dict.fromkeys(names)]
+
+
+def _check_script_path(results: Path) -> None:
+    """The results path goes into the Slurm job script (its log paths): no line breaks or control characters."""
+    if any(ord(c) < 32 or c == "\x7f" for c in str(results.resolve())):
+        raise UsageError(f"--results {str(results)!r} contains a control character (a line break?), which would end "
+                         f"a line of the Slurm job script; choose a plain path")
 
 
 def _status(args) -> None:
@@ -482,10 +535,11 @@ def _results(args) -> None:
     from cat_bench.results import collect, concise, format_table, summarize
 
     _, specs = _suite_specs(args)
-    df = collect(run_dir(args.results, s) for s in specs)
+    states = {s.name: state(args.results, s) for s in specs}
+    df = collect(run_dir(args.results, s) for s in specs if states[s.name] != "failed")  # as status and run say
     if df.empty:
         raise UsageError(f"no finished runs of suite {args.suite!r} under {args.results}; "
-                         f"run: cat-bench run --suite {args.suite} --results {args.results}")
+                         f"run: {command('run', '--suite', args.suite, '--results', args.results)}")
     table = df if args.per_seed else summarize(df)
     if not (args.wide or args.per_seed):
         table = concise(table, numeric=args.format != "markdown")
@@ -494,11 +548,11 @@ def _results(args) -> None:
         print(f"every row: evaluated on {df['n_examples'].iloc[0]} test examples at eps "
               f"{format_eps(df['test_eps'].iloc[0])} (each run's eval.json)", file=sys.stderr)
     shown = set(df["run"])
-    states = [state(args.results, s) for s in specs if s.name not in shown]
+    states = [states[s.name] for s in specs if s.name not in shown]
     missing = {k: sum(v == k for v in states) for k in ("partial", "failed", "todo")}
     if any(missing.values()):
         print(f"not in the table: {missing['partial']} partial, {missing['failed']} failed, {missing['todo']} not "
-              f"started, of {len(specs)} runs (cat-bench status --suite {args.suite} --results {args.results})",
+              f"started, of {len(specs)} runs ({command('status', '--suite', args.suite, '--results', args.results)})",
               file=sys.stderr)
 
 
@@ -507,6 +561,7 @@ def _report(args) -> None:
 
     from cat_bench.suite import load_suite
 
+    _check_results(args.results)
     suite = load_suite(args.suite)
     from cat_bench.report import render_report  # matplotlib and jinja2: after the suite is known
     out = args.out or args.results / "reports" / suite.name
@@ -631,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"cat-bench: error: {err}", file=sys.stderr)
         return 2
-    except GroupFailed as err:
+    except (GroupFailed, Diverged) as err:
         print(f"cat-bench: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -640,6 +695,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `cat-bench ... | head`: the reader left; say nothing more
         sys.stdout = open(os.devnull, "w")
         return 0
+    except OSError as err:  # a full disk, a folder that became unwritable: no traceback, the file named
+        where = f": {err.filename}" if err.filename else ""
+        print(f"cat-bench: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
     return code or 0
 
 

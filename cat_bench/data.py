@@ -37,23 +37,24 @@ class DatasetInfo:
     std: tuple[float, ...] | None
     test_eps: float  # L-inf radius of the paper's evaluation (METHOD.md s4)
     n_test: int  # size of the test split (a suite's evaluation without n_examples uses all of it)
+    n_train: int  # size of the training split (`--n-train` takes at most this many, less the protocol's skip)
     description: str
 
 
 DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
         name="mnist", family="mnist", num_classes=10, shape=(1, 28, 28), mean=None, std=None, test_eps=0.3,
-        n_test=10000, description="MNIST, 60000 train / 10000 test 28x28 grey digits (torchvision, under the data root); "
+        n_test=10000, n_train=60000, description="MNIST, 60000 train / 10000 test 28x28 grey digits (torchvision, under the data root); "
                     "no input normalization (METHOD.md s2), test eps 0.3",
     ),
     "mnist-mini": DatasetInfo(
         name="mnist-mini", family="mnist", num_classes=10, shape=(1, 28, 28), mean=None, std=None, test_eps=0.3,
-        n_test=2000, description="class-balanced MNIST subset shipped with cat-bench, 10000 train (1000 a class) / 2000 test "
+        n_test=2000, n_train=10000, description="class-balanced MNIST subset shipped with cat-bench, 10000 train (1000 a class) / 2000 test "
                     "(200 a class); works offline, for smoke runs (scripts/make_mnist_mini.py rebuilds it)",
     ),
     "cifar10": DatasetInfo(
         name="cifar10", family="cifar", num_classes=10, shape=(3, 32, 32),
-        mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616), test_eps=8 / 255, n_test=10000,
+        mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616), test_eps=8 / 255, n_test=10000, n_train=50000,
         description="CIFAR-10, 50000 train / 10000 test 32x32 colour images (torchvision, under the data root); "
                     "normalization inside the model (METHOD.md s2), test eps 8/255",
     ),
@@ -63,7 +64,7 @@ DATASETS: dict[str, DatasetInfo] = {
         name="cifar100", family="cifar", num_classes=100, shape=(3, 32, 32),
         mean=(0.5070751592371323, 0.48654887331495095, 0.4409178433670343),
         std=(0.2673342858792401, 0.2564384629170883, 0.27615047132568404), test_eps=8 / 255,
-        n_test=10000,
+        n_test=10000, n_train=50000,
         description="CIFAR-100 (fine labels), 50000 train / 10000 test 32x32 colour images (torchvision, under "
                     "the data root); test eps 8/255",
     ),

@@ -20,7 +20,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from cat_bench.errors import CorruptRecord, GroupFailed, UsageError
+from cat_bench.errors import CorruptRecord, Diverged, GroupFailed, UsageError
 from cat_bench.lazy import torch
 
 
@@ -98,8 +98,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(local_rank: int, world: int, port: int, fn, args) -> None:
+def die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when its parent (the launcher) dies, so a killed launcher
+    never leaves ranks writing a run whose lock it held (Linux prctl PR_SET_PDEATHSIG; elsewhere a
+    thread polls the parent's pid)."""
+    import signal
+
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+        import threading
+        import time
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _entry(local_rank: int, world: int, port: int, fn, args, parent: int) -> None:
     """One spawned rank: its environment (as torchrun sets it), fn, then leave the group."""
+    die_with_parent(parent)
     os.environ.update(RANK=str(local_rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if "OMP_NUM_THREADS" not in os.environ:  # ranks on one host share its cores (torchrun gives each 1 thread)
@@ -114,21 +141,24 @@ def _entry(local_rank: int, world: int, port: int, fn, args) -> None:
 def launch(fn, args: tuple, nproc: int) -> None:
     """Run fn(*args) in `nproc` processes on this host as one group. A rank that fails or is killed
     stops the others and raises GroupFailed naming it (rerun with --resume to continue); a rank's
-    UsageError or CorruptRecord is raised here as it was."""
+    UsageError, CorruptRecord or Diverged is raised here as it was. The ranks die with this process."""
     if nproc < 1:
         raise UsageError(f"--nproc {nproc!r} must be a positive integer")
     import torch.multiprocessing as mp
 
     rerun = "rerun the same command with --resume to continue from the last finished epoch"
     try:
-        mp.start_processes(_entry, args=(nproc, free_port(), fn, args), nprocs=nproc, start_method="spawn")
+        mp.start_processes(_entry, args=(nproc, free_port(), fn, args, os.getpid()), nprocs=nproc,
+                           start_method="spawn")
     except mp.ProcessExitedException as err:
         raise GroupFailed(f"training rank {err.error_index} of {nproc} exited with code {err.exit_code} and the "
                           f"group stopped; {rerun}") from None
     except mp.ProcessRaisedException as err:
         # The rank's traceback ends "module.Error: message"; a cat-bench error keeps its type and its fix.
         kind, _, message = str(err).strip().splitlines()[-1].partition(": ")
-        if kind in ("cat_bench.errors.UsageError", "cat_bench.errors.CorruptRecord"):
-            raise (CorruptRecord if kind.endswith("CorruptRecord") else UsageError)(message) from None
+        known = {"cat_bench.errors.UsageError": UsageError, "cat_bench.errors.CorruptRecord": CorruptRecord,
+                 "cat_bench.errors.Diverged": Diverged}
+        if kind in known:
+            raise known[kind](message) from None
         raise GroupFailed(f"training rank {err.error_index} of {nproc} failed ({kind}: {message}) and the group "
                           f"stopped; {rerun}") from None

@@ -12,5 +12,13 @@ class CorruptRecord(UsageError):
     """A run directory's record or checkpoint cannot be read: that run fails, a suite goes on with the others."""
 
 
+class RunBusy(UsageError):
+    """Another process holds the run directory's lock (it trains or evaluates that run now)."""
+
+
 class GroupFailed(Exception):
     """A rank of a data-parallel training group failed or was killed; the group stopped, --resume continues."""
+
+
+class Diverged(Exception):
+    """An epoch's training loss is not finite: the run stopped before recording that epoch (exit status 1)."""

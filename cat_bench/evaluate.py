@@ -18,6 +18,8 @@ from cat_bench.lazy import torch
 from cat_bench.networks import Networks, precision_context, resolve_device
 from cat_bench.presets import EVAL_ATTACKS, AttackPreset, clips, eval_attack
 from cat_bench.progress import progress_bar
+from cat_bench.rundir import RunLock, check_writable, claim
+from cat_bench.shell import command
 
 AUTOATTACK_STANDARD = ["apgd-ce", "apgd-t", "fab-t", "square"]
 WHITE_BOX = ("fgsm", "pgd20", "pgd100", "cw", "autoattack")
@@ -126,30 +128,44 @@ def measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, preset: At
     return _autoattack(state_dir, model, x, y, preset.eps, settings, batch_size, seed, device, log, key=key)
 
 
-def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps: float | None = None,
-             batch_size: int | None = None, data_root=None, device: torch.device | str | None = None, progress: bool = True,
-             log=print, unfinished: bool = False) -> dict:
+def evaluate(run_dir: Path, attacks: str, **options) -> dict:
+    """Evaluate a run's selected checkpoint; writes and returns eval.json's content (`_evaluate`'s
+    options), holding the run's lock: one writer of eval.json at a time (RunBusy for a second)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / records.CONFIG).is_file():
+        raise UsageError(f"{run_dir} is not a run directory (no {records.CONFIG}); train one with cat-bench train --out")
+    with RunLock(run_dir):
+        claim(run_dir, "run")
+        return _evaluate(run_dir, attacks, **options)
+
+
+def _evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps: float | None = None,
+              batch_size: int | None = None, data_root=None, device: torch.device | str | None = None,
+              progress: bool = True, log=print, unfinished: bool = False) -> dict:
     """Evaluate a run's selected checkpoint; writes and returns eval.json's content.
 
     A run without `done` (training stopped or killed) is refused unless `unfinished`: its best
     checkpoint so far is not the one its protocol selects. Every argument is checked before torch
-    is touched (`device`: a torch.device or a name for `resolve_device`).
+    is touched (`device`: a torch.device or a name for `resolve_device`), and the run directory's
+    writability before any attack runs.
     """
-    run_dir = Path(run_dir)
-    if not (run_dir / records.CONFIG).is_file():
-        raise UsageError(f"{run_dir} is not a run directory (no {records.CONFIG}); train one with cat-bench train --out")
     if not unfinished and not (run_dir / records.DONE).exists():
         epochs = len(records.read_jsonl(run_dir / records.HISTORY))
         raise UsageError(f"{run_dir} has not finished training ({epochs} epoch(s) recorded, no {records.DONE} "
-                         f"marker); finish it with `cat-bench train --resume --out {run_dir}` (or rerun its suite), "
+                         f"marker); finish it with `{command('train', '...', '--resume', '--out', run_dir)}` (or rerun its suite), "
                          f"or pass --unfinished to evaluate its best checkpoint so far")
     config = records.read_identity(run_dir)
     info = dataset_info(config["dataset"])
     names = parse_attacks(attacks, info.family)
     check_options(batch_size=batch_size, n_examples=n_examples, eps=eps)
+    check_writable(run_dir, "run directory")
     device = resolve_device(device)
     precision_context("fp32", device)  # the paper's evaluation: fp32, TF32 off
     batch_size = batch_size or default_batch_size(device)
+    if (run_dir / records.DONE).exists() and not (run_dir / records.BEST).exists():
+        raise UsageError(f"missing checkpoint {run_dir / records.BEST} of a finished run (resuming cannot make it); "
+                         f"train the run again from scratch: in a suite, `cat-bench run --suite SUITE --retrain "
+                         f"{run_dir.name}`; else move {run_dir} aside and rerun its `cat-bench train` command")
     ckpt = records.load_checkpoint(run_dir / records.BEST)
     nets = Networks(config, device)
     try:
@@ -160,13 +176,16 @@ def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps:
     model = nets.f.eval()
 
     x, y = load_test_examples(config["dataset"], n_examples, data_root, device)
+    if n_examples is not None and n_examples > len(y):
+        log(f"note: --n-examples {n_examples} is more than the {len(y)} test examples; evaluating (and "
+            f"recording) all {len(y)}")
     test_eps = eps if eps is not None else info.test_eps
     clip = clips(info.family, config.get("protocol", "valid"))  # runs from before protocols always clipped
     key = {"checkpoint": records.BEST, "epoch": best_epoch, "n_examples": len(y), "eps": test_eps}
 
     path = run_dir / records.EVAL
     result = _select_evaluation(records.read_json(path) if path.exists() else {}, key)
-    result["provenance"] = records.provenance(device)
+    result.setdefault("provenance", records.provenance(device))  # replaced once this evaluation runs an attack
 
     for name in names:
         preset = eval_attack(info.family, name, test_eps, override=eps is not None)
@@ -175,6 +194,7 @@ def evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps:
         if done is not None and done["settings"] == settings:
             log(f"{name}: {100 * done['accuracy']:.2f}% (already evaluated)")
             continue
+        result["provenance"] = records.provenance(device)  # of the evaluation that runs an attack
         t0 = time.time()
         correct = measure(model, x, y, preset, settings, seed=config["seed"], batch_size=batch_size, device=device,
                           progress=progress, log=log, state_dir=run_dir, key=key)

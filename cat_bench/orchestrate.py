@@ -4,8 +4,9 @@ A job is one `RunSpec`: its directory is `RESULTS/runs/<method>-<dataset>-<confi
 finished when the run has its `done` marker and `eval.json` holds every attack the suite asks
 for; finished jobs are skipped, unfinished ones continue from their last checkpoint and their
 last finished attack. A per-run lock file (`<run>.lock`, an OS file lock released when the
-process dies, even by SIGKILL) makes concurrent `cat-bench run` processes on one results
-directory share the work: a process skips runs another holds, then waits for them at the end.
+process dies, even by SIGKILL; cat_bench.rundir) makes concurrent `cat-bench run` processes on one
+results directory share the work: a process skips runs another holds, then waits for them at the
+end. A run that cannot be used fails alone (`unusable`, failed.json); the others go on.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from cat_bench import distributed, records
 from cat_bench.data import dataset_info
-from cat_bench.errors import CorruptRecord, GroupFailed
+from cat_bench.errors import CorruptRecord, Diverged, GroupFailed, RunBusy, UsageError
 from cat_bench.evaluate import evaluate
 from cat_bench.lazy import torch
 from cat_bench.progress import progress_bar
+from cat_bench.rundir import RunLock, owner
 from cat_bench.suite import RunSpec
 from cat_bench.train import train, train_group
 
@@ -37,12 +37,12 @@ def run_dir(results: Path, spec: RunSpec) -> Path:
 
 
 def state(results: Path, spec: RunSpec) -> str:
-    """'done' (trained and fully evaluated), 'failed' (the last attempt hit a corrupt record: failed.json says
-    why and how to fix it), 'partial' (something on disk) or 'todo'."""
+    """'done' (trained and fully evaluated), 'failed' (unusable as it is on disk: `unusable` says why;
+    failed.json, when there is one, also says how to fix it), 'partial' (something on disk) or 'todo'."""
     out = run_dir(results, spec)
-    if not out.exists():
+    if not out.exists() and not out.is_symlink():
         return "todo"
-    if (out / records.FAILED).exists():
+    if unusable(results, spec) is not None:
         return "failed"
     if (out / records.DONE).exists() and (out / records.EVAL).exists():
         ev = records.read_json(out / records.EVAL)
@@ -55,16 +55,103 @@ def state(results: Path, spec: RunSpec) -> str:
     return "partial"
 
 
-def _lock(results: Path, spec: RunSpec) -> FileLock:
-    path = run_dir(results, spec).with_suffix(".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(path)
+def _outside(results: Path, spec: RunSpec) -> str | None:
+    """Why cat-bench must not write the run's path at all: a file there, or a link out of the results."""
+    out = run_dir(results, spec)
+    if out.is_symlink() and not out.resolve().is_relative_to((Path(results) / RUNS).resolve()):
+        return f"{out} is a link to {out.resolve()}, outside the results directory {results}"
+    if out.exists() and not out.is_dir():
+        return f"{out} is a file, not a run directory"
+    return None
+
+
+def unusable(results: Path, spec: RunSpec) -> str | None:
+    """Why the run cannot be used as it is on disk (the first problem found), or None: a path cat-bench
+    must not write, a failed.json, a folder of someone else's files, or a record that cannot be read
+    or whose identity does not hash to the run's name (records.verify_run)."""
+    out = run_dir(results, spec)
+    reason = _outside(results, spec)
+    if reason is None and (out / records.FAILED).exists():
+        return _failed_record(out, spec)["reason"]
+    if reason is None and out.is_dir() and any(out.iterdir()) and owner(out) != "run":
+        reason = f"{out} holds files cat-bench did not write ({', '.join(sorted(os.listdir(out))[:5])})"
+    if reason is None:
+        try:
+            records.verify_run(out)
+        except CorruptRecord as err:
+            reason = str(err)
+    return reason
+
+
+def failure(results: Path, spec: RunSpec) -> dict:
+    """A failed run's reason and fix: its failed.json, or what `unusable` finds when it has none."""
+    out = run_dir(results, spec)
+    if _outside(results, spec) is None and (out / records.FAILED).exists():
+        return _failed_record(out, spec)
+    return {"reason": unusable(results, spec) or "unknown (see the log)", "fix": _retrain(out, spec)}
+
+
+def _failed_record(out: Path, spec: RunSpec) -> dict:
+    try:
+        record = records.read_json(out / records.FAILED)
+        return {"reason": str(record["reason"]), "fix": str(record["fix"])}
+    except (CorruptRecord, KeyError) as err:
+        return {"reason": f"unreadable failure record: {err}", "fix": _retrain(out, spec)}
+
+
+def _retrain(out: Path, spec: RunSpec) -> str:
+    return f"rerun the suite with --retrain {spec.name} (moves {out} aside and trains the run from scratch)"
+
+
+def move_aside(results: Path, spec: RunSpec) -> Path | None:
+    """`run --retrain`: under the run's lock, rename its directory (or whatever is at its path) to
+    NAME.old-TIMESTAMP, so the suite trains it from scratch; nothing is deleted. Returns the new path."""
+    out = run_dir(results, spec)
+    if not out.exists() and not out.is_symlink():
+        return None
+    with RunLock(out):
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = out.with_name(f"{out.name}.old-{stamp}")
+        n = 1
+        while aside.exists() or aside.is_symlink():
+            n += 1
+            aside = out.with_name(f"{out.name}.old-{stamp}-{n}")
+        os.rename(out, aside)
+    return aside
+
+
+def _fix(err: Exception, out: Path, spec: RunSpec) -> str:
+    """What to do about a run that failed with `err` (a fix that works from where the run stands)."""
+    retrain = _retrain(out, spec)
+    if isinstance(err, GroupFailed):
+        return "rerun the suite: the run resumes from its last finished epoch"
+    if isinstance(err, Diverged):
+        return ("change the settings that make it diverge in the suite (the same settings diverge again: "
+                "they are the run's identity), then rerun the suite")
+    if isinstance(err, OSError):
+        return f"free disk space or make {out} writable, then rerun the suite: the run resumes from its last checkpoint"
+    if isinstance(err, CorruptRecord):
+        return (f"remove the corrupt file if it is checkpoints/last.pt (training restarts from epoch 0) or "
+                f"eval.json (evaluation reruns); otherwise, or to start again: {retrain}")
+    return f"{retrain}; or fix what the message says and rerun the suite"
+
+
+def _record_failure(out: Path, err: Exception, fix: str, log: Callable[[str], None]) -> None:
+    """failed.json with the reason and the fix (when the disk takes it: a full disk may not)."""
+    reason = f"{err.strerror}: {err.filename}" if isinstance(err, OSError) and err.filename else str(err)
+    try:
+        records.write_json(out / records.FAILED, {"reason": reason, "fix": fix, "time": time.time()})
+    except OSError as write_err:
+        log(f"could not record the failure in {out / records.FAILED}: {write_err}")
+    log(f"run {out.name} FAILED: {reason}; {fix}")
 
 
 def _failed_since(out: Path, since: float) -> bool:
     """Whether the run's failed.json was written at or after `since`."""
-    path = out / records.FAILED
-    return path.exists() and records.read_json(path).get("time", 0) >= since
+    try:
+        return records.read_json(out / records.FAILED).get("time", 0) >= since
+    except (UsageError, OSError, AttributeError):  # none, or not a record this check can read
+        return False
 
 
 def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=None, progress: bool = True,
@@ -80,24 +167,34 @@ def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=Non
     (`train_group`); evaluation then runs here. Under a group already set up (a multi-task Slurm
     job) this process is its rank 0: `train` joins the group.
 
-    'failed': a record or checkpoint of this run is corrupt (CorruptRecord), or a rank of its
-    training group failed (GroupFailed); failed.json keeps the reason and the fix, and the suite goes on with its other runs. The next attempt starts by
-    removing failed.json, so a fixed run simply continues.
+    'failed': the run cannot be used (a corrupt or edited record, a missing checkpoint, someone
+    else's files in its folder), a rank of its training group failed (GroupFailed), its loss
+    diverged, or a write failed (a full disk). failed.json keeps the reason and a fix that works
+    (`_fix`), and the suite goes on with its other runs. The next attempt starts by removing
+    failed.json, so a fixed run simply continues. A finished run is skipped without the lock (a
+    read-only results directory of finished runs answers); a path cat-bench must not write (a file,
+    a link out of the results) fails without a write.
     """
-    lock = _lock(results, spec)
+    if state(results, spec) == "done":
+        return "skipped"
+    out = run_dir(results, spec)
+    outside = _outside(results, spec)
+    if outside is not None:
+        log(f"run {spec.name} FAILED: {outside}; {_fix(UsageError(outside), out, spec)}")
+        return "failed"
+    lock = RunLock(out)
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
+        lock.acquire()
+    except RunBusy as err:
         if not wait:
-            log(f"run {spec.name} is held by another process (lock {lock.lock_file}); coming back to it")
+            log(f"run {spec.name} is held by another process ({err}); coming back to it")
             return "busy"
-        log(f"waiting for run {spec.name}: another process holds it (lock {lock.lock_file})")
+        log(f"waiting for run {spec.name}: another process holds it (lock {lock.path})")
         waited_from = time.time()
-        lock.acquire(timeout=-1)
-        if _failed_since(run_dir(results, spec), waited_from):  # the holder just failed it: not retried here
+        lock.acquire(wait=True)
+        if _failed_since(out, waited_from):  # the holder just failed it: not retried here
             lock.release()
             return "failed"
-    out = run_dir(results, spec)
     try:
         (out / records.FAILED).unlink(missing_ok=True)
         if state(results, spec) == "done":
@@ -113,12 +210,8 @@ def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=Non
         evaluate(out, ",".join(spec.attacks), n_examples=spec.n_examples, data_root=data_root, device=device,
                  progress=progress, log=log)
         return "done"
-    except (CorruptRecord, GroupFailed) as err:
-        fix = ("rerun the suite: the run resumes from its last finished epoch" if isinstance(err, GroupFailed) else
-               f"remove the corrupt file (a corrupt checkpoints/last.pt: training restarts from epoch 0) or the "
-               f"whole run directory {out} to train it again from scratch, then rerun the suite")
-        records.write_json(out / records.FAILED, {"reason": str(err), "fix": fix, "time": time.time()})
-        log(f"run {spec.name} FAILED: {err}; {fix}")
+    except (UsageError, GroupFailed, Diverged, OSError) as err:
+        _record_failure(out, err, _fix(err, out, spec), log)
         return "failed"
     finally:
         lock.release()

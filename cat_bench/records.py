@@ -8,11 +8,13 @@ process never leaves a half-written file.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 
 from cat_bench.errors import CorruptRecord, UsageError
 from cat_bench.lazy import torch
+from cat_bench.shell import command
 
 CONFIG = "config.json"
 HISTORY = "history.jsonl"
@@ -32,10 +35,22 @@ LAST = "checkpoints/last.pt"
 BEST = "checkpoints/best.pt"
 
 
+TEMP_SUFFIX = ".tmp"  # `.NAME.XXXXXXXX.tmp`: a write in progress, or left by a killed one (rundir cleans them)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: Path, write) -> None:
+    """Write `path` through a temp file renamed into place; the file gets 0666 less the umask, as open() gives."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -51,24 +66,35 @@ def write_json(path: Path, obj: Any) -> None:
     _atomic(Path(path), lambda fh: fh.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
 
 
-def read_json(path: Path) -> Any:
-    """Read a JSON record; a corrupt file is a CorruptRecord naming it."""
+def read_json(path: Path, kind: type = dict) -> Any:
+    """Read a JSON record of type `kind` (every record is an object); anything else in its place (not
+    UTF-8, not JSON, another type, a folder) is a CorruptRecord naming the file."""
     try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
-        raise CorruptRecord(f"corrupt record {path}: {err}") from None
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, IsADirectoryError, NotADirectoryError) as err:  # JSONDecodeError, UnicodeDecodeError
+        raise CorruptRecord(f"corrupt record {path}: {type(err).__name__}: {err}") from None
+    if not isinstance(value, kind):
+        raise CorruptRecord(f"corrupt record {path}: holds a JSON {type(value).__name__}, not a {kind.__name__}")
+    return value
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save atomically."""
-    _atomic(Path(path), lambda fh: torch.save(state, fh))
+    """torch.save atomically. torch reports a failed write (a full disk) as a RuntimeError from its
+    zip writer; it becomes the OSError it is, naming the file."""
+    def write(fh):
+        try:
+            torch.save(state, fh)
+        except RuntimeError as err:
+            raise OSError(errno.EIO, f"torch.save could not write (is the disk full?): {err}".strip(), str(path)) from None
+
+    _atomic(Path(path), write)
 
 
 def load_checkpoint(path: Path) -> dict:
     """torch.load(weights_only=True); a missing file is a UsageError, a corrupt one a CorruptRecord, naming it."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"missing checkpoint {path}; train the run first (cat-bench train ... --out {path.parents[1]})")
+        raise UsageError(f"missing checkpoint {path}; train the run first ({command('train', '...', '--out', path.parents[1])})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated/garbled files
@@ -76,23 +102,42 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def append_jsonl(path: Path, obj: dict) -> None:
-    """Append one record line to a JSONL history (flushed and fsynced)."""
-    with open(path, "a") as fh:
-        fh.write(json.dumps(obj, sort_keys=True) + "\n")
+    """Append one record line to a JSONL history (flushed and fsynced). A torn last line a kill left
+    (no newline at its end) is cut off first, so the new line never joins it."""
+    with open(path, "ab+") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size:
+            fh.seek(size - 1)
+            if fh.read(1) != b"\n":
+                fh.seek(0)
+                fh.truncate(fh.read().rfind(b"\n") + 1)
+        fh.write((json.dumps(obj, sort_keys=True) + "\n").encode())
         fh.flush()
         os.fsync(fh.fileno())
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """All complete lines of a JSONL history (a torn last line from a kill is dropped)."""
-    if not Path(path).exists():
+    """Every line of a JSONL history. A torn last line (no newline: a kill mid-append) is dropped; any
+    other line that is not a JSON object is a CorruptRecord naming the file and the line, so a
+    damaged history is never silently cut short."""
+    path = Path(path)
+    if not path.exists():
         return []
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except (IsADirectoryError, NotADirectoryError) as err:
+        raise CorruptRecord(f"corrupt record {path}: {type(err).__name__}: {err}") from None
+    lines = text.split("\n")[:-1]  # after the last newline: "" or a torn line
     rows = []
-    for line in Path(path).read_text().splitlines():
+    for number, line in enumerate(lines, start=1):
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            raise CorruptRecord(f"corrupt record {path}: line {number} is not a JSON object ({line[:60]!r}); "
+                                f"repair or remove that line")
+        rows.append(row)
     return rows
 
 
@@ -108,9 +153,49 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
 
 
+RUN_NAME = re.compile(r"[a-z0-9-]+-[0-9a-f]{12}")  # METHOD-DATASET-HASH
+
+
 def read_identity(run_dir: Path) -> dict:
-    """The resolved config a run directory was trained with (config.json's identity), LATER_KEYS filled in."""
-    return {**LATER_KEYS, **read_json(Path(run_dir) / CONFIG)["identity"]}
+    """The resolved config a run directory was trained with (config.json's identity), LATER_KEYS filled in.
+
+    A directory named like a run (METHOD-DATASET-HASH) must hold the identity that hashes to its name:
+    an edited or damaged config.json is a CorruptRecord, never a run that claims settings it did not train with.
+    """
+    run_dir = Path(run_dir)
+    identity = read_json(run_dir / CONFIG).get("identity")
+    if not isinstance(identity, dict) or not {"method", "dataset"} <= set(identity):
+        raise CorruptRecord(f"corrupt record {run_dir / CONFIG}: no run identity (method, dataset, ...) in it")
+    identity = {**LATER_KEYS, **identity}
+    if RUN_NAME.fullmatch(run_dir.name) and run_name(identity) != run_dir.name:
+        raise CorruptRecord(f"corrupt record {run_dir / CONFIG}: its identity hashes to {run_name(identity)}, not to "
+                            f"the directory's name {run_dir.name} (edited by hand?)")
+    return identity
+
+
+def verify_run(run_dir: Path) -> None:
+    """Read every record of a run directory once: CorruptRecord names the first that cannot be used, so
+    every command (run, status, results, report) calls the same run failed."""
+    run_dir = Path(run_dir)
+    if (run_dir / CONFIG).exists():
+        read_identity(run_dir)
+    if (run_dir / DONE).exists() and not isinstance(read_json(run_dir / DONE).get("best_epoch"), int):
+        raise CorruptRecord(f"corrupt record {run_dir / DONE}: no best_epoch in it")
+    if (run_dir / EVAL).exists():
+        _check_evaluation(run_dir / EVAL, read_json(run_dir / EVAL))
+    for name in (HISTORY, TRACE, SESSIONS):
+        read_jsonl(run_dir / name)
+
+
+def _check_evaluation(path: Path, ev: dict) -> None:
+    """eval.json's top level as `evaluate` writes it: a key (n_examples, eps) and attacks with accuracies."""
+    key, attacks = ev.get("key"), ev.get("attacks")
+    number = (int, float)
+    if not (isinstance(key, dict) and isinstance(key.get("n_examples"), int) and isinstance(key.get("eps"), number)
+            and isinstance(attacks, dict)
+            and all(isinstance(a, dict) and isinstance(a.get("accuracy"), number) for a in attacks.values())):
+        raise CorruptRecord(f"corrupt record {path}: not an evaluation (key with n_examples and eps, attacks with "
+                            f"accuracies)")
 
 
 def run_name(config: dict) -> str:

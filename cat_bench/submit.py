@@ -34,6 +34,8 @@ from cat_bench import records
 from cat_bench.data import dataset_info, load_split, resolve_data_root
 from cat_bench.errors import UsageError
 from cat_bench.lazy import torch
+from cat_bench.rundir import claim
+from cat_bench.shell import command
 
 THREAT_MODEL = "Linf"
 ROBUSTBENCH_DATASETS = ("cifar10", "cifar100", "imagenet")  # what RobustBench hosts
@@ -121,8 +123,8 @@ def paper_for(method: str, title=None, authors=None, venue=None, link=None, repo
 
 def eval_command(run_dir: Path, n_examples: int | None) -> str:
     """The command that produces the AutoAttack evaluation a submission needs."""
-    extra = f" --n-examples {n_examples}" if n_examples is not None else ""
-    return f"cat-bench eval {run_dir} --attacks natural,autoattack{extra}"
+    extra = ["--n-examples", n_examples] if n_examples is not None else []
+    return command("eval", run_dir, "--attacks", "natural,autoattack", *extra)
 
 
 def read_run(run_dir: Path) -> dict:
@@ -144,7 +146,7 @@ def read_run(run_dir: Path) -> dict:
                          f"with --protocol valid")
     if not (run_dir / records.DONE).is_file():
         raise UsageError(f"run {run_dir} is unfinished (no `{records.DONE}` marker); finish training first: "
-                         f"cat-bench train --resume --out {run_dir} with the options it was started with "
+                         f"{command('train', '...', '--resume', '--out', run_dir)} with the options it was started with "
                          f"(recorded in {run_dir / records.CONFIG})")
     return config
 
@@ -156,27 +158,27 @@ def finished_autoattack(run_dir: Path, config: dict, best_epoch: int, n_examples
     total = TEST_SET_SIZE[config["dataset"]]
     if n_examples is not None and not 0 < n_examples <= total:
         raise UsageError(f"--n-examples {n_examples!r} must be between 1 and {total} (the test set)")
-    command = eval_command(run_dir, n_examples)
+    redo = eval_command(run_dir, n_examples)
     path = run_dir / records.EVAL
     result = records.read_json(path) if path.is_file() else {}
     attacks = result.get("attacks", {})
     if "autoattack" not in attacks:
         why = "is missing" if not path.is_file() else "has no autoattack entry"
         raise UsageError(f"run {run_dir} has no finished AutoAttack evaluation ({records.EVAL} {why}); RobustBench "
-                         f"ranks by AutoAttack, so produce one with: {command}")
+                         f"ranks by AutoAttack, so produce one with: {redo}")
     if "natural" not in attacks:
-        raise UsageError(f"{path} has AutoAttack but no natural accuracy (RobustBench's clean_acc); run: {command}")
+        raise UsageError(f"{path} has AutoAttack but no natural accuracy (RobustBench's clean_acc); run: {redo}")
     key = result["key"]
     if key.get("checkpoint") != records.BEST or key.get("epoch") != best_epoch:
         raise UsageError(f"{path} evaluated {key.get('checkpoint')} of epoch {key.get('epoch')}, but "
-                         f"{run_dir / records.BEST} is now epoch {best_epoch}; re-evaluate with: {command}")
+                         f"{run_dir / records.BEST} is now epoch {best_epoch}; re-evaluate with: {redo}")
     if abs(key["eps"] - float(LINF_EPS)) > 1e-9:
         raise UsageError(f"{path} was evaluated at eps {key['eps']:.6g}, but RobustBench's {config['dataset']} "
-                         f"Linf leaderboard uses eps {LINF_EPS}; re-evaluate at the default eps with: {command}")
+                         f"Linf leaderboard uses eps {LINF_EPS}; re-evaluate at the default eps with: {redo}")
     settings = attacks["autoattack"]["settings"]
     if settings.get("subattacks") != AUTOATTACK_STANDARD or settings.get("norm") != "Linf":
         raise UsageError(f"{path}'s AutoAttack is not the standard Linf version ({settings.get('subattacks')}); "
-                         f"re-evaluate with: {command}")
+                         f"re-evaluate with: {redo}")
     n = key["n_examples"]
     if n_examples is None and n < total:
         raise UsageError(f"{path}'s AutoAttack ran on the first {n} of the {total} test points; RobustBench reports "
@@ -184,10 +186,10 @@ def finished_autoattack(run_dir: Path, config: dict, best_epoch: int, n_examples
                          f"it as it is (the JSON's footnote then says so)")
     if n_examples is not None and n != n_examples:
         raise UsageError(f"{path}'s AutoAttack ran on {n} test points, not --n-examples {n_examples}; "
-                         f"run: {command}")
+                         f"run: {redo}")
     if not (run_dir / "autoattack.log").is_file():
         raise UsageError(f"{run_dir / 'autoattack.log'} (the log behind autoattack_acc) is missing; delete {path} "
-                         f"and re-evaluate with: {command}")
+                         f"and re-evaluate with: {redo}")
     return result
 
 
@@ -288,6 +290,7 @@ def export(run_dir: Path, name: str, out: Path, *, paper: PaperInfo | None = Non
         "model_zoo_entry": out / "model_zoo_entry.py",
         "autoattack_log": out / "autoattack.log",
     }
+    claim(out, "submission")  # never over a folder of someone else's files
     _write_text(paths["model_info"], json.dumps(model_info, indent=2) + "\n")
     records.save_checkpoint(paths["checkpoint"], state)
     _write_text(paths["model_zoo_entry"], zoo_entry_source(name, config, gdrive_id))

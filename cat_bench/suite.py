@@ -124,6 +124,9 @@ _TOP_KEYS = ("description", "include", "defaults", "runs")
 def load_suite(name_or_path: str) -> Suite:
     """A shipped suite by name (see SUITES), or a suite file by path; UsageError if it is malformed."""
     path = _locate(name_or_path, Path.cwd())
+    if not path.stem or path.stem.startswith("."):  # the name picks folders (RESULTS/reports/NAME)
+        raise UsageError(f"suite file {path}: its name {path.stem!r} is not a suite name; name the file NAME.toml "
+                         f"with NAME starting with a letter or digit")
     description, runs = _read(path, ())
     merged: dict[str, RunSpec] = {}
     for run in runs:

@@ -23,7 +23,7 @@ from cat_bench import distributed, records
 from cat_bench.attacks import PGD
 from cat_bench.data import TensorLoader, dataset_info, load_split, split_train_val
 from cat_bench.distributed import Group
-from cat_bench.errors import CorruptRecord, UsageError
+from cat_bench.errors import CorruptRecord, Diverged, UsageError
 from cat_bench.evaluate import correct_under, default_batch_size
 from cat_bench.lazy import torch
 from cat_bench.methods import TrainAttack, default_arch, get_method, protocol_for, resolve_hparams
@@ -32,9 +32,12 @@ from cat_bench.models import check_arch
 from cat_bench.networks import Networks, precision_context, resolve_device
 from cat_bench.presets import PIXEL_PROTOCOLS, PRECISIONS, SELECTION, clips
 from cat_bench.progress import progress_bar
+from cat_bench.rundir import RunLock, check_writable, claim
 from cat_bench.tracking import Trackers
 
 SELECT_ON = ("test", "val")
+SEED_LIMIT = 2 ** 32  # numpy's seeds (the batch order) are below 2**32
+CPU_TFLOPS = 0.2  # a CPU's assumed sustained rate, for the warning before a training of hours (costs.py)
 MASK_HEALTHY = (0.01, 0.99)  # an epoch's mean mask outside this range: collapsed (M ~ 0) or saturated (M ~ 1)
 
 
@@ -65,14 +68,19 @@ def resolve_config(method: str, dataset: str, eps: float, *, arch: str | None = 
                         ("n-train", n_train)):
         if value is not None and value < 1:
             raise UsageError(f"--{name} {value!r} must be a positive integer")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:
+        raise UsageError(f"seed {seed!r} is out of range; allowed: a whole number from 0 to {SEED_LIMIT - 1} "
+                         f"(numpy's and torch's seed range)")
     arch = arch or default_arch(method, info.family, schedule)
-    check_arch(arch)
+    check_arch(arch, info.shape)
     proto = protocol_for(method, dataset, arch, schedule)
     sched = {"name": schedule, **proto.as_dict()}
     for key in ("source", "hparams", "attack_steps", "attack_step", "attack_step_ratio", "eps_decimals",
                 "selection", "select_at_train_eps", "milestones_follow_epochs"):
         sched.pop(key)
     sched["train_skip"] = proto.train_skip if dataset == "mnist" else 0  # the script's own dataset only
+    if n_train is not None:  # what training uses and records: never more than the split holds
+        n_train = min(n_train, info.n_train - sched["train_skip"])
     if epochs is not None:
         if proto.milestones_follow_epochs and epochs != proto.epochs:
             sched["milestones"] = [m * epochs / proto.epochs for m in proto.milestones]
@@ -109,6 +117,29 @@ def _epoch_means(sums: dict[str, torch.Tensor], n_steps: int) -> dict[str, float
     if "mask_sq" in means:
         means["mask_std"] = math.sqrt(max(means.pop("mask_sq") - means["mask_mean"] ** 2, 0.0))
     return means
+
+
+def _finite_means(sums: dict[str, torch.Tensor], n_steps: int, epoch: int) -> dict[str, float]:
+    """The epoch's means (`_epoch_means`, one read of the sums per epoch); Diverged if a loss is not
+    finite, before the epoch is recorded or checkpointed (training on would only record NaN)."""
+    means = _epoch_means(sums, n_steps)
+    bad = {k: v for k, v in means.items() if not math.isfinite(v)}
+    if bad:
+        raise Diverged(f"training diverged in epoch {epoch}: mean {', '.join(f'{k} {v}' for k, v in bad.items())}; "
+                       f"the run stopped before recording it (its checkpoints hold epoch {epoch - 1}). Its settings "
+                       f"(a hyperparameter such as beta, the learning rate, eps) make the loss overflow: change them")
+    return means
+
+
+def _warn_cpu_hours(config: dict, log) -> None:
+    """Say so before a CPU training that the cost model (costs.py, at CPU_TFLOPS) puts at an hour or more."""
+    from cat_bench.costs import run_gpu_hours
+
+    hours = run_gpu_hours(config, (), None, tflops=CPU_TFLOPS)
+    if hours >= 1:
+        log(f"WARNING: this run is estimated at {hours:.0f} hours on a CPU ({config['arch']} on {config['dataset']}, "
+            f"{CPU_TFLOPS:g} TFLOP/s assumed, cat_bench/costs.py); for a quick run give --n-train and --epochs, "
+            f"or train on a GPU (--device cuda)")
 
 
 def _trace_row(losses: dict[str, torch.Tensor], epoch: int, batch: int, n_batches: int) -> dict:
@@ -249,14 +280,30 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
     batch of each epoch and every `trace_every` batches after it.
     """
     out = Path(out)
+    group = group or distributed.from_env()
+    options = dict(resume=resume, data_root=data_root, device=device, compile=compile, progress=progress, log=log,
+                   stop_after_epoch=stop_after_epoch, trace_every=trace_every, group=group)
+    if not group.main:  # the other ranks write nothing
+        return _train(config, out, **options)
+    with RunLock(out):  # the writer holds the run's lock and writes only into a run directory
+        claim(out, "run", create=False)
+        check_writable(out, "run directory")
+        return _train(config, out, **options)
+
+
+def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.device | str | None, compile: bool,
+           progress: bool, log, stop_after_epoch: int | None, trace_every: int, group: Group) -> dict:
+    """`train`'s work, with the run directory claimed and locked by its writer."""
     if (out / records.DONE).exists():
         if records.read_identity(out) != config:
             raise UsageError(f"{out} holds a different, finished run; choose another --out")
+        records.verify_run(out)  # done, but only while every record can be read
         log(f"{out}: already done")
         return records.read_json(out / records.DONE)
     ckpt = _prepare_run_dir(out, config, resume)
-    group = group or distributed.from_env()
     device = resolve_device(device)
+    if device.type == "cpu" and group.main:
+        _warn_cpu_hours(config, log)
     if group.world > 1:
         _check_shareable(config)
         device = _rank_device(device, group)
@@ -297,6 +344,7 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
 
     start, best = 0, {"epoch": None, "score": float("-inf")}
     if ckpt is None and group.main:
+        claim(out, "run")  # made and marked now that the data is there: a failed start leaves no folder
         records.write_json(out / records.CONFIG, {"identity": config, "sources": config_sources(config),
                                                   "provenance": records.provenance(device)})
         (out / records.HISTORY).unlink(missing_ok=True)
@@ -359,6 +407,7 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
             if group.world > 1:
                 sums = _summed(sums)
             train_seconds = time.time() - t0
+            means = _finite_means(sums, n_steps, epoch + 1)
             n_images = min(len(y_train), n_steps * schedule["batch_size"])
 
             nets.f.eval()
@@ -370,7 +419,7 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
                 best = {"epoch": epoch + 1, "score": score}
                 if group.main:
                     records.save_checkpoint(out / records.BEST, {"nets": nets.state(), "epoch": epoch + 1, "score": score})
-            row = {"epoch": epoch + 1, "lr": lr, "train": _epoch_means(sums, n_steps),
+            row = {"epoch": epoch + 1, "lr": lr, "train": means,
                    "nat_acc": nat, "rob_acc": rob, "score": score, "best_epoch": best["epoch"],
                    "train_seconds": train_seconds, "images_per_s": n_images / train_seconds,
                    "seconds": time.time() - t0}
@@ -412,8 +461,11 @@ def train_group(config: dict, out: Path, nproc: int, **options) -> dict:
     """
     if distributed.from_env().world > 1:
         raise UsageError("--nproc starts its own group; under torchrun (WORLD_SIZE set) leave it out")
-    distributed.launch(_train_rank, (config, Path(out), options), nproc)
     out = Path(out)
+    with RunLock(out) as lock, lock.lent():  # the ranks write under this process's lock and die with it
+        claim(out, "run", create=False)
+        check_writable(out, "run directory")
+        distributed.launch(_train_rank, (config, out, options), nproc)
     if (out / records.DONE).exists():
         return records.read_json(out / records.DONE)
     from cat_bench.costs import train_epochs

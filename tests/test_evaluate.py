@@ -66,7 +66,7 @@ def copy_run(src, dst, keep_eval=True):
 
 def leftovers(run):
     """Temporary files of the atomic writes (".<name>.<random>.tmp") left anywhere in a run directory."""
-    return sorted(p.name for p in run.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp"))
+    return sorted(p.name for p in run.rglob("*") if p.name.startswith(".") and p.name.endswith(".tmp"))
 
 
 def logged(logs, name, text):

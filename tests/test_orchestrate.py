@@ -3,6 +3,7 @@ work, dry runs plan, Slurm jobs go through submitit (its local and debug executo
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,6 +75,49 @@ def test_sigkill_at_a_random_moment_then_rerun_gives_the_same_table(tiny, tmp_pa
     assert per_seed_table(tiny, tmp_path / "killed") == expected
     names = sorted(p.name for p in (tmp_path / "killed" / "runs").iterdir() if p.is_dir())
     assert names == sorted(s.name for s in load_suite(str(tiny)).runs)  # every run once
+
+
+def _temp_files(folder):
+    return [p for p in folder.rglob(f".*{records.TEMP_SUFFIX}")]
+
+
+def _report_pages(folder, results):
+    return {str(p.relative_to(folder)): p.read_text().replace(str(results), "RESULTS")
+            for p in sorted(folder.rglob("*.html"))}
+
+
+@pytest.mark.parametrize("command", ["eval", "report"])
+def test_sigkill_of_eval_or_report_then_rerun_gives_the_same_records(command, tiny, tmp_path):
+    """An evaluation (more attacks on a finished run) or a report killed at a random moment: the rerun
+    ends with what an uninterrupted one writes, and no temp file of the killed write is left."""
+    finish("run", "--suite", tiny, "--results", tmp_path / "clean", "--no-progress")
+    shutil.copytree(tmp_path / "clean", tmp_path / "killed")
+    spec = load_suite(str(tiny)).runs[1]
+
+    def argv(results):
+        if command == "eval":
+            return ["eval", run_dir(results, spec), "--attacks", "natural,fgsm,pgd20,pgd100,cw", "--n-examples", "40",
+                    "--no-progress"]
+        return ["report", "--suite", tiny, "--results", results, "--out", results / "report"]
+
+    t0 = time.time()
+    finish(*argv(tmp_path / "clean"))
+    duration = time.time() - t0
+    moment = random.Random(os.environ.get("CAT_BENCH_KILL_SEED", "0")).uniform(0.2, 0.9) * duration
+    proc = cli(*argv(tmp_path / "killed"))
+    time.sleep(moment)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finish(*argv(tmp_path / "killed"))
+
+    if command == "eval":
+        accuracies = [{k: v["accuracy"] for k, v in records.read_json(run_dir(r, spec) / records.EVAL)["attacks"].items()}
+                      for r in (tmp_path / "clean", tmp_path / "killed")]
+        assert accuracies[0] == accuracies[1] and len(accuracies[0]) == 5
+    else:
+        assert _report_pages(tmp_path / "killed" / "report", tmp_path / "killed") == \
+            _report_pages(tmp_path / "clean" / "report", tmp_path / "clean")
+    assert _temp_files(tmp_path / "killed") == []
 
 
 def test_two_concurrent_runs_train_each_run_exactly_once(tiny, tmp_path):

@@ -38,9 +38,18 @@ _ALLOWED = "smallcnn, madry-cnn, trades-smallcnn, preact-resnet18, wrn-34-10 (or
 _WRN_PATTERN = re.compile(r"wrn-(\d+)-(\d+)")
 
 
-def check_arch(arch: str) -> None:
-    """Raise UsageError unless ``arch`` names a classifier: a key of ARCHITECTURES or a valid "wrn-DEPTH-WIDTH"."""
+# Input height and width a network's linear head is sized for; the others pool globally and take any size.
+INPUT_SIZE: dict[str, tuple[int, int]] = {"smallcnn": (28, 28), "madry-cnn": (28, 28), "trades-smallcnn": (28, 28)}
+
+
+def check_arch(arch: str, shape: Sequence[int] | None = None) -> None:
+    """Raise UsageError unless ``arch`` names a classifier (a key of ARCHITECTURES or a valid
+    "wrn-DEPTH-WIDTH") that takes inputs of ``shape`` (C, H, W), when given."""
     if arch in ARCHITECTURES:
+        if shape is not None and arch in INPUT_SIZE and tuple(shape[1:]) != INPUT_SIZE[arch]:
+            fits = [a for a in ARCHITECTURES if a not in INPUT_SIZE or INPUT_SIZE[a] == tuple(shape[1:])]
+            raise UsageError(f"architecture {arch!r} takes {INPUT_SIZE[arch][0]}x{INPUT_SIZE[arch][1]} images, not "
+                             f"{shape[1]}x{shape[2]}; allowed for this dataset: {', '.join(fits)} (or wrn-DEPTH-WIDTH)")
         return
     match = _WRN_PATTERN.fullmatch(arch)
     if match is None:

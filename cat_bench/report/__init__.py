@@ -29,6 +29,8 @@ from cat_bench import __version__, records
 from cat_bench.results import ATTACK_ORDER
 from cat_bench.paper import load_authors_log
 from cat_bench.presets import format_eps
+from cat_bench.rundir import RunLock, claim
+from cat_bench.shell import command
 from cat_bench.suite import SUITES_DIR, Suite, load_suite
 
 from .fidelity import TOLERANCE, accuracy_plot, fidelity_runs, fmt, log_epochs, mask_plot
@@ -148,14 +150,20 @@ def render_report(suite: Suite | str, results: Path, out: Path, *, device: str =
     if isinstance(suite, (str, os.PathLike)):
         suite = load_suite(str(suite))
     results, out = Path(results), Path(out)
-    ref = suite_ref or suite_reference(suite)
+    with RunLock(out):  # one writer of the folder at a time; it removes the temp files of a killed one
+        claim(out, "report")  # never over a folder of someone else's files
+        return _render(suite, results, out, device=device, data_root=data_root,
+                       ref=suite_ref or suite_reference(suite), published=published)
+
+
+def _render(suite: Suite, results: Path, out: Path, *, device: str, data_root, ref: str, published) -> Path:
+    """`render_report`'s work, into a claimed and locked folder."""
     if published is None:
         from cat_bench.paper import load_published
 
         published = load_published()
     runs, collected = load_runs(suite, results)
     tables = build_tables(published, collected, suite.runs, ref)
-    out.mkdir(parents=True, exist_ok=True)
     figures = paper_figures(runs, out / "figures", ref, device=device, data_root=data_root)
     boards = leaderboard(runs)
     env = _env()
@@ -175,7 +183,8 @@ def render_report(suite: Suite | str, results: Path, out: Path, *, device: str =
     counts = {s: sum(r.state == s for r in runs) for s in STATE_LABELS}
     index = env.get_template("index.html").render(
         suite=suite, suite_ref=ref, results=str(results), tables=tables, figures=figures, boards=boards, runs=runs,
-        counts=counts, n_finished=sum(r.finished for r in runs), fidelity=fidelity)
+        counts=counts, n_finished=sum(r.finished for r in runs), fidelity=fidelity,
+        run_command=command("run", "--suite", ref))
     _write(out / "index.html", index)
     return out / "index.html"
 

@@ -9,7 +9,6 @@ needs and the `cat-bench run --suite ... --only 'label=Figure N'` command that m
 from __future__ import annotations
 
 import math
-import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from cat_bench.data import dataset_info  # noqa: E402
 from cat_bench.suite import SUITES, RunSpec  # noqa: E402
 
 from cat_bench.presets import format_eps  # noqa: E402
+from cat_bench.shell import command  # noqa: E402
 
 from .runs import RunRecord, format_value  # noqa: E402
 
@@ -89,7 +89,7 @@ def _label_command(label: str, specs: Sequence[RunSpec], suite_ref: str) -> tupl
     if ref is None:
         return None, None
     note = None if ref == suite_ref else f"this suite has no runs labelled {label!r}; the shipped suite {ref!r} does"
-    return f"cat-bench run --suite {shlex.quote(ref)} --only {shlex.quote('label=' + label)}", note
+    return command("run", "--suite", ref, "--only", f"label={label}"), note
 
 
 def _labelled(runs: Sequence[RunRecord], label: str) -> tuple[list[RunRecord], list[RunRecord]]:

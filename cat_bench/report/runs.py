@@ -19,7 +19,8 @@ from cat_bench.suite import RunSpec, Suite
 
 @dataclass
 class RunRecord:
-    """One run of the suite: its spec, state ('done', 'partial', 'todo') and, when finished, its records."""
+    """One run of the suite: its spec, state ('done', 'partial', 'failed', 'todo') and, when finished (and not
+    failed: its records verified), its records."""
 
     spec: RunSpec
     path: Path
@@ -51,7 +52,7 @@ def load_runs(suite: Suite, results: Path) -> tuple[list[RunRecord], pd.DataFram
     for spec in suite.runs:
         path = run_dir(results, spec)
         rec = RunRecord(spec, path, state(results, spec))
-        if (path / records.DONE).is_file() and (path / records.EVAL).is_file() and (path / records.CONFIG).is_file():
+        if rec.state != "failed" and all((path / name).is_file() for name in (records.DONE, records.EVAL, records.CONFIG)):
             config = records.read_json(path / records.CONFIG)
             rec.identity, rec.provenance = config["identity"], config.get("provenance", {})
             rec.done = records.read_json(path / records.DONE)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +36,7 @@ from cat_bench.errors import UsageError
 from cat_bench.methods import protocol_for, resolve_hparams
 from cat_bench.results import ATTACK_ORDER, summarize
 from cat_bench.suite import SUITES, RunSpec, filter_runs, load_suite
+from cat_bench.shell import command
 
 from .runs import RunRecord, format_value
 
@@ -168,14 +168,12 @@ class Target:
 
 
 def _run_command(suite_ref: str, filters: Sequence[str]) -> str:
-    return f"cat-bench run --suite {shlex.quote(suite_ref)} --only {' '.join(shlex.quote(f) for f in filters)}"
+    return command("run", "--suite", suite_ref, "--only", *filters)
 
 
 def _train_command(t: Target) -> str:
-    cmd = f"cat-bench train --method {t.method} --dataset {t.dataset} --arch {t.arch} --eps {t.eps}"
-    if t.overrides:
-        cmd += " --set " + " ".join(f"{k}={v}" for k, v in t.overrides.items())
-    return cmd
+    sets = ["--set", *(f"{k}={v}" for k, v in t.overrides.items())] if t.overrides else []
+    return command("train", "--method", t.method, "--dataset", t.dataset, "--arch", t.arch, "--eps", t.eps, *sets)
 
 
 def exact_filters(target: Target, specs: Sequence[RunSpec]) -> list[str]:

@@ -1,0 +1,231 @@
+"""Folders cat-bench writes (cat_bench/rundir.py): only its own, one writer at a time, the umask's modes,
+no stale temp files; records it cannot trust are refused, never silently used or cut short."""
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cat_bench import records
+from cat_bench.cli import main
+from cat_bench.errors import CorruptRecord, RunBusy
+from cat_bench.rundir import RunLock, claim, owner
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ["train", "--method", "at", "--dataset", "mnist-mini", "--eps", "0.3", "--epochs", "1", "--n-train", "60",
+         "--select-n", "20", "--no-progress"]
+
+
+def run(argv, capsys):
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rundir") / "run"
+    assert main(TRAIN + ["--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture()
+def copy(trained, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    return out
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# 1. Only folders that are new, empty or cat-bench's own
+
+@pytest.mark.parametrize("files,needle", [
+    ({"history.jsonl": "my own log\n", "notes.txt": "mine"}, "would overwrite history.jsonl"),
+    ({"config.json": '{"lr": 0.1}'}, "would overwrite config.json"),  # another tool's config: was a KeyError
+    ({"done": "yes"}, "would overwrite done"),  # was a FileNotFoundError
+    ({"notes.txt": "mine"}, "holds 1 file(s) cat-bench did not write (notes.txt)"),
+])
+def test_train_refuses_a_folder_of_other_files(files, needle, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name, text in files.items():
+        (out / name).write_text(text)
+    before = snapshot(out)
+    code, err = run(TRAIN + ["--out", out], capsys)
+    assert code == 2 and needle in err and "Traceback" not in err
+    assert snapshot(out) == before
+
+
+def test_report_refuses_a_folder_of_other_files(tmp_path, capsys):
+    out = tmp_path / "site"
+    out.mkdir()
+    (out / "index.html").write_text("<h1>my homepage</h1>")
+    (out / "style.css").write_text("h1 {}")
+    before = snapshot(out)
+    code, err = run(["report", "--suite", "smoke", "--results", ROOT / "results" / "smoke", "--out", out], capsys)
+    assert code == 2 and "would overwrite index.html, style.css" in err
+    assert snapshot(out) == before
+
+
+def test_new_folders_are_marked_and_earlier_ones_recognised(trained, tmp_path):
+    assert owner(trained) == "run" and (trained / ".cat-bench").is_file()
+    assert claim(tmp_path / "new", "report") == tmp_path / "new" and owner(tmp_path / "new") == "report"
+    with pytest.raises(Exception, match="is a cat-bench report folder, not a run folder"):
+        claim(tmp_path / "new", "run")
+    # folders made before the marker: committed run records and reports keep working
+    for run_dir in (ROOT / "results" / "smoke" / "runs").iterdir():
+        assert owner(run_dir) == "run" and not (run_dir / ".cat-bench").exists()
+    assert owner(ROOT / "reports" / "smoke") == "report"
+
+
+# 2 and 10. One writer per run directory: train, eval, a suite and a group's ranks share one lock
+
+@pytest.fixture()
+def held(copy):
+    """Another process holding the run's lock."""
+    code = ("import sys, time\nfrom cat_bench.rundir import RunLock\nRunLock(sys.argv[1]).acquire()\n"
+            "print('held', flush=True)\ntime.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(copy)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_second_writer_of_a_run_exits_2_naming_the_holder(copy, held, capsys):
+    before = snapshot(copy)
+    for argv in (["eval", copy, "--attacks", "natural", "--n-examples", "20", "--no-progress"],
+                 TRAIN + ["--out", copy, "--resume"]):
+        code, err = run(argv, capsys)
+        assert code == 2 and f"{copy} is in use by pid {held.pid}" in err
+    assert snapshot(copy) == before
+
+
+def test_the_lock_is_reentrant_and_refuses_another_process(copy, tmp_path):
+    with RunLock(copy), RunLock(copy):  # a suite's job holds it while train and eval take it again
+        probe = subprocess.run([sys.executable, "-c", "import sys\nfrom cat_bench.rundir import RunLock\n"
+                                "RunLock(sys.argv[1]).acquire()", str(copy)], capture_output=True, text=True)
+        assert probe.returncode != 0 and "RunBusy" in probe.stderr and str(os.getpid()) in probe.stderr
+    with RunLock(copy):  # released: free again
+        pass
+
+
+def _ignores_sigint(ready: str) -> None:
+    """A rank that does not act on SIGINT (as one deep in a collective whose peer is gone never returns
+    to Python to raise KeyboardInterrupt): torch's own SIGINT on the parent's death cannot stop it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    (Path(ready) / str(os.getpid())).touch()
+    time.sleep(600)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the ranks' state from /proc")
+def test_killing_a_launcher_kills_its_ranks(tmp_path):
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    code = (f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\nfrom test_rundir import _ignores_sigint\n"
+            f"from cat_bench import distributed\ndistributed.launch(_ignores_sigint, ({str(ready)!r},), 2)\n")
+    launcher = subprocess.Popen([sys.executable, "-c", code])
+    ranks: list[int] = []
+    try:
+        deadline = time.time() + 300
+        while len(ranks) < 2:
+            assert launcher.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+            ranks = [int(p.name) for p in ready.iterdir()]
+        launcher.kill()
+        launcher.wait()
+        deadline = time.time() + 60
+        while any(map(_alive, ranks)):
+            assert time.time() < deadline, "the ranks outlived their launcher"
+            time.sleep(0.2)
+    finally:
+        launcher.kill()
+        for pid in ranks:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+# 3. Modes follow the umask
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_records_honour_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        records.write_json(tmp_path / "eval.json", {"a": 1})
+        records.save_checkpoint(tmp_path / "last.pt", {"epoch": 1})
+    finally:
+        os.umask(old)
+    for name in ("eval.json", "last.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode
+
+
+# 11 and 12. Records that cannot be read are CorruptRecords; a damaged history is never cut short
+
+@pytest.mark.parametrize("content", [os.urandom(64) + b"\xff\xfe", b"null", b"[1, 2]", b'"text"'])
+def test_an_unreadable_record_is_a_corrupt_record(tmp_path, content):
+    (tmp_path / "eval.json").write_bytes(content)
+    with pytest.raises(CorruptRecord, match="corrupt record .*eval.json"):
+        records.read_json(tmp_path / "eval.json")
+
+
+def test_a_garbage_line_inside_a_history_is_refused_naming_the_line(copy, capsys):
+    path = copy / records.HISTORY
+    rows = path.read_text().splitlines()
+    path.write_text("\n".join([rows[0], "garbage{", *rows[1:]]) + "\n")
+    with pytest.raises(CorruptRecord, match=f"{path}: line 2 is not a JSON object"):
+        records.read_jsonl(path)
+    before = path.read_bytes()
+    (copy / records.DONE).unlink()
+    code, err = run(TRAIN + ["--out", copy, "--resume"], capsys)
+    assert code == 2 and "line 2" in err
+    assert path.read_bytes() == before  # not rewritten without the damaged lines
+
+
+def test_a_torn_last_line_is_dropped_and_cut_before_the_next_append(tmp_path):
+    path = tmp_path / "history.jsonl"
+    records.append_jsonl(path, {"epoch": 1})
+    with open(path, "a") as fh:
+        fh.write('{"epoch": 2, "lo')  # a kill mid-append
+    assert records.read_jsonl(path) == [{"epoch": 1}]
+    records.append_jsonl(path, {"epoch": 2})
+    assert records.read_jsonl(path) == [{"epoch": 1}, {"epoch": 2}]
+
+
+# 13. Temp files of killed writes are removed by the next writer; reused attacks keep their provenance
+
+def test_the_lock_holder_removes_stale_temp_files(copy, capsys):
+    stale = [copy / "checkpoints" / ".last.pt.k1ll3d.tmp", copy / ".eval.json.abc123.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a write")
+    assert main(["eval", str(copy), "--attacks", "natural", "--n-examples", "20", "--no-progress"]) == 0
+    assert not any(path.exists() for path in stale)
+
+
+def test_an_evaluation_that_reuses_every_attack_keeps_their_provenance(copy, capsys):
+    argv = ["eval", str(copy), "--attacks", "natural", "--n-examples", "20", "--no-progress"]
+    assert main(argv) == 0
+    ev = records.read_json(copy / records.EVAL)
+    ev["provenance"]["hardware"]["cpu"] = "the machine that ran the attacks"
+    records.write_json(copy / records.EVAL, ev)
+    assert main(argv) == 0
+    assert records.read_json(copy / records.EVAL)["provenance"]["hardware"]["cpu"] == "the machine that ran the attacks"
