@@ -282,7 +282,8 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
     out = Path(out)
     group = group or distributed.from_env()
     options = dict(resume=resume, data_root=data_root, device=device, compile=compile, progress=progress, log=log,
-                   stop_after_epoch=stop_after_epoch, trace_every=trace_every, group=group)
+                   stop_after_epoch=stop_after_epoch, deadline=deadline, trace_every=trace_every, group=group,
+                   trackers=trackers)
     if not group.main:  # the other ranks write nothing
         return _train(config, out, **options)
     with RunLock(out):  # the writer holds the run's lock and writes only into a run directory
@@ -291,8 +292,9 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
         return _train(config, out, **options)
 
 
-def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.device | str | None, compile: bool,
-           progress: bool, log, stop_after_epoch: int | None, trace_every: int, group: Group) -> dict:
+def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.device | str | None,
+           compile: str | None, progress: bool, log, stop_after_epoch: int | None, deadline: float | None,
+           trace_every: int, group: Group, trackers: list[str] | None) -> dict:
     """`train`'s work, with the run directory claimed and locked by its writer."""
     if (out / records.DONE).exists():
         if records.read_identity(out) != config:
