@@ -1,7 +1,6 @@
 """Folders cat-bench writes (cat_bench/rundir.py): only its own, one writer at a time, the umask's modes,
 no stale temp files; records it cannot trust are refused, never silently used or cut short."""
 
-import json
 import os
 import shutil
 import signal
@@ -15,7 +14,7 @@ import pytest
 
 from cat_bench import records
 from cat_bench.cli import main
-from cat_bench.errors import CorruptRecord, RunBusy
+from cat_bench.errors import CorruptRecord
 from cat_bench.rundir import RunLock, claim, owner
 
 ROOT = Path(__file__).resolve().parents[1]
