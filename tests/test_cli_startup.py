@@ -1,4 +1,4 @@
-"""Issue 10, item 11: `--help`, `list`, `status` and every error on bad arguments answer without importing torch.
+"""`--help`, `list`, `status` and every error on bad arguments answer without importing torch.
 
 Each case runs the CLI in a fresh interpreter and asserts on `sys.modules`, not on a time: torch's
 import is what made these answers take seconds.

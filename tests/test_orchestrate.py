@@ -207,7 +207,7 @@ def test_parallel_workers_share_the_runs(tiny, tmp_path):
 
 
 def test_a_corrupt_checkpoint_fails_its_run_and_the_suite_goes_on(tiny, tmp_path):
-    """Issue 10, item 4: one corrupt checkpoint fails that run only; the summary names it and the fix; exit 1."""
+    """One corrupt checkpoint fails that run only; the summary names it and the fix; exit 1."""
     specs = load_suite(str(tiny)).runs
     results = tmp_path / "r"
     quiet = dict(device=resolve_device("cpu"), progress=False, log=lambda m: None)
