@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Download, here (with a package index), the wheels cat-bench needs on a GPU machine without network
-# whose image already has torch, torchvision, numpy, pandas, matplotlib, jinja2, rich, filelock,
+# whose image already has torch, torchvision, numpy, pandas, matplotlib, jinja2, rich,
 # tabulate, pyyaml, requests, tqdm and timm: pyautoattack, submitit, platformdirs and the robustbench
 # extra. scripts/gpu_hour.sh installs them from there with --no-index.
 #
