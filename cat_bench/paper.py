@@ -57,16 +57,20 @@ def load_authors_log() -> pd.DataFrame:
     return df.assign(accuracy=100.0 - df["error"])
 
 
-def _read_table(table: str) -> pd.DataFrame:
-    source = paper_dir() / f"table{table}.csv"
+def read_data_csv(source, columns: tuple[str, ...], what: str) -> pd.DataFrame:
+    """A shipped data CSV as strings, its columns checked; UsageError naming `what` when it is missing."""
     try:
         text = source.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UsageError(f"published numbers for table {table!r} are missing: {source} not found") from None
+        raise UsageError(f"{what} are missing: {source} not found") from None
     df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    if tuple(df.columns) != COLUMNS:
-        raise UsageError(f"{source}: columns {list(df.columns)}, expected {list(COLUMNS)}")
+    if tuple(df.columns) != columns:
+        raise UsageError(f"{source}: columns {list(df.columns)}, expected {list(columns)}")
     return df
+
+
+def _read_table(table: str) -> pd.DataFrame:
+    return read_data_csv(paper_dir() / f"table{table}.csv", COLUMNS, f"published numbers for table {table!r}")
 
 
 def load_published(table: str | None = None) -> pd.DataFrame:

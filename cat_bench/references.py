@@ -10,7 +10,6 @@ and read through importlib.resources, like cat_bench.paper. Format: results/robu
 
 from __future__ import annotations
 
-import io
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from cat_bench.errors import UsageError
+from cat_bench.paper import read_data_csv
 from cat_bench.presets import parse_eps
 
 if TYPE_CHECKING:  # importlib.abc.Traversable moved to importlib.resources.abc in 3.11
@@ -45,15 +45,7 @@ def reference_dir() -> Traversable | Path:
 
 
 def _read_csv() -> pd.DataFrame:
-    source = reference_dir() / FILENAME
-    try:
-        text = source.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"RobustBench reference rows are missing: {source} not found") from None
-    df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    if tuple(df.columns) != COLUMNS:
-        raise UsageError(f"{source}: columns {list(df.columns)}, expected {list(COLUMNS)}")
-    return df
+    return read_data_csv(reference_dir() / FILENAME, COLUMNS, "RobustBench reference rows")
 
 
 def load_references(arch: str | None = None) -> pd.DataFrame:
