@@ -146,16 +146,19 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="progress of a suite's runs")
     _suite_args(st)
 
-    res = sub.add_parser("results", help="table of a suite's finished runs, grouped over seeds")
-    _suite_args(res)
+    res = sub.add_parser("results", help="table of the finished runs of a suite (or of every run in --results), "
+                                         "grouped over seeds")
+    _suite_args(res, required=False)
     res.add_argument("--format", default="markdown", help="csv, markdown or json")
     res.add_argument("--per-seed", action="store_true", help="one row per run instead of mean and std over seeds")
     res.add_argument("--wide", action="store_true",
                      help="every column: all config and hyperparameter columns, mean and std as separate columns")
 
-    rp = sub.add_parser("report", help="render a suite's HTML report: paper tables, figures, leaderboard, runs")
-    _suite_args(rp)
-    rp.add_argument("--out", type=Path, help="report folder (default: RESULTS/reports/SUITE, beside the records)")
+    rp = sub.add_parser("report", help="render the HTML report of a suite (or of every run in --results): "
+                                       "leaderboard, runs, the paper's tables and figures they fill")
+    _suite_args(rp, required=False)
+    rp.add_argument("--out", type=Path, help="report folder (default: RESULTS/reports/SUITE beside the records; "
+                                             "without --suite, RESULTS/report)")
     _common(rp)
 
     sb = sub.add_parser("submit", help="export a finished, AutoAttack-evaluated run in RobustBench's format")
@@ -222,18 +225,34 @@ def _compile_arg(p: argparse.ArgumentParser) -> None:
                           "launch-bound small networks); a speed option, not part of the run's identity")
 
 
-def _suite_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--suite", required=True, help="smoke, mnist, cifar10-preact, cifar10-wrn, cifar100, paper, or a TOML file")
+def _suite_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--suite", required=required,
+                   help="smoke, mnist, cifar10-preact, cifar10-wrn, cifar100, paper, or a TOML file"
+                        + ("" if required else "; without it, every run directory in --results"))
     p.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: ./results)")
     p.add_argument("--only", nargs="+", default=[], metavar="KEY=VALUE", help="e.g. method=cat-cent eps=8/255 seed=0")
 
 
 def _suite_specs(args):
-    from cat_bench.suite import filter_runs, load_suite
+    """The suite (or, without --suite, every run directory in --results) and its runs after --only."""
+    from cat_bench.suite import filter_runs, folder_suite, load_suite
 
     _check_results(args.results)
-    suite = load_suite(args.suite)
+    if args.suite is None:
+        if not args.results.is_dir():
+            raise UsageError(f"--results {args.results}: no such folder; give the folder that holds your runs "
+                             f"(`cat-bench run --results DIR` or `cat-bench train --out DIR/NAME`)")
+        suite, skipped = folder_suite(args.results)
+        for reason in skipped:
+            print(f"skipped {reason}", file=sys.stderr)
+    else:
+        suite = load_suite(args.suite)
     return suite, filter_runs(suite.runs, args.only, require_match=True)
+
+
+def _scope(args) -> list[str]:
+    """How printed commands name what was asked for: the suite (or nothing) and the results folder."""
+    return (["--suite", args.suite] if args.suite else []) + ["--results", str(args.results)]
 
 
 def _check_results(results: Path) -> None:
@@ -537,6 +556,11 @@ def _results(args) -> None:
     _, specs = _suite_specs(args)
     states = {s.name: state(args.results, s) for s in specs}
     df = collect(run_dir(args.results, s) for s in specs if states[s.name] != "failed")  # as status and run say
+    if df.empty and args.suite is None:
+        raise UsageError(f"no finished (trained and evaluated) run in {args.results}; train one with "
+                         f"{command('train', '--out', str(args.results / 'NAME'), '...')} and evaluate it with "
+                         f"{command('eval', str(args.results / 'NAME'))}, or run a suite there: "
+                         f"{command('run', '--suite', 'smoke', '--results', args.results)}")
     if df.empty:
         raise UsageError(f"no finished runs of suite {args.suite!r} under {args.results}; "
                          f"run: {command('run', '--suite', args.suite, '--results', args.results)}")
@@ -551,9 +575,9 @@ def _results(args) -> None:
     states = [states[s.name] for s in specs if s.name not in shown]
     missing = {k: sum(v == k for v in states) for k in ("partial", "failed", "todo")}
     if any(missing.values()):
+        status = f" ({command('status', *_scope(args))})" if args.suite else ""
         print(f"not in the table: {missing['partial']} partial, {missing['failed']} failed, {missing['todo']} not "
-              f"started, of {len(specs)} runs ({command('status', '--suite', args.suite, '--results', args.results)})",
-              file=sys.stderr)
+              f"started, of {len(specs)} runs{status}", file=sys.stderr)
 
 
 def _report(args) -> None:
@@ -562,9 +586,11 @@ def _report(args) -> None:
     from cat_bench.suite import load_suite
 
     _check_results(args.results)
-    suite = load_suite(args.suite)
+    suite = None if args.suite is None else load_suite(args.suite)
+    if suite is None and not args.results.is_dir():
+        raise UsageError(f"--results {args.results}: no such folder; give the folder that holds your runs")
     from cat_bench.report import render_report  # matplotlib and jinja2: after the suite is known
-    out = args.out or args.results / "reports" / suite.name
+    out = args.out or (args.results / "report" if suite is None else args.results / "reports" / suite.name)
     t0 = time.time()
     index = render_report(suite, args.results, out, device=args.device or "cpu", data_root=args.data_root,
                           suite_ref=args.suite)

@@ -32,8 +32,8 @@ OUTCOME_RANK = ("done", "failed", "stopped", "skipped", "busy")  # what a run's 
 
 
 def run_dir(results: Path, spec: RunSpec) -> Path:
-    """Where a run lives inside a results directory."""
-    return Path(results) / RUNS / spec.name
+    """Where a run lives inside a results directory: runs/NAME, or the folder `train --out` chose."""
+    return Path(results) / (spec.folder or Path(RUNS) / spec.name)
 
 
 def state(results: Path, spec: RunSpec) -> str:

@@ -41,7 +41,7 @@ from typing import Any
 
 from cat_bench import records
 from cat_bench.data import dataset_info
-from cat_bench.errors import UsageError
+from cat_bench.errors import CorruptRecord, UsageError
 from cat_bench.methods import METHODS, get_method
 from cat_bench.presets import EVAL_ATTACKS, format_eps, parse_eps
 from cat_bench.train import resolve_config
@@ -63,11 +63,12 @@ class RunSpec:
     attacks: tuple[str, ...]  # evaluation attacks, in the order to run them
     n_examples: int | None  # first N test examples; None = the full test set
     labels: tuple[str, ...]  # every block label this run serves
+    folder: str | None = None  # its path inside the results directory when not runs/NAME (`train --out`)
 
     @property
     def name(self) -> str:
-        """The run directory's name, as `cat-bench train` chooses it."""
-        return records.run_name(self.config)
+        """The run directory's name, as `cat-bench train` chooses it (or as `--out` named it)."""
+        return Path(self.folder).name if self.folder else records.run_name(self.config)
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,29 @@ def load_suite(name_or_path: str) -> Suite:
 
 def _union(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(a + b))
+
+
+def folder_suite(results: Path) -> tuple[Suite, list[str]]:
+    """Every run directory in a results folder, as a suite of its own (`results` and `report` without
+    `--suite`): RESULTS/runs/* (what `cat-bench run` writes) and RESULTS/* (what `train --out
+    RESULTS/NAME` writes). Each run counts as done with the evaluation it has (its attacks, its number
+    of examples). Returns the suite and, for each folder whose config.json cannot be read, why."""
+    results = Path(results)
+    specs, skipped = [], []
+    for path in sorted([*results.glob("*/" + records.CONFIG), *results.glob("runs/*/" + records.CONFIG)]):
+        run = path.parent
+        try:
+            config = records.read_identity(run)
+            ev = records.read_json(run / records.EVAL) if (run / records.EVAL).is_file() else {}
+        except CorruptRecord as err:
+            skipped.append(f"{run}: {err}")
+            continue
+        hashed = run.parent == results / "runs" and run.name == records.run_name(config)
+        attacks = tuple(ev.get("attacks", {})) or ("natural",)
+        specs.append(RunSpec(config, attacks, ev.get("key", {}).get("n_examples"), (),
+                             None if hashed else str(run.relative_to(results))))
+    description = f"Every run in {results}: {len(specs)} run director{'y' if len(specs) == 1 else 'ies'}."
+    return Suite(results.resolve().name or "results", results, description, tuple(specs)), skipped
 
 
 def _locate(entry: str, base: Path) -> Path:

@@ -1,5 +1,7 @@
-"""The smoke report in a real browser: headless Chromium loads index.html from disk, the DOM holds
-the paper's tables and the leaderboard, every image loads, and a screenshot is not blank.
+"""Reports in a real browser: headless Chromium loads index.html from disk. The smoke report (a suite of
+its own, no run of the paper) is titled by its suite, leads with its leaderboard and its grid over seeds,
+shows no paper table; the report of tiny Table 1 runs shows the paper's tables after the suite's runs; every
+image loads, and a screenshot is not blank.
 
 Needs Debian's `chromium` (`.ci/run` installs it); skipped where it is absent.
 """
@@ -43,6 +45,15 @@ def report(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def paper_report(tmp_path_factory):
+    """A report whose runs fill rows of the paper's Table 1 (tests/fixtures: real tiny MNIST runs)."""
+    out = tmp_path_factory.mktemp("paper-report")
+    fixtures = REPO / "tests" / "fixtures"
+    render_report(load_suite(str(fixtures / "report_suite.toml")), fixtures / "report_results", out)
+    return out
+
+
 def chromium(tmp_path, *args):
     cmd = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -62,8 +73,11 @@ def image_check(page, tmp_path):
 def test_dom_holds_tables_and_every_image_loads(report, tmp_path):
     dom, images = image_check(report / "index.html", tmp_path)
     assert "<table" in dom
-    for table in ("Table 1", "Table 2", "Table 8", "Leaderboard"):
-        assert table in dom
+    assert re.search(r'<h1[^>]*>Suite smoke</h1>', dom)  # titled by the suite
+    for section in ("Leaderboard", "Over seeds: mean ± std per configuration", "No run here matches a row"):
+        assert section in dom
+    assert 'class="paper-table"' not in dom  # no paper table for a suite that runs none of its rows
+    assert "Every run is at chance level" not in dom  # the smoke runs learned (about 80% natural)
     assert dom.count("<tr") > 20
     assert images["broken"] == []
     total = images["total"]
@@ -92,7 +106,7 @@ window.addEventListener('load', () => {
   const tables = [...document.querySelectorAll('section.paper-table')].map(e => e.getBoundingClientRect().top);
   const out = document.createElement('pre');
   out.id = 'first-screen';
-  out.textContent = JSON.stringify({leaderboard: top('leaderboard'), runs: top('runs'), rest: top('rest'),
+  out.textContent = JSON.stringify({leaderboard: top('leaderboard'), grid: top('grid'), runs: top('runs'), rest: top('rest'),
                                     first_paper_table: tables.length ? Math.min(...tables) : null,
                                     rows_shown: document.querySelectorAll('#leaderboard tbody tr').length,
                                     runs_overflow: (s => s.scrollWidth - s.clientWidth)(document.querySelector('#runs .scroll'))});
@@ -114,10 +128,25 @@ def test_first_screen_shows_the_suite_own_results(report, tmp_path):
     where = json.loads(html.unescape(found.group(1)))
     assert where["leaderboard"] is not None and where["leaderboard"] < 800 - 150  # heading plus the first rows
     assert where["rows_shown"] == 7
-    assert where["leaderboard"] < where["runs"] < where["rest"]
-    assert where["first_paper_table"] is None or where["first_paper_table"] > where["runs"]
-    assert where["runs_overflow"] <= 0  # item 10: the runs table fits, its last column is not cut off
+    assert where["leaderboard"] < where["grid"] < where["runs"]
+    assert where["first_paper_table"] is None and where["rest"] is None
+    assert where["runs_overflow"] <= 0  # the runs table fits, its last column is not cut off
     runs = re.search(r'<section id="runs">.*?</section>', dom, re.S).group(0)
-    assert not re.search(r"</code>\s*\.", runs)  # item 10: no stray "." after the command box
-    rest = re.search(r'<section id="rest">.*', dom, re.S).group(0)
-    assert "<details" in rest and "Table 1" in rest and "cat-bench run --suite" in rest
+    assert not re.search(r"</code>\s*\.", runs)  # no stray "." after the command box
+    assert "cat-bench run --suite smoke --results" in html.unescape(runs)  # the complete command
+
+
+def test_paper_tables_follow_the_suite_runs(paper_report, tmp_path):
+    """With runs that fill paper rows: the paper's tables come after the suite's runs, each printed
+    command names the results folder, and rows of other suites are collapsed at the end."""
+    probe = paper_report / "probe-first.html"
+    probe.write_text((paper_report / "index.html").read_text().replace("</body>", FIRST_SCREEN + "</body>"))
+    dom = chromium(tmp_path, "--window-size=1280,800", "--virtual-time-budget=10000", "--dump-dom",
+                   probe.as_uri()).stdout
+    probe.unlink()
+    where = json.loads(html.unescape(re.search(r'<pre id="first-screen">(.*?)</pre>', dom, re.S).group(1)))
+    assert where["leaderboard"] < where["runs"] < where["first_paper_table"] < where["rest"]
+    rest = html.unescape(re.search(r'<section id="rest">.*', dom, re.S).group(0))
+    assert "<details" in rest and "Table 2" in rest and "cat-bench run --suite" in rest
+    runs = [c for c in re.findall(r'<code class="cmd">(.*?)</code>', html.unescape(dom), re.S) if " run " in c]
+    assert runs and all("--results" in c for c in runs)

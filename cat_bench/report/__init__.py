@@ -26,12 +26,13 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from cat_bench import __version__, records
-from cat_bench.results import ATTACK_ORDER
+from cat_bench.data import dataset_info
+from cat_bench.results import ATTACK_ORDER, concise, summarize
 from cat_bench.paper import load_authors_log
 from cat_bench.presets import format_eps
 from cat_bench.rundir import RunLock, claim
 from cat_bench.shell import command
-from cat_bench.suite import SUITES_DIR, Suite, load_suite
+from cat_bench.suite import SUITES_DIR, Suite, folder_suite, load_suite
 
 from .fidelity import TOLERANCE, accuracy_plot, fidelity_runs, fmt, log_epochs, mask_plot
 from .figures import draw_figure2, figure2_panels, paper_figures, run_curves
@@ -138,33 +139,38 @@ def _run_page(run: RunRecord, tables: list[Table], curves: bool) -> dict:
     }
 
 
-def render_report(suite: Suite | str, results: Path, out: Path, *, device: str = "cpu", data_root=None,
+def render_report(suite: Suite | str | None, results: Path, out: Path, *, device: str = "cpu", data_root=None,
                   suite_ref: str | None = None, published=None) -> Path:
     """Render the suite's report from its results directory into `out`; returns out/index.html.
 
-    suite: a loaded Suite or a shipped suite name / .toml path. device: where Figure 2's model runs.
+    suite: a loaded Suite, a shipped suite name / .toml path, or None for every run in `results`
+    (`suite.folder_suite`: no suite to rerun, so no `cat-bench run --suite` commands for its own runs).
+    device: where Figure 2's model runs.
     data_root: dataset root for Figure 2's test images (default: $CAT_BENCH_DATA / the user cache).
     suite_ref: how the printed commands name the suite (default: its name if shipped, else its path).
     published: the published numbers (default: cat_bench.paper.load_published()).
     """
-    if isinstance(suite, (str, os.PathLike)):
-        suite = load_suite(str(suite))
     results, out = Path(results), Path(out)
+    folder = suite is None
+    if folder:
+        suite, _ = folder_suite(results)
+    elif isinstance(suite, (str, os.PathLike)):
+        suite = load_suite(str(suite))
     with RunLock(out):  # one writer of the folder at a time; it removes the temp files of a killed one
         claim(out, "report")  # never over a folder of someone else's files
         return _render(suite, results, out, device=device, data_root=data_root,
-                       ref=suite_ref or suite_reference(suite), published=published)
+                       ref=None if folder else suite_ref or suite_reference(suite), published=published)
 
 
-def _render(suite: Suite, results: Path, out: Path, *, device: str, data_root, ref: str, published) -> Path:
+def _render(suite: Suite, results: Path, out: Path, *, device: str, data_root, ref: str | None, published) -> Path:
     """`render_report`'s work, into a claimed and locked folder."""
     if published is None:
         from cat_bench.paper import load_published
 
         published = load_published()
     runs, collected = load_runs(suite, results)
-    tables = build_tables(published, collected, suite.runs, ref)
-    figures = paper_figures(runs, out / "figures", ref, device=device, data_root=data_root)
+    tables = build_tables(published, collected, suite.runs, ref, results=str(results))
+    figures = paper_figures(runs, out / "figures", ref, device=device, data_root=data_root, results_dir=str(results))
     boards = leaderboard(runs)
     env = _env()
 
@@ -183,10 +189,35 @@ def _render(suite: Suite, results: Path, out: Path, *, device: str, data_root, r
     counts = {s: sum(r.state == s for r in runs) for s in STATE_LABELS}
     index = env.get_template("index.html").render(
         suite=suite, suite_ref=ref, results=str(results), tables=tables, figures=figures, boards=boards, runs=runs,
-        counts=counts, n_finished=sum(r.finished for r in runs), fidelity=fidelity,
-        run_command=command("run", "--suite", ref))
+        counts=counts, n_finished=sum(r.finished for r in runs), fidelity=fidelity, grid=grid_table(collected),
+        chance=at_chance(runs), paper=any(t.suite_rows for t in tables),
+        run_command=None if ref is None else command("run", "--suite", ref, "--results", str(results)))
     _write(out / "index.html", index)
     return out / "index.html"
+
+
+def grid_table(collected) -> dict | None:
+    """The suite's own grid over seeds: `cat-bench results`' concise table (mean ± std per configuration),
+    as {"columns": [...], "rows": [[...], ...]}; None without finished runs."""
+    if collected.empty:
+        return None
+    table = concise(summarize(collected))
+    if "eps" in table:
+        table["eps"] = table["eps"].map(lambda v: v if isinstance(v, str) else format_eps(v))
+    return {"columns": [METRIC_LABELS.get(c, c) for c in table.columns],
+            "rows": [[format_value(v) for v in row] for row in table.itertuples(index=False)]}
+
+
+def at_chance(runs: list[RunRecord]) -> float | None:
+    """The chance level (%) when every finished run's natural accuracy is below 1.5 times it (nothing
+    learned yet: a report of such runs compares noise); else None."""
+    finished = [r for r in runs if r.finished and r.accuracy("natural") is not None]
+    if not finished:
+        return None
+    levels = {r.name: 100 / dataset_info(r.identity["dataset"]).num_classes for r in finished}
+    if all(r.accuracy("natural") < 1.5 * levels[r.name] for r in finished):
+        return max(levels.values())
+    return None
 
 
 def _fidelity(runs: list[RunRecord], out: Path, device: str, data_root) -> dict | None:

@@ -73,9 +73,11 @@ def save_png(fig: Figure, path: Path) -> None:
     records._atomic(Path(path), lambda fh: fig.savefig(fh, format="png", dpi=DPI, metadata={"Software": None}))
 
 
-def _label_command(label: str, specs: Sequence[RunSpec], suite_ref: str) -> tuple[str | None, str | None]:
-    """`cat-bench run --suite S --only 'label=Figure N'` with this suite if it has such runs, else a shipped one."""
-    ref = suite_ref if any(label in s.labels for s in specs) else None
+def _label_command(label: str, specs: Sequence[RunSpec], suite_ref: str | None,
+                   results: str | None = None) -> tuple[str | None, str | None]:
+    """`cat-bench run --suite S --results R --only 'label=Figure N'` with this suite if it has such runs, else a
+    shipped one (suite_ref None: a folder of runs, no suite)."""
+    ref = suite_ref if suite_ref is not None and any(label in s.labels for s in specs) else None
     if ref is None:
         from .tables import _shipped_suite
 
@@ -89,7 +91,8 @@ def _label_command(label: str, specs: Sequence[RunSpec], suite_ref: str) -> tupl
     if ref is None:
         return None, None
     note = None if ref == suite_ref else f"this suite has no runs labelled {label!r}; the shipped suite {ref!r} does"
-    return command("run", "--suite", ref, "--only", f"label={label}"), note
+    where = ["--results", results] if results else []
+    return command("run", "--suite", ref, *where, "--only", f"label={label}"), note
 
 
 def _labelled(runs: Sequence[RunRecord], label: str) -> tuple[list[RunRecord], list[RunRecord]]:
@@ -330,9 +333,10 @@ def figure6(done: Sequence[RunRecord], out: Path) -> bool:
     return True
 
 
-def paper_figures(runs: Sequence[RunRecord], folder: Path, suite_ref: str, *, device: str = "cpu",
-                  data_root=None) -> list[FigureResult]:
-    """Figures 2-6 into `folder` (PNG); each result has its image path relative to folder's parent, or a note."""
+def paper_figures(runs: Sequence[RunRecord], folder: Path, suite_ref: str | None, *, device: str = "cpu",
+                  data_root=None, results_dir: str | None = None) -> list[FigureResult]:
+    """Figures 2-6 into `folder` (PNG); each result has its image path relative to folder's parent, or a note
+    and the command (into `results_dir`) that fills it."""
     specs = [r.spec for r in runs]
     results = []
     for fid, (caption, needs) in FIGURES.items():
@@ -346,7 +350,7 @@ def paper_figures(runs: Sequence[RunRecord], folder: Path, suite_ref: str, *, de
                 res.image, res.source = rel, text
             else:
                 res.note = f"Not drawn: {text}. It needs {needs}."
-                res.command, extra = _label_command(label, specs, suite_ref)
+                res.command, extra = _label_command(label, specs, suite_ref, results_dir)
                 if extra:
                     res.note += f" ({extra})"
         else:
@@ -357,7 +361,7 @@ def paper_figures(runs: Sequence[RunRecord], folder: Path, suite_ref: str, *, de
                 res.source = f"{len(done)} finished run(s) labelled {label!r}"
             missing = len(every) - len(done)
             if not drawn or missing:
-                res.command, extra = _label_command(label, specs, suite_ref)
+                res.command, extra = _label_command(label, specs, suite_ref, results_dir)
                 if drawn:
                     res.note = f"{missing} of the suite's {len(every)} runs labelled {label!r} are not finished yet."
                 else:
@@ -375,13 +379,18 @@ def paper_figures(runs: Sequence[RunRecord], folder: Path, suite_ref: str, *, de
 
 
 def run_curves(run: RunRecord, out: Path) -> bool:
-    """Natural and robust (selection attack) accuracy per epoch, and the training losses; False without history."""
+    """Natural and robust (selection attack) accuracy per epoch, the training losses, and on a third axis
+    the epoch statistics that are not losses (CAT's mask mean and spread, in [0, 1]); False without history."""
     hist = run.history
     if not hist:
         return False
     epochs = [h["epoch"] for h in hist]
     marker = "o" if len(epochs) < 30 else None
-    fig, (acc, loss) = _new(2, width=4.2, height=2.9)
+    keys = list(dict.fromkeys(k for h in hist for k in h.get("train", {})))
+    losses = [k for k in keys if "loss" in k]
+    others = [k for k in keys if k not in losses]
+    fig, axes = _new(3 if others else 2, width=4.2, height=2.9)
+    acc, loss = axes[0], axes[1]
     acc.plot(epochs, [100 * h["nat_acc"] for h in hist], marker=marker, markersize=3, color=PALETTE[0],
              label="natural")
     acc.plot(epochs, [100 * h["rob_acc"] for h in hist], marker=marker, markersize=3, color=PALETTE[3],
@@ -389,12 +398,14 @@ def run_curves(run: RunRecord, out: Path) -> bool:
     best = (run.done or {}).get("best_epoch")
     if best is not None:
         acc.axvline(best, color="#555", linestyle="--", linewidth=0.8, label=f"selected (epoch {best})")
-    keys = list(dict.fromkeys(k for h in hist for k in h.get("train", {})))
-    for i, k in enumerate(keys):
-        loss.plot(epochs, [h.get("train", {}).get(k, math.nan) for h in hist], marker=marker, markersize=3,
-                  color=PALETTE[(i + 1) % len(PALETTE)], label=k)
+    for ax, group, offset in ((loss, losses, 1), *(((axes[2], others, 1 + len(losses)),) if others else ())):
+        for i, k in enumerate(group):
+            ax.plot(epochs, [h.get("train", {}).get(k, math.nan) for h in hist], marker=marker, markersize=3,
+                    color=PALETTE[(i + offset) % len(PALETTE)], label=k)
     _finish_axes(acc, "Accuracy on the selection split", "epoch", "accuracy (%)")
     _finish_axes(loss, "Training losses (epoch mean)", "epoch")
+    if others:
+        _finish_axes(axes[2], "Mask (epoch mean)" if any("mask" in k for k in others) else "Other statistics",
+                     "epoch")
     save_png(fig, out)
     return True
-

@@ -167,8 +167,8 @@ class Target:
         return out + [f"{k}={v}" for k, v in self.overrides.items()]
 
 
-def _run_command(suite_ref: str, filters: Sequence[str]) -> str:
-    return command("run", "--suite", suite_ref, "--only", *filters)
+def _run_command(suite_ref: str, filters: Sequence[str], results: str | None = None) -> str:
+    return command("run", "--suite", suite_ref, *(["--results", results] if results else []), "--only", *filters)
 
 
 def _train_command(t: Target) -> str:
@@ -212,18 +212,20 @@ def locate_shipped(target: Target, exclude: str | None = None) -> tuple[str, tup
     return None
 
 
-def command_for(target: Target, specs: Sequence[RunSpec], suite_ref: str,
-                locate: Callable[[Target], tuple[str, Sequence[RunSpec]] | None] = locate_shipped
-                ) -> tuple[str, str | None]:
-    """The exact command that trains and evaluates this row's runs, and a note when it is not this suite's."""
-    if any(target.matches(s.config) for s in specs):
-        return _run_command(suite_ref, exact_filters(target, specs)), None
+def command_for(target: Target, specs: Sequence[RunSpec], suite_ref: str | None,
+                locate: Callable[[Target], tuple[str, Sequence[RunSpec]] | None] = locate_shipped,
+                results: str | None = None) -> tuple[str, str | None]:
+    """The exact command that trains and evaluates this row's runs (into `results`, when given), and a note
+    when it is not this suite's. suite_ref None: a folder of runs, no suite (a shipped suite fills the row)."""
+    if suite_ref is not None and any(target.matches(s.config) for s in specs):
+        return _run_command(suite_ref, exact_filters(target, specs), results), None
     found = locate(target)
     if found is None:
         return _train_command(target), ("no shipped suite trains this configuration; train it, then evaluate "
                                         "with cat-bench eval RUN_DIR")
     name, runs = found
-    return _run_command(name, exact_filters(target, runs)), f"not in this suite; the shipped suite {name!r} has it"
+    note = "the shipped suite" if suite_ref is None else "not in this suite; the shipped suite"
+    return _run_command(name, exact_filters(target, runs), results), f"{note} {name!r} has it"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,13 +416,15 @@ def _choose_group(matched: list[RunSpec], collected: pd.DataFrame) -> tuple[pd.D
     return (best if best is not None else collected.iloc[0:0]), max(n_groups - 1, 0)
 
 
-def build_tables(published: pd.DataFrame, collected: pd.DataFrame, specs: Sequence[RunSpec], suite_ref: str,
-                 locate: Callable[[Target], tuple[str, Sequence[RunSpec]] | None] = locate_shipped) -> list[Table]:
+def build_tables(published: pd.DataFrame, collected: pd.DataFrame, specs: Sequence[RunSpec], suite_ref: str | None,
+                 locate: Callable[[Target], tuple[str, Sequence[RunSpec]] | None] = locate_shipped,
+                 results: str | None = None) -> list[Table]:
     """Every published table with the suite's reproduction.
 
     published: load_published()'s long format; collected: cat_bench.results.collect of the suite's run
     directories (finished runs); specs: the suite's RunSpecs (their configs identify the runs);
-    suite_ref: how commands name the suite; locate: finds a shipped suite for rows this one lacks.
+    suite_ref: how commands name the suite (None: a folder of runs); locate: finds a shipped suite for rows
+    this one lacks; results: the results directory the printed commands name.
     """
     if "run" not in collected.columns:
         collected = collected.assign(run=pd.Series(dtype=str))
@@ -455,7 +459,7 @@ def build_tables(published: pd.DataFrame, collected: pd.DataFrame, specs: Sequen
                                in_suite=bool(matched))
                 rt.pending = sum(s.name not in finished for s in matched)
                 if group.empty or rt.pending:
-                    rt.command, rt.note = command_for(target, specs, suite_ref, locate)
+                    rt.command, rt.note = command_for(target, specs, suite_ref, locate, results)
                 row_targets[col] = rt
                 summary = summarize(group).iloc[0] if not group.empty else None
                 stats[col] = (group, summary)
@@ -525,6 +529,7 @@ class Entry:
     ranked_by: str | None  # "autoattack" or the strongest attack run
     accuracies: dict[str, float]
     flags: list[dict]
+    settings: str = ""  # the settings that tell this run apart from the board's others, "epochs=10, b=0.3"
 
 
 @dataclass
@@ -542,6 +547,33 @@ def mask_flags(history: Sequence[dict]) -> list[dict]:
             epochs.setdefault(row["mask_flag"], []).append(row["epoch"])
     return [{"flag": f"mask {kind}", "detail": f"mean mask outside [0.01, 0.99] in epoch(s) {', '.join(map(str, e))}"}
             for kind, e in epochs.items()]
+
+
+def _settings(identity: dict) -> dict[str, str]:
+    """The run settings a reader compares runs by, beside method, network, eps and seed (their own columns)."""
+    schedule = identity["schedule"]
+    return {"epochs": str(schedule["epochs"]), "batch_size": str(schedule.get("batch_size")),
+            "n_train": str(identity.get("n_train")), "schedule": str(schedule.get("name", "official")),
+            "precision": str(identity.get("precision", "fp32")), "select_on": str(identity["selection"]["on"])}
+
+
+def differing_settings(runs: Sequence[RunRecord]) -> dict[str, str]:
+    """Per run, "key=value, ..." of the settings that differ between the runs, and of the hyperparameters
+    that differ between runs of one method (another method's hyperparameters say nothing)."""
+    flat = {r.name: _settings(r.identity) for r in runs}
+    keys = [k for k in (next(iter(flat.values()), {})) if len({f[k] for f in flat.values()}) > 1]
+    by_method: dict[str, list[RunRecord]] = {}
+    for r in runs:
+        by_method.setdefault(r.identity["method"], []).append(r)
+    out = {}
+    for method, group in by_method.items():
+        hp = sorted({k for r in group for k in r.identity["hparams"]})
+        hp = [k for k in hp if len({format_value(r.identity["hparams"].get(k)) for r in group}) > 1]
+        for r in group:
+            parts = [f"{k}={flat[r.name][k]}" for k in keys]
+            parts += [f"{k}={format_value(r.identity['hparams'].get(k))}" for k in hp]
+            out[r.name] = ", ".join(parts)
+    return out
 
 
 def leaderboard(runs: Sequence[RunRecord]) -> list[Board]:
@@ -567,7 +599,8 @@ def leaderboard(runs: Sequence[RunRecord]) -> list[Board]:
         scored.sort(key=lambda s: (s[1] is None, -(s[1] or 0.0), -(s[3].get("natural") or 0.0), s[0].name))
         present = {k for _, _, _, acc in scored for k in acc if k != "natural"}
         attacks = [a for a in ATTACK_ORDER if a in present] + sorted(present - set(ATTACK_ORDER))
-        entries = [Entry(i, run, score, by, acc, run.evaluation.get("flags", []) + mask_flags(run.history))
-                   for i, (run, score, by, acc) in enumerate(scored, start=1)]
+        settings = differing_settings([run for run, *_ in scored])
+        entries = [Entry(i, run, score, by, acc, run.evaluation.get("flags", []) + mask_flags(run.history),
+                         settings[run.name]) for i, (run, score, by, acc) in enumerate(scored, start=1)]
         boards.append(Board(dataset, attacks, entries))
     return boards

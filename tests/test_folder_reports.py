@@ -1,0 +1,113 @@
+"""`results` and `report` without a suite (every run directory in a folder), and what a report of your
+own runs shows: its title, the settings that tell runs apart, the grid over seeds, no paper table when
+no run matches one, and a notice when every run is at chance level."""
+
+import re
+import shutil
+from html import unescape
+from pathlib import Path
+
+import pytest
+
+from cat_bench.cli import main
+from cat_bench.report import read_cells, render_report
+from cat_bench.suite import RunSpec, folder_suite
+from cat_bench.train import resolve_config
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "results" / "smoke" / "runs"
+
+
+def run_cli(argv, capsys):
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Two committed smoke runs as `cat-bench run --results DIR` leaves them (DIR/runs/NAME) and one as
+    `cat-bench train --out DIR/first` leaves it (not named by its hash)."""
+    at, cw, cent = (next(SMOKE.glob(f"{m}-mnist-mini-*")) for m in ("at", "cat-cw", "cat-cent"))
+    shutil.copytree(at, tmp_path / "runs" / at.name)
+    shutil.copytree(cw, tmp_path / "runs" / cw.name)
+    shutil.copytree(cent, tmp_path / "first")
+    (tmp_path / "notes").mkdir()  # a folder that is not a run is ignored
+    return tmp_path
+
+
+def test_folder_suite_finds_both_layouts(folder):
+    suite, skipped = folder_suite(folder)
+    assert skipped == []
+    names = {s.name for s in suite.runs}
+    assert "first" in names and len(names) == 3
+    assert {s.config["method"] for s in suite.runs} == {"at", "cat-cw", "cat-cent"}
+
+
+def test_results_without_a_suite_lists_every_run(folder, capsys):
+    code, out, err = run_cli(["results", "--results", folder], capsys)
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "method" not in line]
+    assert sorted(r.split("|")[1].strip() for r in rows) == ["at", "cat-cent", "cat-cw"]
+    assert "80.00" in out  # the AT smoke run's natural accuracy, read from its eval.json
+
+
+def test_results_without_a_suite_on_an_empty_or_missing_folder(tmp_path, capsys):
+    code, _, err = run_cli(["results", "--results", tmp_path], capsys)
+    assert code == 2 and "no finished (trained and evaluated) run in" in err and "cat-bench train --out" in err
+    code, _, err = run_cli(["results", "--results", tmp_path / "nowhere"], capsys)
+    assert code == 2 and "nowhere: no such folder" in err
+
+
+def test_report_without_a_suite(folder, capsys):
+    code, out, err = run_cli(["report", "--results", folder], capsys)
+    assert code == 0, err
+    html = (folder / "report" / "index.html").read_text()
+    cells = read_cells(html)
+    assert cells["title"]["text"] == f"Runs in {folder}"
+    assert "paper/none" in cells  # no run matches a paper row: no paper table, one line saying so
+    assert 'class="paper-table"' not in html
+    assert "--suite" not in " ".join(unescape(c) for c in re.findall(r'<code class="cmd">(.*?)</code>', html, re.S)
+                                     if "run --suite" in c and "label=" not in c)
+    for name in ("first", *(p.name for p in (folder / "runs").iterdir())):
+        assert f'href="runs/{name}.html"' in html
+    assert (folder / "report" / "runs" / "first.png").is_file()  # its curves: accuracy, losses, mask
+
+
+def _spec(method: str, **settings) -> RunSpec:
+    config = resolve_config(method, "mnist-mini", 0.1, epochs=2, n_train=200, batch_size=50, select_n=50, **settings)
+    return RunSpec(config, ("natural", "pgd20"), 100, ("my grid",))
+
+
+def test_own_suite_shows_settings_that_differ_and_the_grid(tmp_path, write_run_records):
+    """Runs that differ in b and in epochs: the leaderboard's Settings cell names exactly those, its Label
+    cell the block label; the grid over seeds averages the two seeds of one configuration."""
+    specs = [_spec("cat-cent", overrides={"b": "0.3"}, seed=0), _spec("cat-cent", overrides={"b": "0.3"}, seed=1),
+             _spec("cat-cent", overrides={"b": "0.1"}, seed=0)]
+    for spec, nat in zip(specs, (80.0, 82.0, 70.0)):
+        write_run_records(tmp_path, spec, history=[{"epoch": 1, "lr": 0.001, "nat_acc": nat / 100, "rob_acc": 0.1}],
+                          accuracies={"natural": nat, "pgd20": 10.0})
+    index = render_report(None, tmp_path, tmp_path / "report")
+    cells = read_cells(index.read_text())
+    settings = {k.split("/")[1]: v["text"] for k, v in cells.items() if k.endswith("/settings")}
+    assert settings == {specs[0].name: "b=0.3", specs[1].name: "b=0.3", specs[2].name: "b=0.1"}
+    grid = cells["grid"]["text"]
+    assert "81.00 ± 1.41" in grid and "70.00" in grid  # seeds 0 and 1 of b=0.3 averaged; b=0.1 alone
+    assert "notice/chance" not in cells
+
+
+def test_chance_level_notice(tmp_path, write_run_records):
+    """Every run below 1.5 x chance (15% on 10 classes): the notice; one run above it: none."""
+    specs = [_spec("at", seed=0), _spec("at", seed=1)]
+    for spec in specs:
+        write_run_records(tmp_path, spec, history=[{"epoch": 1, "lr": 0.001, "nat_acc": 0.1, "rob_acc": 0.0}],
+                          accuracies={"natural": 11.0, "pgd20": 0.0})
+    cells = read_cells(render_report(None, tmp_path, tmp_path / "report").read_text())
+    assert "chance (10%)" in cells["notice/chance"]["text"]
+    write_run_records(tmp_path, _spec("at", seed=2), history=[{"epoch": 1, "lr": 0.001, "nat_acc": 0.5, "rob_acc": 0.0}],
+                      accuracies={"natural": 50.0, "pgd20": 0.0})
+    cells = read_cells(render_report(None, tmp_path, tmp_path / "report").read_text())
+    assert "notice/chance" not in cells
