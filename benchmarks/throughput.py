@@ -10,7 +10,7 @@ also computes the weights' gradients; fp32; g(x+delta) computed twice), on the s
 batch and protocol. Natural training is the reference of CAT's cost. Evaluation: cat-bench's
 PGD-20 (METHOD.md s4) beside torchattacks' PGD with the same settings and batch, when torchattacks
 is importable (install it only in a throwaway environment: its wheel overwrites robustbench's
-files; see the README).
+files; see docs/speed.md).
 
 For each row: images/s, the ratio to the eager loop (or to torchattacks), model FLOPs per image
 counted by `torch.utils.flop_counter` (convolutions and matmuls, forward and backward) and the
@@ -327,7 +327,7 @@ def main() -> None:
         print(f"\nPGD-20 accuracy of the untrained net, same {args.eval_n} images: cat-bench {accs[0]:.4f}, "
               f"torchattacks {accs[1]:.4f}")
     elif other is None:
-        print("\ntorchattacks is not installed here: the evaluation comparison is skipped (README: Speed)")
+        print("\ntorchattacks is not installed here: the evaluation comparison is skipped (docs/speed.md)")
     if args.record is not None:
         args.record.parent.mkdir(parents=True, exist_ok=True)
         args.record.write_text(json.dumps(record, indent=2) + "\n")

@@ -498,7 +498,7 @@ def _run(args) -> int:
         return
     device = resolve_device(args.device)
     options = dict(stop_after_epoch=args.stop_after_epoch, deadline=_deadline(args), compile=args.compile,
-                   trackers=check_trackers(args.log))
+                   trackers=check_trackers(args.log or list(suite.log)))
     workers = worker_devices(device, args.jobs_per_gpu) if args.gpus_per_job == 1 else [str(device)]
     if len(workers) > 1:
         outcome = run_parallel(args.results, specs, workers, data_root=args.data_root, **options)
@@ -702,6 +702,13 @@ def _list(args) -> None:
             print(f"{name}: {desc}")
 
 
+RESUME_HINT = {  # what continues each interrupted command
+    "train": "rerun the same command with --resume to continue from the last finished epoch",
+    "eval": "rerun the same command to finish evaluating: finished attacks are kept and skipped",
+    "run": "rerun the same command to continue: finished runs are skipped, the others resume",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cat-bench` console script."""
     args = _parser().parse_args(argv)
@@ -716,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cat-bench: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("cat-bench: interrupted; rerun the same command (train with --resume) to continue", file=sys.stderr)
+        print(f"cat-bench: interrupted; {RESUME_HINT.get(args.command, 'rerun the same command')}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `cat-bench ... | head`: the reader left; say nothing more
         sys.stdout = open(os.devnull, "w")

@@ -97,6 +97,15 @@ def check_options(*, batch_size: int | None, n_examples: int | None, eps: float 
         raise UsageError(f"eps {eps!r} is outside (0, 1]")
 
 
+def trained_data_root(run_dir: Path, data_root=None):
+    """The dataset root to evaluate with: the one given, else the one the run trained with (config.json's
+    `data_root`, when that folder still exists), else the default ($CAT_BENCH_DATA, the user cache)."""
+    if data_root is not None:
+        return data_root
+    recorded = records.read_json(run_dir / records.CONFIG).get("data_root")
+    return recorded if recorded and Path(recorded).is_dir() else None
+
+
 def load_test_examples(dataset: str, n_examples: int | None, data_root, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `n_examples` test examples (all without it; RobustBench's convention) on the device, pixels in [0,1]."""
     x, y = load_split(dataset, "test", data_root)
@@ -175,7 +184,7 @@ def _evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps
         raise CorruptRecord(f"corrupt checkpoint {run_dir / records.BEST}: {type(err).__name__}: {err}") from None
     model = nets.f.eval()
 
-    x, y = load_test_examples(config["dataset"], n_examples, data_root, device)
+    x, y = load_test_examples(config["dataset"], n_examples, trained_data_root(run_dir, data_root), device)
     if n_examples is not None and n_examples > len(y):
         log(f"note: --n-examples {n_examples} is more than the {len(y)} test examples; evaluating (and "
             f"recording) all {len(y)}")

@@ -6,6 +6,8 @@ Schema (smoke.toml carries the same description):
     description = "..."               required: what the suite is for
     include = ["mnist", ...]          optional: shipped suite names, or .toml paths relative to this
                                       file, whose runs belong to this suite
+    log = ["tensorboard"]             optional: trackers `cat-bench run` writes every run's curves to
+                                      (as --log; the command line's --log wins)
     [defaults]                        optional: any block key, used by every block that does not set it
     [[runs]]                          a block: methods x eps x seeds x hparam grid, one training run each
       label = "Table 2"               the paper table or figure served (default: "<file> block <n>")
@@ -79,6 +81,7 @@ class Suite:
     path: Path
     description: str
     runs: tuple[RunSpec, ...]
+    log: tuple[str, ...] = ()  # trackers every run of `cat-bench run` writes to (the file's `log` key)
 
 
 def _is_int(v: Any) -> bool:
@@ -119,7 +122,7 @@ _BLOCK_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "n_examples": (lambda v: _is_int(v) and v > 0, "a positive integer"),
 }
 _REQUIRED = ("methods", "dataset", "eps", "attacks")
-_TOP_KEYS = ("description", "include", "defaults", "runs")
+_TOP_KEYS = ("description", "include", "defaults", "runs", "log")
 
 
 def load_suite(name_or_path: str) -> Suite:
@@ -128,7 +131,7 @@ def load_suite(name_or_path: str) -> Suite:
     if not path.stem or path.stem.startswith("."):  # the name picks folders (RESULTS/reports/NAME)
         raise UsageError(f"suite file {path}: its name {path.stem!r} is not a suite name; name the file NAME.toml "
                          f"with NAME starting with a letter or digit")
-    description, runs = _read(path, ())
+    description, runs, log = _read(path, ())
     merged: dict[str, RunSpec] = {}
     for run in runs:
         old = merged.get(run.name)
@@ -136,7 +139,7 @@ def load_suite(name_or_path: str) -> Suite:
             n = None if None in (old.n_examples, run.n_examples) else max(old.n_examples, run.n_examples)
             run = RunSpec(old.config, _union(old.attacks, run.attacks), n, _union(old.labels, run.labels))
         merged[run.name] = run
-    return Suite(path.stem, path, description, tuple(merged.values()))
+    return Suite(path.stem, path, description, tuple(merged.values()), log)
 
 
 def _union(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
@@ -182,8 +185,9 @@ def _locate(entry: str, base: Path) -> Path:
     raise UsageError(f"unknown suite {entry!r}; {shipped}; or give the path to a .toml file")
 
 
-def _read(path: Path, stack: tuple[Path, ...]) -> tuple[str, list[RunSpec]]:
-    """The description and the expanded, unmerged runs of a suite file and of what it includes."""
+def _read(path: Path, stack: tuple[Path, ...]) -> tuple[str, list[RunSpec], tuple[str, ...]]:
+    """The description, the expanded, unmerged runs of a suite file and of what it includes, and the
+    file's own `log` trackers."""
     if path in stack:
         chain = " -> ".join(str(p) for p in (*stack, path))
         raise UsageError(f"{stack[-1]}: key 'include': include cycle {chain}")
@@ -191,7 +195,7 @@ def _read(path: Path, stack: tuple[Path, ...]) -> tuple[str, list[RunSpec]]:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path}: not a valid TOML file: {err}") from None
+        raise UsageError(f"{path}: not a valid TOML file: {_where(err, path)}") from None
     for key in data:
         if key not in _TOP_KEYS:
             raise UsageError(f"{path}: unknown key {key!r}; allowed at the top level: {', '.join(_TOP_KEYS)}")
@@ -209,6 +213,9 @@ def _read(path: Path, stack: tuple[Path, ...]) -> tuple[str, list[RunSpec]]:
         raise UsageError(f"{path}: key 'runs': expected [[runs]] blocks")
     if not blocks and not include:
         raise UsageError(f"{path}: key 'runs': expected at least one [[runs]] block or an include")
+    log = data.get("log", [])
+    if not isinstance(log, list) or not all(isinstance(x, str) for x in log):
+        raise UsageError(f"{path}: key 'log': expected a list of trackers, e.g. [\"tensorboard\"]")
 
     runs: list[RunSpec] = []
     for entry in include:
@@ -223,7 +230,16 @@ def _read(path: Path, stack: tuple[Path, ...]) -> tuple[str, list[RunSpec]]:
         where = f"[[runs]] block {i}" + (f" ({label})" if isinstance(label, str) else "")
         _check_keys(path, where, block)
         runs += _expand(path, where, {"label": f"{path.stem} block {i}", "seeds": [0], **defaults, **block})
-    return description, runs
+    return description, runs, tuple(log)
+
+
+def _where(err: Exception, path: Path) -> str:
+    """tomllib's message, which names the line of most errors; one found at the end of the file gets that
+    line's number too (an unclosed bracket or string)."""
+    text = str(err)
+    if "end of document" in text:
+        text += f" (line {len(path.read_bytes().splitlines())}, the last)"
+    return text
 
 
 def _check_keys(path: Path, where: str, block: dict) -> None:

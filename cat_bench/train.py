@@ -21,7 +21,7 @@ from typing import Any
 
 from cat_bench import distributed, records
 from cat_bench.attacks import PGD
-from cat_bench.data import TensorLoader, dataset_info, load_split, split_train_val
+from cat_bench.data import TensorLoader, dataset_info, load_split, resolve_data_root, split_train_val
 from cat_bench.distributed import Group
 from cat_bench.errors import CorruptRecord, Diverged, UsageError
 from cat_bench.evaluate import correct_under, default_batch_size
@@ -245,12 +245,27 @@ def _accuracy(model, x, y, attack: PGD | None, batch_size: int, group: Group) ->
     return correct.item() / len(y)
 
 
+def differing_keys(held: dict, wanted: dict, prefix: str = "") -> str:
+    """The keys (dotted, with both values) where two resolved configs differ, e.g. "eps: 0.3 vs 0.4"."""
+    parts = []
+    for key in sorted(set(held) | set(wanted)):
+        a, b = held.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = differing_keys(a, b, f"{prefix}{key}.")
+            parts += [inner] if inner else []
+        elif a != b:
+            parts.append(f"{prefix}{key}: {a!r} there vs {b!r} asked")
+    return "; ".join(parts)
+
+
 def _prepare_run_dir(out: Path, config: dict, resume: bool) -> dict | None:
     """Check the run directory against the config; return the checkpoint to resume from, if any."""
     cfg_path = out / records.CONFIG
     if cfg_path.exists():
-        if records.read_identity(out) != config:
-            raise UsageError(f"{out} holds a different run (config.json differs); choose another --out")
+        held = records.read_identity(out)
+        if held != config:
+            raise UsageError(f"{out} holds a different run (its config.json differs in {differing_keys(held, config)}); "
+                             f"choose another --out")
         if (out / records.LAST).exists() and not resume:
             raise UsageError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
     if resume and (out / records.LAST).exists():
@@ -297,8 +312,10 @@ def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.de
            trace_every: int, group: Group, trackers: list[str] | None) -> dict:
     """`train`'s work, with the run directory claimed and locked by its writer."""
     if (out / records.DONE).exists():
-        if records.read_identity(out) != config:
-            raise UsageError(f"{out} holds a different, finished run; choose another --out")
+        held = records.read_identity(out)
+        if held != config:
+            raise UsageError(f"{out} holds a different, finished run (its config.json differs in "
+                             f"{differing_keys(held, config)}); choose another --out")
         records.verify_run(out)  # done, but only while every record can be read
         log(f"{out}: already done")
         return records.read_json(out / records.DONE)
@@ -348,7 +365,8 @@ def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.de
     if ckpt is None and group.main:
         claim(out, "run")  # made and marked now that the data is there: a failed start leaves no folder
         records.write_json(out / records.CONFIG, {"identity": config, "sources": config_sources(config),
-                                                  "provenance": records.provenance(device)})
+                                                  "provenance": records.provenance(device),
+                                                  "data_root": str(resolve_data_root(data_root).resolve())})
         (out / records.HISTORY).unlink(missing_ok=True)
         (out / records.TRACE).unlink(missing_ok=True)
     elif ckpt is not None:

@@ -3,8 +3,8 @@
     python scripts/fidelity_table.py [--suite mnist-fidelity] [--results results/fidelity]
 
 The numbers come from the runs' history.jsonl through the report's own code
-(cat_bench.report.fidelity), so the README and the rendered Fidelity section agree;
-tests/test_fidelity.py checks the committed README against this output.
+(cat_bench.report.fidelity), so results/fidelity/README.md and the rendered Fidelity section agree;
+tests/test_fidelity.py checks that committed README against this output.
 """
 
 from __future__ import annotations

@@ -198,3 +198,50 @@ def test_every_command_and_flag_has_help(capsys):
         for action in command._actions:
             if action.dest != "help":
                 assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+
+
+def test_a_different_run_in_out_names_the_keys_that_differ(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main([*TRAIN, "--out", str(out), "--stop-after-epoch", "1"]) == 0
+    code, err = run([*with_option("--eps", "0.2"), "--out", str(out), "--resume"], capsys)
+    assert code == 2 and "holds a different" in err
+    assert "eps: 0.3 there vs 0.2 asked" in err and "train_attack.eps: 0.3 there vs 0.2 asked" in err
+    assert "seed" not in err  # only the keys that differ
+
+
+def test_eval_uses_the_data_root_the_run_trained_with(tmp_path):
+    from cat_bench.evaluate import trained_data_root
+
+    out = tmp_path / "r"
+    assert main([*TRAIN, "--out", str(out), "--data-root", str(tmp_path / "data")]) == 0
+    recorded = records.read_json(out / records.CONFIG)["data_root"]
+    assert recorded == str((tmp_path / "data").resolve())
+    (tmp_path / "data").mkdir(exist_ok=True)
+    assert trained_data_root(out) == recorded
+    assert trained_data_root(out, tmp_path / "other") == tmp_path / "other"  # the one given wins
+    (tmp_path / "data").rmdir()
+    assert trained_data_root(out) is None  # gone: the default roots
+
+
+@pytest.mark.parametrize("command,hint", [("eval", "finish evaluating: finished attacks are kept"),
+                                          ("train", "with --resume"), ("run", "finished runs are skipped")])
+def test_an_interrupted_command_says_how_to_continue_it(command, hint, monkeypatch, capsys, tmp_path):
+    import cat_bench.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, f"_{command}", interrupted)
+    argv = {"eval": ["eval", str(tmp_path)], "train": TRAIN, "run": ["run", "--suite", "smoke"]}[command]
+    code, err = run(argv, capsys)
+    assert code == 130 and hint in err
+    assert command == "train" or "--resume" not in err
+
+
+@pytest.mark.parametrize("text,line", [('description = "x"\n[[runs]]\nmethods = ["at"\n', "line 3, the last"),
+                                       ('description = "x"\n[[runs]]\nmethods = = 1\neps = [0.3]\n', "line 3")])
+def test_a_toml_syntax_error_names_its_line(text, line, tmp_path, capsys):
+    suite = tmp_path / "broken.toml"
+    suite.write_text(text)
+    code, err = run(["status", "--suite", str(suite)], capsys)
+    assert code == 2 and "not a valid TOML file" in err and line in err

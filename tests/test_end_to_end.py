@@ -1,6 +1,6 @@
 """End to end on mnist-mini through the CLI: CAT's mask under the code's and the batch-summed Eq. 14.
 
-Measured on the 2-core CPU machine (README, "First run"): with the code's reduction of Eq. 14
+Measured on the 2-core CPU machine (docs/usage.md, "A first CAT run"): with the code's reduction of Eq. 14
 (KL / B) the mask collapses to 0 in epoch 2 (x_cal = x: natural training, PGD-20 0.0%); with the
 KL summed over the batch it saturates at 1 (x_cal = x + delta: PGD-20 about 30%). Both are flagged.
 """

@@ -153,3 +153,19 @@ def test_list_methods_says_where_the_network_is_the_papers_and_how_each_family_i
     out = capsys.readouterr().out
     assert "the script itself builds WRN-34-10" in out and "the script itself builds a standard ResNet-18" in out
     assert "evaluation, mnist: every method selected and evaluated as Train_MNIST.py tests: no [0,1] clip" in out
+
+
+def test_table_captions_state_the_evaluation_harness_and_the_script_networks():
+    """The report's Table 1 says its rows share Train_MNIST.py's unclipped harness, as presets.clips does;
+    the CIFAR tables name each method whose script builds another network than the table's."""
+    from cat_bench.presets import EVALUATION_NOTE, clips
+    from cat_bench.report.tables import caption
+
+    assert clips("mnist", "paper") is False and clips("cifar", "paper") is True
+    assert EVALUATION_NOTE["mnist"] in caption("1", "mnist")
+    assert "Networks:" not in caption("1", "mnist")
+    table2 = caption("2", "cifar10")
+    assert EVALUATION_NOTE["cifar"] in table2
+    for method in ("trades", "mart", "fat"):
+        assert f"{method}: its script builds" in table2
+    assert "cat-cent: its script" not in table2

@@ -37,3 +37,18 @@ def test_an_unknown_tracker_exits_2_before_training(tmp_path, capsys):
     assert main([*TRAIN[:-1], "wandb-typo", "--out", str(tmp_path / "run")]) == 2
     assert "--log 'wandb-typo'; allowed: tensorboard" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_suite_log_key_writes_tensorboard_for_every_run(tmp_path):
+    """`log = ["tensorboard"]` at the top of a suite file: `cat-bench run` writes each run's event files
+    without --log; a malformed value is refused with the file and the key."""
+    suite = tmp_path / "mine.toml"
+    suite.write_text('description = "mine"\nlog = ["tensorboard"]\n[[runs]]\nmethods = ["at"]\n'
+                     'dataset = "mnist-mini"\neps = [0.3]\nepochs = 1\nn_train = 100\nbatch_size = 50\n'
+                     'select_n = 20\nattacks = ["natural"]\nn_examples = 20\n')
+    results = tmp_path / "results"
+    assert main(["run", "--suite", str(suite), "--results", str(results), "--no-progress"]) == 0
+    (run,) = [p for p in (results / "runs").iterdir() if p.is_dir()]
+    assert _scalars(run / TENSORBOARD_DIR)["epoch/nat_acc"]
+    suite.write_text(suite.read_text().replace('log = ["tensorboard"]', 'log = "tensorboard"'))
+    assert main(["results", "--suite", str(suite), "--results", str(results)]) == 2

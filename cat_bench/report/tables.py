@@ -33,7 +33,8 @@ import pandas as pd
 
 from cat_bench.data import dataset_info
 from cat_bench.errors import UsageError
-from cat_bench.methods import protocol_for, resolve_hparams
+from cat_bench.methods import METHODS, protocol_for, resolve_hparams
+from cat_bench.presets import EVALUATION_NOTE
 from cat_bench.results import ATTACK_ORDER, summarize
 from cat_bench.suite import SUITES, RunSpec, filter_runs, load_suite
 from cat_bench.shell import command
@@ -48,7 +49,8 @@ DATASET_LABELS = {"mnist": "MNIST", "mnist-mini": "MNIST-mini", "cifar10": "CIFA
 TABLE_CAPTIONS = {
     "1": "MNIST, tested at eps 0.3: natural accuracy and accuracy under PGD-20 and PGD-100 (%). CAT: its "
          "SmallCNN; AT and TRADES: the networks of their official MNIST scripts (Madry et al.'s CNN, TRADES' "
-         "SmallCNN; the paper does not say which it used). Paper protocol: CAT's inputs are not clipped to [0,1].",
+         "SmallCNN; the paper does not say which it used). Paper protocol: CAT trains without the [0,1] clip, as "
+         "its MNIST code does.",
     "2": "CIFAR-10, PreAct ResNet-18, tested at eps 8/255 (CW∞ at 0.031); CAT rows are mean ± std over "
          "5 runs in the paper; Avg is the mean of natural and all robust accuracies.",
     "3": "CIFAR-10, WideResNet-34-10, the same columns as Table 2. The paper's CATcent (b=0.3) row lost its "
@@ -59,6 +61,20 @@ TABLE_CAPTIONS = {
          "accuracy, single runs (appendix E).",
 }
 EPS_TOL = 1e-6
+
+
+def caption(table_id: str, dataset: str) -> str:
+    """A table's caption with the protocol notes that hold for every row: how the dataset's rows are
+    evaluated (presets.EVALUATION_NOTE, what `list methods` prints) and which methods train the paper's
+    network where their own script builds another (each method's SCRIPT_NETWORK)."""
+    family = dataset_info(dataset).family
+    notes = [f"Evaluation: {EVALUATION_NOTE[family]}."]
+    scripts = [f"{name}: its script builds {cls.SCRIPT_NETWORK[family]}" for name, cls in METHODS.items()
+               if family in cls.SCRIPT_NETWORK]
+    if scripts:
+        notes.append("Networks: every row trains the network named in the title, with its method's script "
+                     f"settings, where the script itself differs: {'; '.join(scripts)}.")
+    return " ".join([TABLE_CAPTIONS.get(table_id, ""), *notes]).strip()
 
 
 @dataclass(frozen=True)
@@ -486,7 +502,8 @@ def build_tables(published: pd.DataFrame, collected: pd.DataFrame, specs: Sequen
                                  "below" if cell.diff < -cell.tolerance else "within")
                 cells.append(cell)
             rows.append(Row(label, label, cells, list(row_targets.values())))
-        tables.append(Table(table_id, f"Table {table_id}", TABLE_CAPTIONS.get(table_id, ""), columns, rows, bar))
+        tables.append(Table(table_id, f"Table {table_id}", caption(table_id, pub["dataset"].iloc[0]), columns, rows,
+                            bar))
     return tables
 
 
