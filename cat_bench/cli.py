@@ -106,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="ship a finished, evaluated run's selected model: weights, SHA-256 and model "
                                       "card in one folder")
     x.add_argument("run_dir", type=Path, help="a finished run directory evaluated with cat-bench eval")
-    x.add_argument("--name", required=True, help="the model's name, e.g. cat-cw-mnist-eps0.4 (letters, digits, . _ -)")
+    x.add_argument("--name", required=True, help="the model's name, e.g. at-mnist-eps0.3 (letters, digits, . _ -)")
     x.add_argument("--out", type=Path, help="model folder (default: results/models/NAME); must not exist")
     x.add_argument("--trained-with", metavar="COMMAND",
                    help="the command that trained the run, as given (e.g. its suite's cat-bench run ...), for the card")
@@ -225,7 +225,7 @@ def _compile_arg(p: argparse.ArgumentParser) -> None:
 def _suite_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", required=True, help="smoke, mnist, cifar10-preact, cifar10-wrn, cifar100, paper, or a TOML file")
     p.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: ./results)")
-    p.add_argument("--only", nargs="+", default=[], metavar="KEY=VALUE", help="e.g. method=cat-cent eps=8/255 seed=0")
+    p.add_argument("--only", nargs="+", default=[], metavar="KEY=VALUE", help="e.g. method=at eps=8/255 seed=0")
 
 
 def _suite_specs(args):

@@ -9,7 +9,7 @@ Schema (smoke.toml carries the same description):
     [defaults]                        optional: any block key, used by every block that does not set it
     [[runs]]                          a block: methods x eps x seeds x hparam grid, one training run each
       label = "Table 2"               the paper table or figure served (default: "<file> block <n>")
-      methods = ["at", "cat-cent"]    required: method names (`cat-bench list methods`)
+      methods = ["natural", "at"]     required: method names (`cat-bench list methods`)
       dataset = "cifar10"             required
       arch = "wrn-34-10"              optional: default, the dataset's (METHOD.md s2)
       eps = ["8/255", 0.3]            required: training eps, numbers or fractions
@@ -103,7 +103,7 @@ def _is_str(v: Any) -> bool:
 _INT = (_is_int, "an integer")
 _BLOCK_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "label": (_is_str, 'a string, e.g. "Table 2"'),
-    "methods": (_list_of(_is_str), 'a non-empty list of method names, e.g. ["at", "cat-cent"]'),
+    "methods": (_list_of(_is_str), 'a non-empty list of method names, e.g. ["natural", "at"]'),
     "dataset": (_is_str, 'a dataset name, e.g. "cifar10"'),
     "arch": (_is_str, 'an architecture name, e.g. "wrn-34-10"'),
     "eps": (_list_of(_is_scalar), 'a non-empty list of numbers or fractions, e.g. [0.3] or ["8/255"]'),
@@ -290,7 +290,7 @@ def _parse_only(only: list[str]) -> list[tuple[str, list[str]]]:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key or not text.strip():
-            raise UsageError(f"--only {item!r} is not KEY=VALUE[,VALUE...], e.g. method=cat-cent eps=8/255 b=0.05")
+            raise UsageError(f"--only {item!r} is not KEY=VALUE[,VALUE...], e.g. method=at eps=8/255 seed=0")
         if key not in allowed:
             raise UsageError(f"--only {item!r}: unknown key {key!r}; allowed: {', '.join(allowed)}")
         wanted = [v.strip() for v in text.split(",")]

@@ -26,7 +26,7 @@ from cat_bench.distributed import Group
 from cat_bench.errors import CorruptRecord, Diverged, UsageError
 from cat_bench.evaluate import correct_under, default_batch_size
 from cat_bench.lazy import torch
-from cat_bench.methods import TrainAttack, default_arch, get_method, protocol_for, resolve_hparams
+from cat_bench.methods import Method, default_arch, get_method, protocol_for, resolve_hparams
 from cat_bench.methods.base import lr_at
 from cat_bench.models import check_arch
 from cat_bench.networks import Networks, precision_context, resolve_device
@@ -38,7 +38,6 @@ from cat_bench.tracking import Trackers
 SELECT_ON = ("test", "val")
 SEED_LIMIT = 2 ** 32  # numpy's seeds (the batch order) are below 2**32
 CPU_TFLOPS = 0.2  # a CPU's assumed sustained rate, for the warning before a training of hours (costs.py)
-MASK_HEALTHY = (0.01, 0.99)  # an epoch's mean mask outside this range: collapsed (M ~ 0) or saturated (M ~ 1)
 
 
 def resolve_config(method: str, dataset: str, eps: float, *, arch: str | None = None, epochs: int | None = None,
@@ -111,18 +110,11 @@ def config_sources(config: dict) -> dict:
     return {"protocol": proto.source, "hparams": {k: hp.source for k, hp in cls.HPARAMS.items()}}
 
 
-def _epoch_means(sums: dict[str, torch.Tensor], n_steps: int) -> dict[str, float]:
-    """An epoch's mean of each per-step loss; for CAT also the mask's std over every pixel of the epoch."""
-    means = {k: (v / n_steps).item() for k, v in sums.items()}
-    if "mask_sq" in means:
-        means["mask_std"] = math.sqrt(max(means.pop("mask_sq") - means["mask_mean"] ** 2, 0.0))
-    return means
-
-
-def _finite_means(sums: dict[str, torch.Tensor], n_steps: int, epoch: int) -> dict[str, float]:
-    """The epoch's means (`_epoch_means`, one read of the sums per epoch); Diverged if a loss is not
-    finite, before the epoch is recorded or checkpointed (training on would only record NaN)."""
-    means = _epoch_means(sums, n_steps)
+def _finite_means(method: Method, sums: dict[str, torch.Tensor], n_steps: int, epoch: int) -> dict[str, float]:
+    """The epoch's mean of each per-step loss as the method records them (`Method.epoch_means`, one read
+    of the sums per epoch); Diverged if one is not finite, before the epoch is recorded or checkpointed
+    (training on would only record NaN)."""
+    means = method.epoch_means({k: (v / n_steps).item() for k, v in sums.items()})
     bad = {k: v for k, v in means.items() if not math.isfinite(v)}
     if bad:
         raise Diverged(f"training diverged in epoch {epoch}: mean {', '.join(f'{k} {v}' for k, v in bad.items())}; "
@@ -142,28 +134,9 @@ def _warn_cpu_hours(config: dict, log) -> None:
             f"or train on a GPU (--device cuda)")
 
 
-def _trace_row(losses: dict[str, torch.Tensor], epoch: int, batch: int, n_batches: int) -> dict:
-    """One trace.jsonl line: where in training (1-based epoch and batch, global step) and CAT's mask and losses."""
-    mean, sq = losses["mask_mean"].item(), losses["mask_sq"].item()
-    return {"epoch": epoch + 1, "batch": batch + 1, "step": epoch * n_batches + batch + 1, "mask_mean": mean,
-            "mask_std": math.sqrt(max(sq - mean ** 2, 0.0)),
-            **{k: losses[k].item() for k in ("loss_f", "loss_g") if k in losses}}
-
-
-def mask_flag(train_means: dict) -> str | None:
-    """"collapsed" or "saturated" when an epoch's mean mask leaves MASK_HEALTHY, else None."""
-    mean = train_means.get("mask_mean")
-    if mean is None or MASK_HEALTHY[0] <= mean <= MASK_HEALTHY[1]:
-        return None
-    return "collapsed" if mean < MASK_HEALTHY[0] else "saturated"
-
-
-def _optimizer(schedule: dict, params) -> torch.optim.Optimizer:
-    """SGD or Adam as the protocol says, the same for f and g (CAT's code)."""
-    if schedule["optimizer"] == "adam":
-        return torch.optim.Adam(params, lr=schedule["lr"], weight_decay=schedule["weight_decay"])
-    return torch.optim.SGD(params, lr=schedule["lr"], momentum=schedule["momentum"],
-                           weight_decay=schedule["weight_decay"])
+def _trace_row(method: Method, losses: dict[str, torch.Tensor], epoch: int, batch: int, n_batches: int) -> dict:
+    """One trace.jsonl line: where in training (1-based epoch and batch, global step) and the method's values."""
+    return {"epoch": epoch + 1, "batch": batch + 1, "step": epoch * n_batches + batch + 1, **method.trace(losses)}
 
 
 def _selection_data(config: dict, data_root, x_train, y_train):
@@ -276,8 +249,8 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
     `compile`: None (eager) or a torch.compile mode for f (COMPILE_MODES; "reduce-overhead"
     replays CUDA graphs, for launch-bound small networks). `trackers`: views of the records for
     TensorBoard (cat_bench.tracking), written by rank 0.
-    `trace_every`: CAT's mask (mean, std over its pixels) and losses go to trace.jsonl on the first
-    batch of each epoch and every `trace_every` batches after it.
+    `trace_every`: a method's traced values (`Method.trace`: CAT's mask and losses) go to trace.jsonl
+    on the first batch of each epoch and every `trace_every` batches after it.
     """
     out = Path(out)
     group = group or distributed.from_env()
@@ -332,10 +305,9 @@ def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.de
         nets.sync_batchnorm()
     autocast = precision_context(config["precision"], device)
     f_run = nets.f if compile is None else torch.compile(nets.f, mode=compile)
-    method = get_method(config["method"])(f_run, nets.g, config["hparams"], TrainAttack(**config["train_attack"]),
-                                          autocast)
+    method = nets.adapter(f_run, autocast)
     trained = method.modules()
-    optimizers = {k: _optimizer(schedule, m.parameters()) for k, m in trained.items()}
+    optimizers = method.configure_optimizers(schedule)
     sel = config["selection"]["attack"]
     rule = config["selection"]["rule"]
     eval_batch = default_batch_size(device)
@@ -354,8 +326,7 @@ def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.de
     elif ckpt is not None:
         try:
             nets.load(ckpt["nets"])
-            for k in optimizers:
-                optimizers[k].load_state_dict(ckpt["optimizers"][k])
+            method.load_state_dict(ckpt)
             _set_rng_state(ckpt["rng"], device)
             start, best = int(ckpt["epoch"]), ckpt["best"]
         except (KeyError, RuntimeError, TypeError, IndexError, ValueError) as err:
@@ -385,9 +356,7 @@ def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.de
             with progress_bar(n_steps, f"epoch {epoch + 1}/{epochs}", enabled=progress) as advance:
                 for i, (x, y) in zip(range(n_steps), loader.epoch(epoch)):
                     lr = lr_at(schedule, epoch, i, len(loader))
-                    for o in optimizers.values():
-                        for param_group in o.param_groups:
-                            param_group["lr"] = lr
+                    method.set_lr(lr)
                     if group.world > 1:
                         method.shard = distributed.shard(len(y), group)
                         x, y = method.shard.take(x), method.shard.take(y)
@@ -398,18 +367,18 @@ def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.de
                         losses = {k: v * method.shard_weight() for k, v in losses.items()}
                     for k, v in losses.items():
                         sums[k] = sums.get(k, 0.0) + v
-                    if "mask_mean" in losses and i % trace_every == 0:
+                    if method.TRACE_KEY in losses and i % trace_every == 0:
                         if group.world > 1:
                             losses = _summed(losses)
                         if group.main:
-                            trace_row = _trace_row(losses, epoch, i, len(loader))
+                            trace_row = _trace_row(method, losses, epoch, i, len(loader))
                             records.append_jsonl(out / records.TRACE, trace_row)
                             curves.batch(trace_row)
                     advance()
             if group.world > 1:
                 sums = _summed(sums)
             train_seconds = time.time() - t0
-            means = _finite_means(sums, n_steps, epoch + 1)
+            means = _finite_means(method, sums, n_steps, epoch + 1)
             n_images = min(len(y_train), n_steps * schedule["batch_size"])
 
             nets.f.eval()
@@ -425,17 +394,15 @@ def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.de
                    "nat_acc": nat, "rob_acc": rob, "score": score, "best_epoch": best["epoch"],
                    "train_seconds": train_seconds, "images_per_s": n_images / train_seconds,
                    "seconds": time.time() - t0}
-            flag = mask_flag(row["train"])
-            if flag is not None:
-                row["mask_flag"] = flag
-                log(f"WARNING, epoch {epoch + 1}: mask {flag} (mean mask {row['train']['mask_mean']:.4g}; healthy "
-                    f"within {MASK_HEALTHY}): x_cal is {'x' if flag == 'collapsed' else 'x + delta'}, CAT does not calibrate")
+            for key, value, warning in method.check_health(row["train"]):
+                row[key] = value
+                log(f"WARNING, epoch {epoch + 1}: {warning}")
             if group.main:
                 records.append_jsonl(out / records.HISTORY, row)
                 curves.epoch(row, (epoch + 1) * len(loader))
                 records.save_checkpoint(out / records.LAST, {
-                    "nets": nets.state(), "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                    "rng": _rng_state(device), "epoch": epoch + 1, "best": best})
+                    "nets": nets.state(), **method.state_dict(), "rng": _rng_state(device), "epoch": epoch + 1,
+                    "best": best})
             losses_txt = " ".join(f"{k} {v:.4f}" for k, v in row["train"].items())
             log(f"epoch {epoch + 1}/{epochs}: {losses_txt} | nat {100 * nat:.2f} rob {100 * rob:.2f} "
                 f"(best epoch {best['epoch']}) | {row['images_per_s']:.0f} img/s")
@@ -450,8 +417,9 @@ def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.de
         return {"done": False, "epochs_trained": until, "epochs": epochs}
     summary = {"best_epoch": best["epoch"], "best_score": best["score"], "epochs": epochs, "selection": rule}
     if group.main:
-        flagged = [r["epoch"] for r in records.read_jsonl(out / records.HISTORY) if "mask_flag" in r]
-        summary.update(mask_flag_epochs=flagged, seconds_this_session=time.time() - began)
+        history = records.read_jsonl(out / records.HISTORY)
+        summary.update({f"{key}_epochs": [r["epoch"] for r in history if key in r] for key in method.HEALTH_FLAGS})
+        summary["seconds_this_session"] = time.time() - began
         records.write_json(out / records.DONE, summary)
     return summary
 
