@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", default="fp32",
                    help="fp32 (default: the official scripts'), tf32 (CUDA TF32 math) or bf16 (autocast); "
                         "part of the run's identity")
+    t.add_argument("--ema", type=float, metavar="DECAY",
+                   help="evaluate an exponential moving average of f's weights with this decay per step, e.g. "
+                        "0.999 (default: off); part of the run's identity")
     t.add_argument("--epochs", type=int, help="override the protocol's number of epochs")
     t.add_argument("--batch-size", type=int, help="override the protocol's batch size")
     t.add_argument("--seed", type=int, default=0, help="seeds torch and the batch order (default 0)")
@@ -261,7 +264,7 @@ def _train(args) -> None:
     config = resolve_config(args.method, args.dataset, parse_eps(args.eps), arch=args.arch, epochs=args.epochs,
                             seed=args.seed, overrides=parse_sets(args.set), select_on=args.select_on,
                             select_n=args.select_n, batch_size=args.batch_size, n_train=args.n_train,
-                            protocol=args.protocol, schedule=args.schedule, precision=args.precision)
+                            protocol=args.protocol, schedule=args.schedule, precision=args.precision, ema=args.ema)
     out = args.out or Path("runs") / records.run_name(config)
     if args.n_train is not None and config["n_train"] != args.n_train:
         print(f"note: --n-train {args.n_train} is more than the {config['n_train']} training images {args.dataset} "

@@ -21,6 +21,7 @@ from typing import Any
 
 from cat_bench import distributed, records
 from cat_bench.attacks import PGD
+from cat_bench.averaging import WeightAverage, check_decay
 from cat_bench.data import TensorLoader, dataset_info, load_split, split_train_val
 from cat_bench.distributed import Group
 from cat_bench.errors import CorruptRecord, Diverged, UsageError
@@ -44,14 +45,16 @@ def resolve_config(method: str, dataset: str, eps: float, *, arch: str | None = 
                    seed: int = 0, overrides: dict[str, str] | None = None, select_on: str = "test",
                    select_n: int | None = None, batch_size: int | None = None,
                    n_train: int | None = None, protocol: str = "paper", schedule: str = "official",
-                   precision: str = "fp32") -> dict[str, Any]:
+                   precision: str = "fp32", ema: float | None = None) -> dict[str, Any]:
     """The fully resolved config of a training run: every constant the run depends on, with defaults filled.
 
     `schedule`: "official" (the method's authors' protocol) or "uniform" (CAT's, for every method).
     `protocol`: "paper" (each official script's pixel domain: CAT's MNIST code never clips to
     [0,1], METHOD.md s4) or "valid" (inputs always in [0,1]). `precision`: "fp32" (the official
-    scripts'), "tf32" or "bf16" (speed options; presets.PRECISIONS). Raises UsageError for unknown
-    names and out-of-range values, naming what is allowed.
+    scripts'), "tf32" or "bf16" (speed options; presets.PRECISIONS). `ema`: the decay of an average
+    of f's weights evaluated instead of f (cat_bench.averaging; a key of the config only when given,
+    so runs without it keep their names). Raises UsageError for unknown names and out-of-range
+    values, naming what is allowed.
     """
     info = dataset_info(dataset)
     cls = get_method(method)
@@ -100,6 +103,8 @@ def resolve_config(method: str, dataset: str, eps: float, *, arch: str | None = 
         "train_attack": train_attack,
         "selection": {"on": select_on, "n": select_n, "rule": proto.selection, "attack": selection},
     }
+    if ema is not None:
+        config["ema"] = check_decay(ema)
     return json.loads(json.dumps(config))  # the form it has once stored (tuples become lists)
 
 
@@ -308,6 +313,7 @@ def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.de
     method = nets.adapter(f_run, autocast)
     trained = method.modules()
     optimizers = method.configure_optimizers(schedule)
+    average = WeightAverage(nets.f, config["ema"]) if "ema" in config else None
     sel = config["selection"]["attack"]
     rule = config["selection"]["rule"]
     eval_batch = default_batch_size(device)
@@ -327,6 +333,8 @@ def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.de
         try:
             nets.load(ckpt["nets"])
             method.load_state_dict(ckpt)
+            if average is not None:
+                average.load_state_dict(ckpt["ema"])
             _set_rng_state(ckpt["rng"], device)
             start, best = int(ckpt["epoch"]), ckpt["best"]
         except (KeyError, RuntimeError, TypeError, IndexError, ValueError) as err:
@@ -363,6 +371,8 @@ def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.de
                     if device.type == "cuda":
                         x = x.contiguous(memory_format=torch.channels_last)
                     losses = method.update(x, y, optimizers, epoch + 1)
+                    if average is not None:
+                        average.update(nets.f)
                     if method.shard is not None:  # this rank's part of each batch's loss, summed over ranks below
                         losses = {k: v * method.shard_weight() for k, v in losses.items()}
                     for k, v in losses.items():
@@ -381,15 +391,17 @@ def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.de
             means = _finite_means(method, sums, n_steps, epoch + 1)
             n_images = min(len(y_train), n_steps * schedule["batch_size"])
 
-            nets.f.eval()
+            scored = nets.f if average is None else average.module  # the classifier the run delivers
+            scored.eval()
             with contextlib.nullcontext() if autocast is None else autocast:
-                nat = _accuracy(nets.f, x_sel, y_sel, None, eval_batch, group)
-                rob = _accuracy(nets.f, x_sel, y_sel, select_attack, eval_batch, group)
+                nat = _accuracy(scored, x_sel, y_sel, None, eval_batch, group)
+                rob = _accuracy(scored, x_sel, y_sel, select_attack, eval_batch, group)
             score = rob if rule == "rob" else nat + rob
             if rule == "final" or score > best["score"]:
                 best = {"epoch": epoch + 1, "score": score}
                 if group.main:
-                    records.save_checkpoint(out / records.BEST, {"nets": nets.state(), "epoch": epoch + 1, "score": score})
+                    delivered = nets.state() if average is None else {**nets.state(), "f": average.module.state_dict()}
+                    records.save_checkpoint(out / records.BEST, {"nets": delivered, "epoch": epoch + 1, "score": score})
             row = {"epoch": epoch + 1, "lr": lr, "train": means,
                    "nat_acc": nat, "rob_acc": rob, "score": score, "best_epoch": best["epoch"],
                    "train_seconds": train_seconds, "images_per_s": n_images / train_seconds,
@@ -400,9 +412,10 @@ def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.de
             if group.main:
                 records.append_jsonl(out / records.HISTORY, row)
                 curves.epoch(row, (epoch + 1) * len(loader))
+                averaged = {} if average is None else {"ema": average.state_dict()}
                 records.save_checkpoint(out / records.LAST, {
-                    "nets": nets.state(), **method.state_dict(), "rng": _rng_state(device), "epoch": epoch + 1,
-                    "best": best})
+                    "nets": nets.state(), **method.state_dict(), **averaged, "rng": _rng_state(device),
+                    "epoch": epoch + 1, "best": best})
             losses_txt = " ".join(f"{k} {v:.4f}" for k, v in row["train"].items())
             log(f"epoch {epoch + 1}/{epochs}: {losses_txt} | nat {100 * nat:.2f} rob {100 * rob:.2f} "
                 f"(best epoch {best['epoch']}) | {row['images_per_s']:.0f} img/s")
