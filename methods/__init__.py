@@ -18,7 +18,16 @@ from cat_bench.methods.natural import Natural
 from cat_bench.methods.mart import MART
 from cat_bench.methods.trades import TRADES
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Natural, AT, TRADES, MART, FAT, CATcent, CATcw)}
+# The registry: a method is its class here and its import above (docs/extending.md).
+METHODS: dict[str, type[Method]] = {m.name: m for m in (
+    Natural,
+    AT,
+    TRADES,
+    MART,
+    FAT,
+    CATcent,
+    CATcw,
+)}
 
 __all__ = ["METHODS", "SCHEDULES", "Hparam", "Method", "Protocol", "TrainAttack", "default_arch", "get_method",
            "protocol_for", "resolve_hparams"]
