@@ -14,6 +14,7 @@ from cat_bench.methods.base import Hparam, Method, Protocol, TrainAttack
 from cat_bench.methods.cat import CATcent, CATcw
 from cat_bench.methods.fat import FAT
 from cat_bench.methods.at import AT
+from cat_bench.methods.awp import ATAWP, TRADESAWP
 from cat_bench.methods.natural import Natural
 from cat_bench.methods.mart import MART
 from cat_bench.methods.trades import TRADES
@@ -27,6 +28,7 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (
     FAT,
     CATcent,
     CATcw,
+    ATAWP, TRADESAWP,
 )}
 
 __all__ = ["METHODS", "SCHEDULES", "Hparam", "Method", "Protocol", "TrainAttack", "default_arch", "get_method",
