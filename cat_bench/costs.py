@@ -29,8 +29,6 @@ from cat_bench.models import build_classifier
 from cat_bench.presets import eval_attack
 
 DEFAULT_TFLOPS = 50.0
-TRAIN_SIZE = {"mnist": 60000, "mnist-mini": 10000, "cifar10": 50000, "cifar100": 50000}
-TEST_SIZE = {"mnist": 10000, "mnist-mini": 2000, "cifar10": 10000, "cifar100": 10000}
 QUERY_ATTACKS = {"square": 5000 / 3 / 2, "autoattack": (100 + 9 * 100 + 9 * 100 + 5000 / 3) / 2}
 
 
@@ -52,7 +50,7 @@ def forward_flops(dataset: str, arch: str, method: str | None = None, net: str =
 def train_images(config: dict) -> int:
     """Training images of one epoch: the protocol's split (less `train_skip`), or the first `n_train`."""
     ds = config["dataset"]
-    available = TRAIN_SIZE[ds] - config["schedule"].get("train_skip", 0)
+    available = dataset_info(ds).n_train - config["schedule"].get("train_skip", 0)
     return min(config["n_train"] or available, available)
 
 
@@ -76,10 +74,10 @@ def run_gpu_hours(config: dict, attacks, n_examples: int | None, tflops: float =
         if net != "f":
             per_image += n * 3 * forward_flops(ds, arch, method, net)
     sel = config["selection"]
-    n_sel = sel["n"] or TEST_SIZE[ds]
+    n_sel = sel["n"] or dataset_info(ds).n_test
     epochs = train_epochs(config)
     flops = epochs * (n_train * per_image + n_sel * (sel["attack"]["steps"] + 1) * fb)
-    n_eval = n_examples or TEST_SIZE[ds]
+    n_eval = n_examples or dataset_info(ds).n_test
     for name in attacks:
         p = eval_attack(dataset_info(ds).family, name, dataset_info(ds).test_eps)
         passes = QUERY_ATTACKS.get(name, p.steps + 1 / 3)
