@@ -128,7 +128,7 @@ class Method:
     `PROTOCOLS` maps (dataset, architecture) to the official script's Protocol; "*" as the
     architecture matches any. `DEFAULT_ARCH` is the architecture the script trains per family.
     A method without an entry for a dataset trains with the uniform protocol (CAT's).
-    `label` and `color` show the method in the report's tables and figures; `mask_figure` says
+    `label` and `color` show the method in the report's figures and fidelity pages; `mask_figure` says
     that the report can draw Figure 2 (g's mask) from its runs; `PAPER` (title, authors, venue,
     link) is the paper a RobustBench submission of its runs names by default.
     """
