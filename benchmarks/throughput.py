@@ -40,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from cat_bench.attacks import PGD, kl_div
 from cat_bench.data import dataset_info, load_split
 from cat_bench.evaluate import correct_under, default_batch_size
-from cat_bench.methods import TrainAttack, default_arch, get_method
+from cat_bench.methods import TrainAttack, default_arch
 from cat_bench.networks import Networks, precision_context, resolve_device
 from cat_bench.presets import eval_attack
 from cat_bench.train import resolve_config
@@ -153,7 +153,7 @@ def _setup(method, dataset, arch, eps, device, precision, compile):
     nets = Networks(config, device)
     autocast = precision_context(precision, device)
     f = torch.compile(nets.f, mode=compile) if compile else nets.f
-    m = get_method(method)(f, nets.g, config["hparams"], TrainAttack(**config["train_attack"]), autocast)
+    m = nets.adapter(f, autocast)
     opts = {k: torch.optim.SGD(v.parameters(), lr=0.01, momentum=0.9) for k, v in m.modules().items()}
     return config, nets, m, opts
 
@@ -185,7 +185,7 @@ def train_rows(method, dataset, arch, eps, x, y, device, batches, precision="fp3
     ours = batches * bs / _time_steps(lambda i: m.update(xs[i], ys[i], opts, 1), batches, device)
     rows = {"cat-bench": (ours, ours_flops)}
     if eager and method in EAGER:
-        f, g = copy.deepcopy(nets.f), copy.deepcopy(nets.g)
+        f, g = copy.deepcopy(nets.f), copy.deepcopy(nets.extra.get("g"))
         e_opts = {"f": torch.optim.SGD(f.parameters(), lr=0.01, momentum=0.9)}
         if g is not None:
             e_opts["g"] = torch.optim.SGD(g.parameters(), lr=0.01, momentum=0.9)

@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", default="fp32",
                    help="fp32 (default: the official scripts'), tf32 (CUDA TF32 math) or bf16 (autocast); "
                         "part of the run's identity")
+    t.add_argument("--ema", type=float, metavar="DECAY",
+                   help="evaluate an exponential moving average of f's weights with this decay per step, e.g. "
+                        "0.999 (default: off); part of the run's identity")
     t.add_argument("--epochs", type=int, help="override the protocol's number of epochs")
     t.add_argument("--batch-size", type=int, help="override the protocol's batch size")
     t.add_argument("--seed", type=int, default=0, help="seeds torch and the batch order (default 0)")
@@ -106,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="ship a finished, evaluated run's selected model: weights, SHA-256 and model "
                                       "card in one folder")
     x.add_argument("run_dir", type=Path, help="a finished run directory evaluated with cat-bench eval")
-    x.add_argument("--name", required=True, help="the model's name, e.g. cat-cw-mnist-eps0.4 (letters, digits, . _ -)")
+    x.add_argument("--name", required=True, help="the model's name, e.g. at-mnist-eps0.3 (letters, digits, . _ -)")
     x.add_argument("--out", type=Path, help="model folder (default: results/models/NAME); must not exist")
     x.add_argument("--trained-with", metavar="COMMAND",
                    help="the command that trained the run, as given (e.g. its suite's cat-bench run ...), for the card")
@@ -230,7 +233,7 @@ def _suite_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="smoke, mnist, cifar10-preact, cifar10-wrn, cifar100, paper, or a TOML file"
                         + ("" if required else "; without it, every run directory in --results"))
     p.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: ./results)")
-    p.add_argument("--only", nargs="+", default=[], metavar="KEY=VALUE", help="e.g. method=cat-cent eps=8/255 seed=0")
+    p.add_argument("--only", nargs="+", default=[], metavar="KEY=VALUE", help="e.g. method=at eps=8/255 seed=0")
 
 
 def _suite_specs(args):
@@ -280,7 +283,7 @@ def _train(args) -> None:
     config = resolve_config(args.method, args.dataset, parse_eps(args.eps), arch=args.arch, epochs=args.epochs,
                             seed=args.seed, overrides=parse_sets(args.set), select_on=args.select_on,
                             select_n=args.select_n, batch_size=args.batch_size, n_train=args.n_train,
-                            protocol=args.protocol, schedule=args.schedule, precision=args.precision)
+                            protocol=args.protocol, schedule=args.schedule, precision=args.precision, ema=args.ema)
     out = args.out or Path("runs") / records.run_name(config)
     if args.n_train is not None and config["n_train"] != args.n_train:
         print(f"note: --n-train {args.n_train} is more than the {config['n_train']} training images {args.dataset} "

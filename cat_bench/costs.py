@@ -4,9 +4,10 @@ Where the numbers come from:
 - FLOPs of one forward pass of each network are counted by `torch.utils.flop_counter` on one
   input of the dataset's shape (exact for convolutions and linear layers); a backward pass is
   counted as two forwards.
-- Passes per image follow each method's step (METHOD.md s1 for CAT, the adapters for the others):
-  the PGD steps plus the loss's forward/backward passes; CAT adds its mask net g. Epochs and
-  training-set size are each method's protocol (`max_steps` counted).
+- Passes per image of each network follow each method's step (`Method.passes` in its adapter;
+  METHOD.md s1 for CAT): the PGD steps plus the loss's forward/backward passes, and those of the
+  networks a method adds (CAT's mask net g). Epochs and training-set size are each method's
+  protocol (`max_steps` counted).
 - Evaluation passes follow the attack presets (METHOD.md s4); AutoAttack and Square are
   estimated as if half the test set survives to the query-heavy sub-attacks.
 - The sustained throughput is an assumption, 50 TFLOP/s by default (`--gpu-tflops`), unless a
@@ -23,32 +24,23 @@ from pathlib import Path
 
 from cat_bench.data import dataset_info
 from cat_bench.lazy import torch
-from cat_bench.models import build_classifier, build_mask_net
+from cat_bench.methods import get_method
+from cat_bench.models import build_classifier
 from cat_bench.presets import eval_attack
 
 DEFAULT_TFLOPS = 50.0
-TRAIN_SIZE = {"mnist": 60000, "mnist-mini": 10000, "cifar10": 50000, "cifar100": 50000}
-TEST_SIZE = {"mnist": 10000, "mnist-mini": 2000, "cifar10": 10000, "cifar100": 10000}
-# forward+backward passes of f (and of g) per training image, given the PGD steps k
-# (a forward alone counts 1/3): AT k PGD steps, f(x_adv), two BatchNorm-tracking forwards; TRADES k
-# steps and a clean forward in eval mode, then f(x), f(x_adv), f(x); MART k steps, f(x), f(x_adv);
-# FAT as TRADES with one clean forward; CAT k steps, a tracking forward, f(x_cal), f(x), then
-# f(x + delta) and f(x_cal') for g's step (back to g's input) and a tracking forward.
-F_PASSES = {"natural": lambda k: 1, "at": lambda k: k + 1 + 2 / 3, "trades": lambda k: k + 3 + 1 / 3,
-            "fat": lambda k: k + 2 + 1 / 3, "mart": lambda k: k + 2, "cat-cent": lambda k: k + 4 + 1,
-            "cat-cw": lambda k: k + 4 + 1}
-G_PASSES = 1  # CAT: one g forward (f's step reuses it) and its backward for g's step
 QUERY_ATTACKS = {"square": 5000 / 3 / 2, "autoattack": (100 + 9 * 100 + 9 * 100 + 5000 / 3) / 2}
 
 
 @cache
-def forward_flops(dataset: str, arch: str, mask: bool = False) -> float:
-    """FLOPs of one forward pass of one image through the classifier (or CAT's mask net)."""
+def forward_flops(dataset: str, arch: str, method: str | None = None, net: str = "f") -> float:
+    """FLOPs of one forward pass of one image through the classifier f, or through the network `net`
+    that `method` adds (`Method.extra_networks`, e.g. CAT's mask net "g")."""
     from torch.utils.flop_counter import FlopCounterMode
 
     info = dataset_info(dataset)
-    net = (build_mask_net(info.family, info.shape[0]) if mask
-           else build_classifier(arch, info.num_classes, info.shape[0], info.mean, info.std)).eval()
+    net = (build_classifier(arch, info.num_classes, info.shape[0], info.mean, info.std) if net == "f"
+           else get_method(method).extra_networks(info.family, info.shape[0])[net]).eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         net(torch.zeros(1, *info.shape))
@@ -58,7 +50,7 @@ def forward_flops(dataset: str, arch: str, mask: bool = False) -> float:
 def train_images(config: dict) -> int:
     """Training images of one epoch: the protocol's split (less `train_skip`), or the first `n_train`."""
     ds = config["dataset"]
-    available = TRAIN_SIZE[ds] - config["schedule"].get("train_skip", 0)
+    available = dataset_info(ds).n_train - config["schedule"].get("train_skip", 0)
     return min(config["n_train"] or available, available)
 
 
@@ -76,15 +68,16 @@ def run_gpu_hours(config: dict, attacks, n_examples: int | None, tflops: float =
     ds, arch, method = config["dataset"], config["arch"], config["method"]
     fb = 3 * forward_flops(ds, arch)  # forward + backward
     n_train = train_images(config)
-    k = config["train_attack"]["steps"]
-    per_image = F_PASSES[method](k) * fb
-    if method.startswith("cat") and config["hparams"].get("ablation") != "A1":
-        per_image += G_PASSES * 3 * forward_flops(ds, arch, mask=True)
+    passes = get_method(method).passes(config["train_attack"]["steps"], config["hparams"])
+    per_image = passes["f"] * fb
+    for net, n in passes.items():
+        if net != "f":
+            per_image += n * 3 * forward_flops(ds, arch, method, net)
     sel = config["selection"]
-    n_sel = sel["n"] or TEST_SIZE[ds]
+    n_sel = sel["n"] or dataset_info(ds).n_test
     epochs = train_epochs(config)
     flops = epochs * (n_train * per_image + n_sel * (sel["attack"]["steps"] + 1) * fb)
-    n_eval = n_examples or TEST_SIZE[ds]
+    n_eval = n_examples or dataset_info(ds).n_test
     for name in attacks:
         p = eval_attack(dataset_info(ds).family, name, dataset_info(ds).test_eps)
         passes = QUERY_ATTACKS.get(name, p.steps + 1 / 3)
@@ -94,9 +87,9 @@ def run_gpu_hours(config: dict, attacks, n_examples: int | None, tflops: float =
 
 def measured_tflops(record_path: Path) -> dict[str, float]:
     """Sustained TFLOP/s per network from a `benchmarks/throughput.py --record` file: the mean over its
-    fp32, uncompiled cat-bench training rows of AT and CAT (images/s x counted FLOPs per image)."""
+    fp32, uncompiled cat-bench training rows (images/s x counted FLOPs per image; the benchmark times AT
+    and CAT)."""
     record = json.loads(Path(record_path).read_text())
     rates = [r["images_per_s"] * r["flops_per_image"] / 1e12 for r in record["rows"]
-             if r.get("method") in ("at", "cat-cent") and r.get("precision") == "fp32" and r.get("compile") is None
-             and not r.get("reference")]
+             if r.get("precision") == "fp32" and r.get("compile") is None and not r.get("reference")]
     return {record["arch"]: sum(rates) / len(rates)} if rates else {}

@@ -33,13 +33,14 @@ from cat_bench import attacks as attacks_module
 from cat_bench import records
 from cat_bench.data import TensorLoader, dataset_info, load_split
 from cat_bench.lazy import torch
-from cat_bench.methods import METHODS, TrainAttack, get_method
+from cat_bench.methods import METHODS, UNIFORM
 from cat_bench.networks import Networks, precision_context
 
 LOSS_RTOL = 1e-3
 UPDATE_RTOL = 5e-2
 FORWARD_ATOL = 1e-4  # logits and input gradients of one network, two code paths (channels_last, compile)
-CIFAR_METHODS = ("at", "cat-cent")  # BatchNorm networks (PreAct ResNet-18) with the CIFAR protocols
+FULL = UNIFORM.name  # the method of the uniform protocol (CAT): two networks, both stepped, a traced mask
+CIFAR_METHODS = ("at", FULL)  # BatchNorm networks (PreAct ResNet-18) with the CIFAR protocols
 EVAL_ATTACKS = ("natural", "fgsm", "pgd20", "pgd100", "cw", "square", "autoattack")
 
 
@@ -114,18 +115,14 @@ def one_update(config: dict, state: dict, x: torch.Tensor, y: torch.Tensor, devi
                compile: str | None = None) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """A method's first training step from `state` on `device`: its losses and the parameters after it (on CPU)."""
     from cat_bench.methods.base import lr_at
-    from cat_bench.train import _optimizer
 
     nets = Networks(config, device)
     nets.load(state)
     autocast = precision_context(config["precision"], device)
     f = nets.f if compile is None else torch.compile(nets.f, mode=compile)
-    method = get_method(config["method"])(f, nets.g, config["hparams"], TrainAttack(**config["train_attack"]),
-                                          autocast)
-    optimizers = {k: _optimizer(config["schedule"], m.parameters()) for k, m in method.modules().items()}
-    for opt in optimizers.values():
-        for group in opt.param_groups:
-            group["lr"] = lr_at(config["schedule"], 0, 0, 1)
+    method = nets.adapter(f, autocast)
+    optimizers = method.configure_optimizers(config["schedule"])
+    method.set_lr(lr_at(config["schedule"], 0, 0, 1))
     x, y = x.to(device), y.to(device)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -178,7 +175,7 @@ def check_cuda_graphs(ctx: Context) -> str:
     """One CATcent update with f compiled in reduce-overhead mode (CUDA graphs) against eager, fp32."""
     if ctx.device.type != "cuda":
         raise Skip("CUDA graphs need CUDA")
-    config = _config("cat-cent", "mnist-mini")
+    config = _config(FULL, "mnist-mini")
     state, before = _initial(config)
     x, y = _batch("mnist-mini", 16)
     eager = one_update(config, state, x, y, ctx.device)
@@ -263,7 +260,7 @@ def check_loader(ctx: Context) -> str:
 def _tiny_config() -> dict:
     from cat_bench.train import resolve_config
 
-    return resolve_config("cat-cent", "mnist-mini", 0.3, epochs=2, n_train=100, batch_size=50, select_n=20)
+    return resolve_config(FULL, "mnist-mini", 0.3, epochs=2, n_train=100, batch_size=50, select_n=20)
 
 
 def _history_numbers(out: Path) -> list:
@@ -370,7 +367,7 @@ select_n = 16
 attacks = ["natural", "pgd20", "autoattack"]
 n_examples = 16
 [[runs]]
-methods = ["cat-cent"]
+methods = ["{method}"]
 """
 
 
@@ -391,7 +388,7 @@ def check_pipeline(ctx: Context) -> str:
         raise Skip("robustbench is not installed (the robustbench extra): submit --verify not checked")
     data = write_cifar(ctx.work / "cifar-data", "cifar10", n_train=64, n_test=32)
     suite, results = ctx.work / "doctor.toml", ctx.work / "results"
-    suite.write_text(PIPELINE_SUITE)
+    suite.write_text(PIPELINE_SUITE.format(method=FULL))
     common = ["--data-root", data, "--device", str(ctx.device)]
     with unverified_cifar():
         _cli("run", "--suite", suite, "--results", results, "--no-progress", *common)
@@ -408,7 +405,7 @@ def checks() -> list[tuple[str, Callable[[Context], str]]]:
     """Every check's name and function, in the order the table lists them."""
     out = [(f"update {m} mnist fp32", lambda c, m=m: check_update(c, m, "mnist-mini", "fp32")) for m in METHODS]
     out += [(f"update {m} cifar10 fp32", lambda c, m=m: check_update(c, m, "cifar10", "fp32")) for m in CIFAR_METHODS]
-    out += [(f"update cat-cent cifar10 {p}", lambda c, p=p: check_update(c, "cat-cent", "cifar10", p))
+    out += [(f"update {FULL} cifar10 {p}", lambda c, p=p: check_update(c, FULL, "cifar10", p))
             for p in ("tf32", "bf16")]
     out += [("loader on device", check_loader), ("channels_last", check_channels_last),
             ("torch.compile", check_compile), ("cuda graphs", check_cuda_graphs),

@@ -1,4 +1,4 @@
-"""The networks of a run (f, and g for CAT) built from its resolved config, and the device to use."""
+"""The networks of a run (f, and those its method adds) built from its resolved config, and the device to use."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import re
 from cat_bench.data import dataset_info
 from cat_bench.errors import UsageError
 from cat_bench.lazy import torch
-from cat_bench.methods import get_method
-from cat_bench.models import batchnorms, build_classifier, build_mask_net
+from cat_bench.methods import Method, TrainAttack, get_method
+from cat_bench.models import batchnorms, build_classifier
 
 DEVICE_NAME = re.compile(r"cpu|cuda(:\d+)?")
 
@@ -38,7 +38,7 @@ def precision_context(precision: str, device: torch.device):
 
 
 class Networks:
-    """f (and g for methods with a mask net) for a resolved config, on a device.
+    """f and the networks its method adds (`Method.extra_networks`) for a resolved config, on a device.
 
     f normalises its input inside when the protocol says so (the CIFAR scripts of CAT and Rice et
     al.); the TRADES, MART and FAT scripts feed [0,1] pixels to the network as they are.
@@ -48,15 +48,22 @@ class Networks:
         info = dataset_info(config["dataset"])
         normalize = config["schedule"].get("normalize", True)
         mean, std = (info.mean, info.std) if normalize else (None, None)
+        self.config = config
         self.f = build_classifier(config["arch"], info.num_classes, info.shape[0], mean, std)
-        self.g = build_mask_net(info.family, info.shape[0]) if get_method(config["method"]).uses_mask_net else None
+        self.extra = get_method(config["method"]).extra_networks(info.family, info.shape[0])
         for net in self.all().values():
             net.to(device)
             if device.type == "cuda":
                 net.to(memory_format=torch.channels_last)
 
     def all(self) -> dict[str, torch.nn.Module]:
-        return {k: v for k, v in (("f", self.f), ("g", self.g)) if v is not None}
+        return {"f": self.f, **self.extra}
+
+    def adapter(self, f: torch.nn.Module | None = None, autocast=None) -> Method:
+        """The run's method adapter on these networks; `f`: f as the steps run it (compiled), else f."""
+        config = self.config
+        return get_method(config["method"]).build(self.f if f is None else f, self.extra, config["hparams"],
+                                                  TrainAttack(**config["train_attack"]), autocast)
 
     def state(self) -> dict[str, dict]:
         return {k: v.state_dict() for k, v in self.all().items()}
@@ -66,7 +73,7 @@ class Networks:
             net.load_state_dict(state[k])
 
     def sync_batchnorm(self) -> None:
-        """Data-parallel training: every BatchNorm of f and g takes its statistics over the global batch
+        """Data-parallel training: every BatchNorm of every network takes its statistics over the global batch
         (SyncBatchNorm, as one process's BatchNorm does); torch implements it on CUDA only."""
         if not any(batchnorms(net) for net in self.all().values()):
             return
@@ -74,5 +81,4 @@ class Networks:
             raise UsageError("data-parallel training of a network with BatchNorm needs CUDA (torch's SyncBatchNorm); "
                              "on CPU train it in one process (without --nproc / --gpus-per-job)")
         self.f = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.f)
-        if self.g is not None:
-            self.g = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.g)
+        self.extra = {k: torch.nn.SyncBatchNorm.convert_sync_batchnorm(net) for k, net in self.extra.items()}

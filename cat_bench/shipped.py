@@ -59,7 +59,7 @@ def check_name(name: str) -> None:
     """A model folder's name: letters, digits, '.', '_', '-', starting with a letter or digit."""
     if not NAME.fullmatch(name):
         raise UsageError(f"--name {name!r} is not a folder name; allowed: letters, digits, '.', '_' and '-', "
-                         f"starting with a letter or digit (e.g. cat-cw-mnist-eps0.4)")
+                         f"starting with a letter or digit (e.g. at-mnist-eps0.3)")
 
 
 def sha256(path: Path) -> str:

@@ -34,6 +34,7 @@ from cat_bench import records
 from cat_bench.data import dataset_info, load_split, resolve_data_root
 from cat_bench.errors import UsageError
 from cat_bench.lazy import torch
+from cat_bench.methods import get_method
 from cat_bench.rundir import claim
 from cat_bench.shell import command
 
@@ -43,7 +44,6 @@ TEST_SET_SIZE = {"cifar10": 10000, "cifar100": 10000}  # the cat-bench datasets 
 LINF_EPS = Fraction(8, 255)  # RobustBench's CIFAR-10/100 Linf threat model
 AUTOATTACK_STANDARD = ["apgd-ce", "apgd-t", "fab-t", "square"]
 VERIFY_N = 100  # examples `verify` runs robustbench.eval.benchmark on, by default
-CAT_METHODS = ("cat-cent", "cat-cw")
 
 # RobustBench's model-zoo names: Surname (several surnames, '-' allowed, as in
 # Moosavi-Dezfooli2019Robustness, JinRinard2020Manifold) + year + first keyword of the title
@@ -65,9 +65,6 @@ class PaperInfo:
     reported: str = ""  # the paper's own robust accuracy, percent, or "" if it reports none
 
 
-CAT_PAPER = PaperInfo(title="Calibrated Adversarial Training",
-                      authors="Tianjin Huang, Vlado Menkovski, Yulong Pei, Mykola Pechenizkiy",
-                      venue="ACML 2021", link="https://arxiv.org/abs/2110.00623")
 
 
 class VerificationFailed(RuntimeError):
@@ -97,10 +94,12 @@ def percent(accuracy: float) -> str:
 
 
 def paper_for(method: str, title=None, authors=None, venue=None, link=None, reported=None) -> PaperInfo:
-    """The paper fields: the given ones, the CAT paper's for the rest of a CAT run; other methods must give all."""
+    """The paper fields: the given ones, the method's own paper (`Method.PAPER`: CAT's) for the rest; a
+    method without one must give all."""
     given = {"title": title, "authors": authors, "venue": venue, "link": link}
-    if method in CAT_METHODS:
-        base = CAT_PAPER
+    own = get_method(method).PAPER
+    if own is not None:
+        base = PaperInfo(**own)
     else:
         missing = [f"--{k}" for k, v in given.items() if v is None]
         if missing:

@@ -11,7 +11,7 @@ Schema (smoke.toml carries the same description):
     [defaults]                        optional: any block key, used by every block that does not set it
     [[runs]]                          a block: methods x eps x seeds x hparam grid, one training run each
       label = "Table 2"               the paper table or figure served (default: "<file> block <n>")
-      methods = ["at", "cat-cent"]    required: method names (`cat-bench list methods`)
+      methods = ["natural", "at"]     required: method names (`cat-bench list methods`)
       dataset = "cifar10"             required
       arch = "wrn-34-10"              optional: default, the dataset's (METHOD.md s2)
       eps = ["8/255", 0.3]            required: training eps, numbers or fractions
@@ -23,6 +23,7 @@ Schema (smoke.toml carries the same description):
       schedule = "official"           optional: "official" (default: each method's authors' protocol)
                                       or "uniform" (CAT's protocol for every method)
       precision = "fp32"              optional: "fp32" (default: the official scripts'), "tf32" or "bf16"
+      ema = 0.999                     optional: evaluate an average of f's weights (decay in (0, 1)); default off
       attacks = ["natural", "pgd20"]  required: evaluation attacks, in order (METHOD.md s4)
       n_examples = 500                optional: first N test examples; default, the full test set
 
@@ -107,7 +108,7 @@ def _is_str(v: Any) -> bool:
 _INT = (_is_int, "an integer")
 _BLOCK_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "label": (_is_str, 'a string, e.g. "Table 2"'),
-    "methods": (_list_of(_is_str), 'a non-empty list of method names, e.g. ["at", "cat-cent"]'),
+    "methods": (_list_of(_is_str), 'a non-empty list of method names, e.g. ["natural", "at"]'),
     "dataset": (_is_str, 'a dataset name, e.g. "cifar10"'),
     "arch": (_is_str, 'an architecture name, e.g. "wrn-34-10"'),
     "eps": (_list_of(_is_scalar), 'a non-empty list of numbers or fractions, e.g. [0.3] or ["8/255"]'),
@@ -118,6 +119,7 @@ _BLOCK_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "protocol": (_is_str, '"paper" or "valid"'),
     "schedule": (_is_str, '"official" or "uniform"'),
     "precision": (_is_str, '"fp32" (default), "tf32" or "bf16"'),
+    "ema": (lambda v: isinstance(v, float), "a decay in (0, 1), e.g. 0.999"),
     "attacks": (_list_of(_is_str), 'a non-empty list of attack names, e.g. ["natural", "pgd20"]'),
     "n_examples": (lambda v: _is_int(v) and v > 0, "a positive integer"),
 }
@@ -289,7 +291,7 @@ def _expand(path: Path, where: str, block: dict) -> list[RunSpec]:
                                     batch_size=block.get("batch_size"), n_train=block.get("n_train"),
                                     protocol=block.get("protocol", "paper"),
                                     schedule=block.get("schedule", "official"),
-                                    precision=block.get("precision", "fp32"))
+                                    precision=block.get("precision", "fp32"), ema=block.get("ema"))
         except UsageError as err:
             run = " ".join(f"{k}={v}" for k, v in {"method": method, "eps": eps, "seed": seed, **overrides}.items())
             raise UsageError(f"{path}: {where}: run {run}: {err}") from None
@@ -301,10 +303,10 @@ _FIELDS: dict[str, Callable[[dict], Any]] = {
     "method": lambda c: c["method"], "dataset": lambda c: c["dataset"], "arch": lambda c: c["arch"],
     "eps": lambda c: c["eps"], "seed": lambda c: c["seed"], "epochs": lambda c: c["schedule"]["epochs"],
     "protocol": lambda c: c.get("protocol", "valid"), "schedule": lambda c: c["schedule"].get("name", "official"),
-    "precision": lambda c: c.get("precision", "fp32"),
+    "precision": lambda c: c.get("precision", "fp32"), "ema": lambda c: c.get("ema"),
 }
 _HPARAM_NAMES = tuple(dict.fromkeys(k for m in METHODS.values() for k in m.HPARAMS))
-_NUMERIC = ("eps", "seed", "epochs")
+_NUMERIC = ("eps", "seed", "epochs", "ema")
 
 
 def _number(text: str) -> float | None:
@@ -330,7 +332,7 @@ def _parse_only(only: list[str]) -> list[tuple[str, list[str]]]:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key or not text.strip():
-            raise UsageError(f"--only {item!r} is not KEY=VALUE[,VALUE...], e.g. method=cat-cent eps=8/255 b=0.05")
+            raise UsageError(f"--only {item!r} is not KEY=VALUE[,VALUE...], e.g. method=at eps=8/255 seed=0")
         if key not in allowed:
             raise UsageError(f"--only {item!r}: unknown key {key!r}; allowed: {', '.join(allowed)}")
         wanted = [v.strip() for v in text.split(",")]
@@ -352,7 +354,7 @@ def _values(run: RunSpec, key: str) -> list:
 def filter_runs(runs: Iterable[RunSpec], only: list[str], *, require_match: bool = False) -> list[RunSpec]:
     """The runs matching every `KEY=VALUE[,VALUE...]` filter (e.g. method=at,trades eps=8/255 b=0.05).
 
-    Keys: method, dataset, arch, eps, seed, epochs, protocol, schedule, precision, label, or any
+    Keys: method, dataset, arch, eps, seed, epochs, protocol, schedule, precision, ema, label, or any
     hyperparameter name; a run without that hyperparameter does not match. `require_match`
     (the command line): filters that keep none of the runs are a UsageError naming the first
     filter that matches nothing and the values the runs have.

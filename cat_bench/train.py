@@ -21,12 +21,13 @@ from typing import Any
 
 from cat_bench import distributed, records
 from cat_bench.attacks import PGD
+from cat_bench.averaging import WeightAverage, check_decay
 from cat_bench.data import TensorLoader, dataset_info, load_split, resolve_data_root, split_train_val
 from cat_bench.distributed import Group
 from cat_bench.errors import CorruptRecord, Diverged, UsageError
 from cat_bench.evaluate import correct_under, default_batch_size
 from cat_bench.lazy import torch
-from cat_bench.methods import TrainAttack, default_arch, get_method, protocol_for, resolve_hparams
+from cat_bench.methods import Method, default_arch, get_method, protocol_for, resolve_hparams
 from cat_bench.methods.base import lr_at
 from cat_bench.models import check_arch
 from cat_bench.networks import Networks, precision_context, resolve_device
@@ -38,21 +39,22 @@ from cat_bench.tracking import Trackers
 SELECT_ON = ("test", "val")
 SEED_LIMIT = 2 ** 32  # numpy's seeds (the batch order) are below 2**32
 CPU_TFLOPS = 0.2  # a CPU's assumed sustained rate, for the warning before a training of hours (costs.py)
-MASK_HEALTHY = (0.01, 0.99)  # an epoch's mean mask outside this range: collapsed (M ~ 0) or saturated (M ~ 1)
 
 
 def resolve_config(method: str, dataset: str, eps: float, *, arch: str | None = None, epochs: int | None = None,
                    seed: int = 0, overrides: dict[str, str] | None = None, select_on: str = "test",
                    select_n: int | None = None, batch_size: int | None = None,
                    n_train: int | None = None, protocol: str = "paper", schedule: str = "official",
-                   precision: str = "fp32") -> dict[str, Any]:
+                   precision: str = "fp32", ema: float | None = None) -> dict[str, Any]:
     """The fully resolved config of a training run: every constant the run depends on, with defaults filled.
 
     `schedule`: "official" (the method's authors' protocol) or "uniform" (CAT's, for every method).
     `protocol`: "paper" (each official script's pixel domain: CAT's MNIST code never clips to
     [0,1], METHOD.md s4) or "valid" (inputs always in [0,1]). `precision`: "fp32" (the official
-    scripts'), "tf32" or "bf16" (speed options; presets.PRECISIONS). Raises UsageError for unknown
-    names and out-of-range values, naming what is allowed.
+    scripts'), "tf32" or "bf16" (speed options; presets.PRECISIONS). `ema`: the decay of an average
+    of f's weights evaluated instead of f (cat_bench.averaging; a key of the config only when given,
+    so runs without it keep their names). Raises UsageError for unknown names and out-of-range
+    values, naming what is allowed.
     """
     info = dataset_info(dataset)
     cls = get_method(method)
@@ -101,6 +103,8 @@ def resolve_config(method: str, dataset: str, eps: float, *, arch: str | None = 
         "train_attack": train_attack,
         "selection": {"on": select_on, "n": select_n, "rule": proto.selection, "attack": selection},
     }
+    if ema is not None:
+        config["ema"] = check_decay(ema)
     return json.loads(json.dumps(config))  # the form it has once stored (tuples become lists)
 
 
@@ -111,18 +115,11 @@ def config_sources(config: dict) -> dict:
     return {"protocol": proto.source, "hparams": {k: hp.source for k, hp in cls.HPARAMS.items()}}
 
 
-def _epoch_means(sums: dict[str, torch.Tensor], n_steps: int) -> dict[str, float]:
-    """An epoch's mean of each per-step loss; for CAT also the mask's std over every pixel of the epoch."""
-    means = {k: (v / n_steps).item() for k, v in sums.items()}
-    if "mask_sq" in means:
-        means["mask_std"] = math.sqrt(max(means.pop("mask_sq") - means["mask_mean"] ** 2, 0.0))
-    return means
-
-
-def _finite_means(sums: dict[str, torch.Tensor], n_steps: int, epoch: int) -> dict[str, float]:
-    """The epoch's means (`_epoch_means`, one read of the sums per epoch); Diverged if a loss is not
-    finite, before the epoch is recorded or checkpointed (training on would only record NaN)."""
-    means = _epoch_means(sums, n_steps)
+def _finite_means(method: Method, sums: dict[str, torch.Tensor], n_steps: int, epoch: int) -> dict[str, float]:
+    """The epoch's mean of each per-step loss as the method records them (`Method.epoch_means`, one read
+    of the sums per epoch); Diverged if one is not finite, before the epoch is recorded or checkpointed
+    (training on would only record NaN)."""
+    means = method.epoch_means({k: (v / n_steps).item() for k, v in sums.items()})
     bad = {k: v for k, v in means.items() if not math.isfinite(v)}
     if bad:
         raise Diverged(f"training diverged in epoch {epoch}: mean {', '.join(f'{k} {v}' for k, v in bad.items())}; "
@@ -142,28 +139,9 @@ def _warn_cpu_hours(config: dict, log) -> None:
             f"or train on a GPU (--device cuda)")
 
 
-def _trace_row(losses: dict[str, torch.Tensor], epoch: int, batch: int, n_batches: int) -> dict:
-    """One trace.jsonl line: where in training (1-based epoch and batch, global step) and CAT's mask and losses."""
-    mean, sq = losses["mask_mean"].item(), losses["mask_sq"].item()
-    return {"epoch": epoch + 1, "batch": batch + 1, "step": epoch * n_batches + batch + 1, "mask_mean": mean,
-            "mask_std": math.sqrt(max(sq - mean ** 2, 0.0)),
-            **{k: losses[k].item() for k in ("loss_f", "loss_g") if k in losses}}
-
-
-def mask_flag(train_means: dict) -> str | None:
-    """"collapsed" or "saturated" when an epoch's mean mask leaves MASK_HEALTHY, else None."""
-    mean = train_means.get("mask_mean")
-    if mean is None or MASK_HEALTHY[0] <= mean <= MASK_HEALTHY[1]:
-        return None
-    return "collapsed" if mean < MASK_HEALTHY[0] else "saturated"
-
-
-def _optimizer(schedule: dict, params) -> torch.optim.Optimizer:
-    """SGD or Adam as the protocol says, the same for f and g (CAT's code)."""
-    if schedule["optimizer"] == "adam":
-        return torch.optim.Adam(params, lr=schedule["lr"], weight_decay=schedule["weight_decay"])
-    return torch.optim.SGD(params, lr=schedule["lr"], momentum=schedule["momentum"],
-                           weight_decay=schedule["weight_decay"])
+def _trace_row(method: Method, losses: dict[str, torch.Tensor], epoch: int, batch: int, n_batches: int) -> dict:
+    """One trace.jsonl line: where in training (1-based epoch and batch, global step) and the method's values."""
+    return {"epoch": epoch + 1, "batch": batch + 1, "step": epoch * n_batches + batch + 1, **method.trace(losses)}
 
 
 def _selection_data(config: dict, data_root, x_train, y_train):
@@ -291,8 +269,8 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
     `compile`: None (eager) or a torch.compile mode for f (COMPILE_MODES; "reduce-overhead"
     replays CUDA graphs, for launch-bound small networks). `trackers`: views of the records for
     TensorBoard (cat_bench.tracking), written by rank 0.
-    `trace_every`: CAT's mask (mean, std over its pixels) and losses go to trace.jsonl on the first
-    batch of each epoch and every `trace_every` batches after it.
+    `trace_every`: a method's traced values (`Method.trace`: CAT's mask and losses) go to trace.jsonl
+    on the first batch of each epoch and every `trace_every` batches after it.
     """
     out = Path(out)
     group = group or distributed.from_env()
@@ -310,71 +288,134 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
 def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.device | str | None,
            compile: str | None, progress: bool, log, stop_after_epoch: int | None, deadline: float | None,
            trace_every: int, group: Group, trackers: list[str] | None) -> dict:
-    """`train`'s work, with the run directory claimed and locked by its writer."""
+    """`train`'s work, with the run directory claimed and locked by its writer: open the run
+    directory, load the data, build the networks and the method, start or resume, train epoch by
+    epoch (each one trained, scored, recorded), then write `done`."""
     if (out / records.DONE).exists():
-        held = records.read_identity(out)
-        if held != config:
-            raise UsageError(f"{out} holds a different, finished run (its config.json differs in "
-                             f"{differing_keys(held, config)}); choose another --out")
-        records.verify_run(out)  # done, but only while every record can be read
-        log(f"{out}: already done")
-        return records.read_json(out / records.DONE)
+        return _already_done(out, config, log)
     ckpt = _prepare_run_dir(out, config, resume)
     device = resolve_device(device)
     if device.type == "cpu" and group.main:
         _warn_cpu_hours(config, log)
     if group.world > 1:
-        _check_shareable(config)
-        device = _rank_device(device, group)
-        distributed.init(group, device)
+        device = _join_group(config, device, group)
         if not group.main:
             progress, log = False, lambda message: None
-    schedule = config["schedule"]
     torch.manual_seed(config["seed"])
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    run = _Session(config, out, group, device, log, progress, trace_every)
+    run.load_data(data_root)
+    run.build(compile)
+    start, best = run.start(ckpt)
+    run.curves = Trackers((trackers or []) if group.main else [], out, start * len(run.loader) + 1)
+    if group.main:
+        records.append_jsonl(out / records.SESSIONS, {"pid": os.getpid(), "host": socket.gethostname(),
+                                                      "start_epoch": start, "started": time.time(),
+                                                      "ranks": group.world})
+    began = time.time()
+    until = run.epochs if stop_after_epoch is None else max(start, min(run.epochs, stop_after_epoch))
+    budget = "--stop-after-epoch"
+    with progress_bar(until - start, f"{out.name} epochs", enabled=progress) as next_epoch:
+        for epoch in range(start, until):
+            best = run.epoch(epoch, best)
+            next_epoch()
+            if deadline is not None and epoch + 1 < until and _out_of_time(deadline, group, device):
+                until, budget = epoch + 1, "--stop-after-minutes"
+                break
+    run.curves.close()
+    if until < run.epochs:
+        log(f"{out}: stopped after epoch {until} of {run.epochs} ({budget}); continue with --resume")
+        return {"done": False, "epochs_trained": until, "epochs": run.epochs}
+    return run.finish(best, began)
 
-    x_train, y_train = load_split(config["dataset"], "train", data_root)
-    skip = schedule.get("train_skip", 0)
-    x_train, y_train = x_train[skip:], y_train[skip:]
-    if config["n_train"] is not None:
-        x_train, y_train = x_train[: config["n_train"]], y_train[: config["n_train"]]
-    x_train, y_train, x_sel, y_sel = _selection_data(config, data_root, x_train, y_train)
-    loader = TensorLoader(x_train, y_train, schedule["batch_size"], device, shuffle=True,
-                          augment=schedule["augment"], seed=config["seed"])
-    x_sel, y_sel = x_sel.to(device), y_sel.to(device)
 
-    nets = Networks(config, device)
-    if group.world > 1:
-        nets.sync_batchnorm()
-    autocast = precision_context(config["precision"], device)
-    f_run = nets.f if compile is None else torch.compile(nets.f, mode=compile)
-    method = get_method(config["method"])(f_run, nets.g, config["hparams"], TrainAttack(**config["train_attack"]),
-                                          autocast)
-    trained = method.modules()
-    optimizers = {k: _optimizer(schedule, m.parameters()) for k, m in trained.items()}
-    sel = config["selection"]["attack"]
-    rule = config["selection"]["rule"]
-    eval_batch = default_batch_size(device)
-    select_attack = PGD(eps=sel["eps"], alpha=sel["alpha"], steps=sel["steps"], loss=sel["loss"],
-                        random_start=sel["random_start"], clip=sel["clip"])
-    max_steps = schedule.get("max_steps")
-    epochs = schedule["epochs"] if max_steps is None else min(schedule["epochs"], math.ceil(max_steps / len(loader)))
+def _already_done(out: Path, config: dict, log) -> dict:
+    """The `done` summary of a finished run of this config (its records verified), without training."""
+    held = records.read_identity(out)
+    if held != config:
+        raise UsageError(f"{out} holds a different, finished run (its config.json differs in "
+                         f"{differing_keys(held, config)}); choose another --out")
+    records.verify_run(out)  # done, but only while every record can be read
+    log(f"{out}: already done")
+    return records.read_json(out / records.DONE)
 
-    start, best = 0, {"epoch": None, "score": float("-inf")}
-    if ckpt is None and group.main:
-        claim(out, "run")  # made and marked now that the data is there: a failed start leaves no folder
-        records.write_json(out / records.CONFIG, {"identity": config, "sources": config_sources(config),
-                                                  "provenance": records.provenance(device),
-                                                  "data_root": str(resolve_data_root(data_root).resolve())})
-        (out / records.HISTORY).unlink(missing_ok=True)
-        (out / records.TRACE).unlink(missing_ok=True)
-    elif ckpt is not None:
+
+def _join_group(config: dict, device: torch.device, group: Group) -> torch.device:
+    """Join the data-parallel group (a run it can share) on this rank's device; returns the device."""
+    _check_shareable(config)
+    device = _rank_device(device, group)
+    distributed.init(group, device)
+    return device
+
+
+class _Session:
+    """One training session of a run: its data, networks, method and weight average, and the steps
+    `_train` takes with them (METHOD.md s3). Rank 0 of a group writes the records."""
+
+    def __init__(self, config: dict, out: Path, group: Group, device: torch.device, log, progress: bool,
+                 trace_every: int):
+        self.config, self.out, self.group, self.device = config, out, group, device
+        self.log, self.progress, self.trace_every = log, progress, trace_every
+        self.schedule = config["schedule"]
+        self.curves: Trackers | None = None
+
+    def load_data(self, data_root) -> None:
+        """The training split (less the protocol's skip, at most `n_train`) in a device loader, and
+        the selection split on the device."""
+        config, schedule = self.config, self.schedule
+        self.data_root = str(resolve_data_root(data_root).resolve())  # recorded: eval finds the data again
+        x_train, y_train = load_split(config["dataset"], "train", data_root)
+        skip = schedule.get("train_skip", 0)
+        x_train, y_train = x_train[skip:], y_train[skip:]
+        if config["n_train"] is not None:
+            x_train, y_train = x_train[: config["n_train"]], y_train[: config["n_train"]]
+        x_train, y_train, x_sel, y_sel = _selection_data(config, data_root, x_train, y_train)
+        self.loader = TensorLoader(x_train, y_train, schedule["batch_size"], self.device, shuffle=True,
+                                   augment=schedule["augment"], seed=config["seed"])
+        self.n_train = len(y_train)
+        self.x_sel, self.y_sel = x_sel.to(self.device), y_sel.to(self.device)
+        max_steps = schedule.get("max_steps")
+        self.epochs = (schedule["epochs"] if max_steps is None
+                       else min(schedule["epochs"], math.ceil(max_steps / len(self.loader))))
+
+    def build(self, compile: str | None) -> None:
+        """The networks, the method adapter with its optimisers, the weight average (`--ema`) and the
+        selection attack."""
+        config, device = self.config, self.device
+        self.nets = Networks(config, device)
+        if self.group.world > 1:
+            self.nets.sync_batchnorm()
+        self.autocast = precision_context(config["precision"], device)
+        f_run = self.nets.f if compile is None else torch.compile(self.nets.f, mode=compile)
+        self.method = self.nets.adapter(f_run, self.autocast)
+        self.optimizers = self.method.configure_optimizers(self.schedule)
+        self.average = WeightAverage(self.nets.f, config["ema"]) if "ema" in config else None
+        sel = config["selection"]["attack"]
+        self.eval_batch = default_batch_size(device)
+        self.select_attack = PGD(eps=sel["eps"], alpha=sel["alpha"], steps=sel["steps"], loss=sel["loss"],
+                                 random_start=sel["random_start"], clip=sel["clip"])
+
+    def start(self, ckpt: dict | None) -> tuple[int, dict]:
+        """A new run's config.json, or a resumed run's state from its checkpoint (the records of an
+        interrupted epoch dropped); returns the epochs done and the best epoch so far."""
+        out, group = self.out, self.group
+        if ckpt is None:
+            if group.main:
+                claim(out, "run")  # made and marked now that the data is there: a failed start leaves no folder
+                records.write_json(out / records.CONFIG, {"identity": self.config,
+                                                          "sources": config_sources(self.config),
+                                                          "provenance": records.provenance(self.device),
+                                                          "data_root": self.data_root})
+                (out / records.HISTORY).unlink(missing_ok=True)
+                (out / records.TRACE).unlink(missing_ok=True)
+            return 0, {"epoch": None, "score": float("-inf")}
         try:
-            nets.load(ckpt["nets"])
-            for k in optimizers:
-                optimizers[k].load_state_dict(ckpt["optimizers"][k])
-            _set_rng_state(ckpt["rng"], device)
+            self.nets.load(ckpt["nets"])
+            self.method.load_state_dict(ckpt)
+            if self.average is not None:
+                self.average.load_state_dict(ckpt["ema"])
+            _set_rng_state(ckpt["rng"], self.device)
             start, best = int(ckpt["epoch"]), ckpt["best"]
         except (KeyError, RuntimeError, TypeError, IndexError, ValueError) as err:
             raise CorruptRecord(f"corrupt checkpoint {out / records.LAST}: {type(err).__name__}: {err}") from None
@@ -383,95 +424,113 @@ def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.de
             (out / name).unlink(missing_ok=True)
             for row in kept:
                 records.append_jsonl(out / name, row)
-        log(f"{out}: resuming after epoch {start}")
+        self.log(f"{out}: resuming after epoch {start}")
+        return start, best
 
-    curves = Trackers((trackers or []) if group.main else [], out, start * len(loader) + 1)
-    if group.main:
-        records.append_jsonl(out / records.SESSIONS, {"pid": os.getpid(), "host": socket.gethostname(),
-                                                      "start_epoch": start, "started": time.time(),
-                                                      "ranks": group.world})
-    began = time.time()
-    until = epochs if stop_after_epoch is None else max(start, min(epochs, stop_after_epoch))
-    budget = "--stop-after-epoch"
-    with progress_bar(until - start, f"{out.name} epochs", enabled=progress) as next_epoch:
-        for epoch in range(start, until):
-            t0 = time.time()
-            for net in trained.values():
-                net.train()
-            sums: dict[str, torch.Tensor] = {}
-            n_steps = len(loader) if max_steps is None else min(len(loader), max_steps - epoch * len(loader))
-            with progress_bar(n_steps, f"epoch {epoch + 1}/{epochs}", enabled=progress) as advance:
-                for i, (x, y) in zip(range(n_steps), loader.epoch(epoch)):
-                    lr = lr_at(schedule, epoch, i, len(loader))
-                    for o in optimizers.values():
-                        for param_group in o.param_groups:
-                            param_group["lr"] = lr
-                    if group.world > 1:
-                        method.shard = distributed.shard(len(y), group)
-                        x, y = method.shard.take(x), method.shard.take(y)
-                    if device.type == "cuda":
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    losses = method.update(x, y, optimizers, epoch + 1)
-                    if method.shard is not None:  # this rank's part of each batch's loss, summed over ranks below
-                        losses = {k: v * method.shard_weight() for k, v in losses.items()}
-                    for k, v in losses.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    if "mask_mean" in losses and i % trace_every == 0:
-                        if group.world > 1:
-                            losses = _summed(losses)
-                        if group.main:
-                            trace_row = _trace_row(losses, epoch, i, len(loader))
-                            records.append_jsonl(out / records.TRACE, trace_row)
-                            curves.batch(trace_row)
-                    advance()
-            if group.world > 1:
-                sums = _summed(sums)
-            train_seconds = time.time() - t0
-            means = _finite_means(sums, n_steps, epoch + 1)
-            n_images = min(len(y_train), n_steps * schedule["batch_size"])
+    def epoch(self, epoch: int, best: dict) -> dict:
+        """Train, score and record one epoch (0-based `epoch`); returns the best epoch so far."""
+        t0 = time.time()
+        means, lr, n_steps = self.train_epoch(epoch)
+        train_seconds = time.time() - t0
+        nat, rob, score, best = self.select(epoch, best)
+        n_images = min(self.n_train, n_steps * self.schedule["batch_size"])
+        row = {"epoch": epoch + 1, "lr": lr, "train": means,
+               "nat_acc": nat, "rob_acc": rob, "score": score, "best_epoch": best["epoch"],
+               "train_seconds": train_seconds, "images_per_s": n_images / train_seconds,
+               "seconds": time.time() - t0}
+        self.record(row, best)
+        return best
 
-            nets.f.eval()
-            with contextlib.nullcontext() if autocast is None else autocast:
-                nat = _accuracy(nets.f, x_sel, y_sel, None, eval_batch, group)
-                rob = _accuracy(nets.f, x_sel, y_sel, select_attack, eval_batch, group)
-            score = rob if rule == "rob" else nat + rob
-            if rule == "final" or score > best["score"]:
-                best = {"epoch": epoch + 1, "score": score}
-                if group.main:
-                    records.save_checkpoint(out / records.BEST, {"nets": nets.state(), "epoch": epoch + 1, "score": score})
-            row = {"epoch": epoch + 1, "lr": lr, "train": means,
-                   "nat_acc": nat, "rob_acc": rob, "score": score, "best_epoch": best["epoch"],
-                   "train_seconds": train_seconds, "images_per_s": n_images / train_seconds,
-                   "seconds": time.time() - t0}
-            flag = mask_flag(row["train"])
-            if flag is not None:
-                row["mask_flag"] = flag
-                log(f"WARNING, epoch {epoch + 1}: mask {flag} (mean mask {row['train']['mask_mean']:.4g}; healthy "
-                    f"within {MASK_HEALTHY}): x_cal is {'x' if flag == 'collapsed' else 'x + delta'}, CAT does not calibrate")
+    def train_epoch(self, epoch: int) -> tuple[dict[str, float], float, int]:
+        """One epoch of the method's updates at the protocol's lr (the weight average after each);
+        returns the epoch's mean losses, the last batch's lr and the number of steps."""
+        loader, method, group = self.loader, self.method, self.group
+        for net in method.modules().values():
+            net.train()
+        sums: dict[str, torch.Tensor] = {}
+        max_steps = self.schedule.get("max_steps")
+        n_steps = len(loader) if max_steps is None else min(len(loader), max_steps - epoch * len(loader))
+        with progress_bar(n_steps, f"epoch {epoch + 1}/{self.epochs}", enabled=self.progress) as advance:
+            for i, (x, y) in zip(range(n_steps), loader.epoch(epoch)):
+                lr = lr_at(self.schedule, epoch, i, len(loader))
+                method.set_lr(lr)
+                if group.world > 1:
+                    method.shard = distributed.shard(len(y), group)
+                    x, y = method.shard.take(x), method.shard.take(y)
+                if self.device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                losses = method.update(x, y, self.optimizers, epoch + 1)
+                if self.average is not None:
+                    self.average.update(self.nets.f)
+                if method.shard is not None:  # this rank's part of each batch's loss, summed over ranks below
+                    losses = {k: v * method.shard_weight() for k, v in losses.items()}
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                if method.TRACE_KEY in losses and i % self.trace_every == 0:
+                    self.trace(losses, epoch, i)
+                advance()
+        if group.world > 1:
+            sums = _summed(sums)
+        return _finite_means(method, sums, n_steps, epoch + 1), lr, n_steps
+
+    def trace(self, losses: dict[str, torch.Tensor], epoch: int, batch: int) -> None:
+        """One trace.jsonl row of the method's traced values (the group's, summed over ranks)."""
+        if self.group.world > 1:
+            losses = _summed(losses)
+        if self.group.main:
+            trace_row = _trace_row(self.method, losses, epoch, batch, len(self.loader))
+            records.append_jsonl(self.out / records.TRACE, trace_row)
+            self.curves.batch(trace_row)
+
+    def select(self, epoch: int, best: dict) -> tuple[float, float, float, dict]:
+        """Score the classifier the run delivers (f, or its weight average) on the selection split,
+        clean and under the selection attack; keep it in best.pt when the protocol's rule says so.
+        Returns the natural and robust accuracies, the score and the best epoch so far."""
+        nets, average, group = self.nets, self.average, self.group
+        scored = nets.f if average is None else average.module
+        scored.eval()
+        with contextlib.nullcontext() if self.autocast is None else self.autocast:
+            nat = _accuracy(scored, self.x_sel, self.y_sel, None, self.eval_batch, group)
+            rob = _accuracy(scored, self.x_sel, self.y_sel, self.select_attack, self.eval_batch, group)
+        rule = self.config["selection"]["rule"]
+        score = rob if rule == "rob" else nat + rob
+        if rule == "final" or score > best["score"]:
+            best = {"epoch": epoch + 1, "score": score}
             if group.main:
-                records.append_jsonl(out / records.HISTORY, row)
-                curves.epoch(row, (epoch + 1) * len(loader))
-                records.save_checkpoint(out / records.LAST, {
-                    "nets": nets.state(), "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                    "rng": _rng_state(device), "epoch": epoch + 1, "best": best})
-            losses_txt = " ".join(f"{k} {v:.4f}" for k, v in row["train"].items())
-            log(f"epoch {epoch + 1}/{epochs}: {losses_txt} | nat {100 * nat:.2f} rob {100 * rob:.2f} "
-                f"(best epoch {best['epoch']}) | {row['images_per_s']:.0f} img/s")
-            next_epoch()
-            if deadline is not None and epoch + 1 < until and _out_of_time(deadline, group, device):
-                until, budget = epoch + 1, "--stop-after-minutes"
-                break
+                delivered = nets.state() if average is None else {**nets.state(), "f": average.module.state_dict()}
+                records.save_checkpoint(self.out / records.BEST, {"nets": delivered, "epoch": epoch + 1,
+                                                                  "score": score})
+        return nat, rob, score, best
 
-    curves.close()
-    if until < epochs:
-        log(f"{out}: stopped after epoch {until} of {epochs} ({budget}); continue with --resume")
-        return {"done": False, "epochs_trained": until, "epochs": epochs}
-    summary = {"best_epoch": best["epoch"], "best_score": best["score"], "epochs": epochs, "selection": rule}
-    if group.main:
-        flagged = [r["epoch"] for r in records.read_jsonl(out / records.HISTORY) if "mask_flag" in r]
-        summary.update(mask_flag_epochs=flagged, seconds_this_session=time.time() - began)
-        records.write_json(out / records.DONE, summary)
-    return summary
+    def record(self, row: dict, best: dict) -> None:
+        """The method's health flags into the epoch's row (with their warnings), the row into
+        history.jsonl, everything a resume needs into last.pt, and the epoch's line to the log."""
+        epoch = row["epoch"]
+        for key, value, warning in self.method.check_health(row["train"]):
+            row[key] = value
+            self.log(f"WARNING, epoch {epoch}: {warning}")
+        if self.group.main:
+            records.append_jsonl(self.out / records.HISTORY, row)
+            self.curves.epoch(row, epoch * len(self.loader))
+            averaged = {} if self.average is None else {"ema": self.average.state_dict()}
+            records.save_checkpoint(self.out / records.LAST, {
+                "nets": self.nets.state(), **self.method.state_dict(), **averaged, "rng": _rng_state(self.device),
+                "epoch": epoch, "best": best})
+        losses_txt = " ".join(f"{k} {v:.4f}" for k, v in row["train"].items())
+        self.log(f"epoch {epoch}/{self.epochs}: {losses_txt} | nat {100 * row['nat_acc']:.2f} rob "
+                 f"{100 * row['rob_acc']:.2f} (best epoch {best['epoch']}) | {row['images_per_s']:.0f} img/s")
+
+    def finish(self, best: dict, began: float) -> dict:
+        """The `done` summary: the selected epoch and, per health flag of the method, the epochs that raised it."""
+        summary = {"best_epoch": best["epoch"], "best_score": best["score"], "epochs": self.epochs,
+                   "selection": self.config["selection"]["rule"]}
+        if self.group.main:
+            history = records.read_jsonl(self.out / records.HISTORY)
+            summary.update({f"{key}_epochs": [r["epoch"] for r in history if key in r]
+                            for key in self.method.HEALTH_FLAGS})
+            summary["seconds_this_session"] = time.time() - began
+            records.write_json(self.out / records.DONE, summary)
+        return summary
 
 
 def train_group(config: dict, out: Path, nproc: int, **options) -> dict:

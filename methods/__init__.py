@@ -14,11 +14,22 @@ from cat_bench.methods.base import Hparam, Method, Protocol, TrainAttack
 from cat_bench.methods.cat import CATcent, CATcw
 from cat_bench.methods.fat import FAT
 from cat_bench.methods.at import AT
+from cat_bench.methods.awp import ATAWP, TRADESAWP
 from cat_bench.methods.natural import Natural
 from cat_bench.methods.mart import MART
 from cat_bench.methods.trades import TRADES
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Natural, AT, TRADES, MART, FAT, CATcent, CATcw)}
+# The registry: a method is its class here and its import above (docs/extending.md).
+METHODS: dict[str, type[Method]] = {m.name: m for m in (
+    Natural,
+    AT,
+    TRADES,
+    MART,
+    FAT,
+    CATcent,
+    CATcw,
+    ATAWP, TRADESAWP,
+)}
 
 __all__ = ["METHODS", "SCHEDULES", "Hparam", "Method", "Protocol", "TrainAttack", "default_arch", "get_method",
            "protocol_for", "resolve_hparams"]

@@ -34,6 +34,8 @@ class AT(Method):
     """
 
     name = "at"
+    label = "AT"
+    color = "#1f77b4"
     DEFAULT_ARCH = {"mnist": "madry-cnn", "cifar": "preact-resnet18"}
     HPARAMS = {
         "random_start": Hparam("uniform", "uniform", "train_cifar.py: delta.uniform_(-eps, eps); "
@@ -59,6 +61,11 @@ class AT(Method):
     @classmethod
     def reduction(cls, hparams):
         return hparams["loss_reduction"]  # "sum" on MNIST (mnist_challenge)
+
+    @classmethod
+    def passes(cls, k, hparams):
+        """The k PGD steps, f(x_adv), two BatchNorm-tracking forwards."""
+        return {"f": k + 1 + 2 / 3}
 
     def update(self, x, y, optimizers, epoch):
         with self.autocast():

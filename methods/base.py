@@ -3,7 +3,10 @@
 A method is one class with a single per-step `update` (DomainBed's shape) and a `PROTOCOLS` table:
 how its official script trains it on each dataset/architecture (schedule, train attack, checkpoint
 selection, augmentation, normalisation). The training core (`cat_bench.train`) runs the protocol;
-an adapter only says how one batch changes the weights.
+an adapter says how one batch changes the weights and owns everything else about its method: the
+networks besides f it needs, its optimisers and their lr, its state in a checkpoint, its health
+checks, its cost for the planner and how the report shows it. Nothing outside `methods/` names a
+method; `docs/extending.md` walks through adding one.
 """
 
 from __future__ import annotations
@@ -110,22 +113,39 @@ class TrainAttack:
     clip: bool = True
 
 
+def make_optimizer(schedule: dict, params) -> torch.optim.Optimizer:
+    """SGD or Adam as a stored Protocol says (`resolve_config`'s "schedule")."""
+    if schedule["optimizer"] == "adam":
+        return torch.optim.Adam(params, lr=schedule["lr"], weight_decay=schedule["weight_decay"])
+    return torch.optim.SGD(params, lr=schedule["lr"], momentum=schedule["momentum"],
+                           weight_decay=schedule["weight_decay"])
+
+
 class Method:
-    """Base class of the method adapters; subclasses set `name`, `HPARAMS`, `PROTOCOLS` and `update`.
+    """Base class of the method adapters; subclasses set `name`, `label`, `color`, `HPARAMS`,
+    `PROTOCOLS`, `passes` and `update`.
 
     `PROTOCOLS` maps (dataset, architecture) to the official script's Protocol; "*" as the
     architecture matches any. `DEFAULT_ARCH` is the architecture the script trains per family.
     A method without an entry for a dataset trains with the uniform protocol (CAT's).
+    `label` and `color` show the method in the report's figures and fidelity pages; `mask_figure` says
+    that the report can draw Figure 2 (g's mask) from its runs; `PAPER` (title, authors, venue,
+    link) is the paper a RobustBench submission of its runs names by default.
     """
 
     name: ClassVar[str]
+    label: ClassVar[str]
+    color: ClassVar[str]
+    mask_figure: ClassVar[bool] = False
+    PAPER: ClassVar[dict[str, str] | None] = None
+    HEALTH_FLAGS: ClassVar[tuple[str, ...]] = ()  # the history keys `check_health` may set
+    TRACE_KEY: ClassVar[str | None] = None  # a key of `update`'s losses marking a step `trace` records
     HPARAMS: ClassVar[dict[str, Hparam]] = {}
     PROTOCOLS: ClassVar[dict[tuple[str, str], Protocol]] = {}
     DEFAULT_ARCH: ClassVar[dict[str, str]] = {"mnist": "smallcnn", "cifar": "preact-resnet18"}
     # The network the official script itself builds, per family, where cat-bench trains another one
     # (the paper's) with the script's settings: said in `list methods` and under the report's tables.
     SCRIPT_NETWORK: ClassVar[dict[str, str]] = {}
-    uses_mask_net: ClassVar[bool] = False
     clips_on_mnist: ClassVar[bool] = True  # the official MNIST script keeps inputs in [0,1]
 
     def __init__(self, f: nn.Module, g: nn.Module | None, hparams: dict[str, Any], attack: TrainAttack,
@@ -137,6 +157,62 @@ class Method:
         self._autocast = autocast
         self.shard: Shard | None = None  # data-parallel training: this rank's rows of the batch (set by the core)
         self._f_has_bn = bool(batchnorms(f))
+
+    @classmethod
+    def build(cls, f: nn.Module, extra: dict[str, nn.Module], hparams: dict[str, Any], attack: TrainAttack,
+              autocast: contextlib.AbstractContextManager | None = None) -> Method:
+        """The adapter on a run's networks: f and the `extra_networks` built for it."""
+        return cls(f, extra.get("g"), hparams, attack, autocast)
+
+    @classmethod
+    def extra_networks(cls, family: str, in_channels: int) -> dict[str, nn.Module]:
+        """The networks besides f this method trains (CAT's mask net g), built for a dataset family;
+        they are saved in the checkpoints beside f."""
+        return {}
+
+    @classmethod
+    def passes(cls, k: int, hparams: dict[str, Any]) -> dict[str, float]:
+        """Forward+backward passes per training image of each network ("f" and the extra ones) when
+        the training attack takes `k` steps, a forward alone counting 1/3: the planner's cost
+        (cat_bench/costs.py)."""
+        raise NotImplementedError(f"{cls.__name__} does not say its cost per image (Method.passes)")
+
+    @classmethod
+    def check_health(cls, means: dict[str, float]) -> list[tuple[str, str, str]]:
+        """Flags for an epoch from its mean losses: (history key in HEALTH_FLAGS, value, warning).
+        The core records each in the epoch's history row and logs its warning."""
+        return []
+
+    @classmethod
+    def epoch_means(cls, means: dict[str, float]) -> dict[str, float]:
+        """An epoch's means of the per-step values `update` returns, as the history records them."""
+        return means
+
+    def trace(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One step's values for trace.jsonl (a step whose losses hold TRACE_KEY, every few batches)."""
+        raise NotImplementedError(f"{type(self).__name__} sets TRACE_KEY but not trace")
+
+    def configure_optimizers(self, schedule: dict) -> dict[str, torch.optim.Optimizer]:
+        """This method's optimisers, one per network of `modules()`, as the protocol says; kept for
+        `set_lr` and `state_dict` and returned for `update`."""
+        self.optimizers = {k: make_optimizer(schedule, m.parameters()) for k, m in self.modules().items()}
+        return self.optimizers
+
+    def set_lr(self, lr: float) -> None:
+        """Set the protocol's lr of the coming batch (`lr_at`) on every optimiser the schedule drives."""
+        for optimizer in self.optimizers.values():
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = lr
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything besides the networks' weights that resuming needs (checkpoints/last.pt): the
+        optimisers' states, and a method's extra state under keys of its own."""
+        return {"optimizers": {k: o.state_dict() for k, o in self.optimizers.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+        for k, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][k])
 
     def autocast(self):
         """bf16 autocast when the run's precision is bf16 (set by the core); else a no-op context."""

@@ -1,21 +1,32 @@
 """Calibrated Adversarial Training (Huang et al., ACML 2021): CATcent and CATcw (METHOD.md s1).
 
-Everything about CAT is here: its losses (Eq. 13, 14), its one training step (Algorithm 1) and
-its authors' protocol (TienjinHuang/Calibrated-adversarial-training, Codes/Train_MNIST.py,
-Codes/Train_CIFAR10.py, Codes/Train_CIFAR100.py).
+Everything about CAT is here: its losses (Eq. 13, 14), its one training step (Algorithm 1), its
+authors' protocol (TienjinHuang/Calibrated-adversarial-training, Codes/Train_MNIST.py,
+Codes/Train_CIFAR10.py, Codes/Train_CIFAR100.py), its mask net g (METHOD.md s2) and its mask
+health check.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 
 from cat_bench.attacks import kl_div
 from cat_bench.lazy import F, torch
 from cat_bench.methods.base import Hparam, Method, Protocol
-from cat_bench.models import batchnorms
+from cat_bench.models import batchnorms, build_mask_net
 
 ABLATIONS = ("none", "A1", "A2")
 _CODE = "TienjinHuang/Calibrated-adversarial-training Codes/"
+MASK_HEALTHY = (0.01, 0.99)  # an epoch's mean mask outside this range: collapsed (M ~ 0) or saturated (M ~ 1)
+
+
+def mask_flag(means: dict) -> str | None:
+    """"collapsed" or "saturated" when an epoch's mean mask leaves MASK_HEALTHY, else None."""
+    mean = means.get("mask_mean")
+    if mean is None or MASK_HEALTHY[0] <= mean <= MASK_HEALTHY[1]:
+        return None
+    return "collapsed" if mean < MASK_HEALTHY[0] else "saturated"
 
 
 def calibrate(x: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor | float, clip: bool = True) -> torch.Tensor:
@@ -99,7 +110,14 @@ class CATcent(Method):
     """
 
     name = "cat-cent"
-    uses_mask_net = True
+    label = "CATcent"
+    color = "#2ca02c"
+    mask_figure = True
+    PAPER = {"title": "Calibrated Adversarial Training",
+             "authors": "Tianjin Huang, Vlado Menkovski, Yulong Pei, Mykola Pechenizkiy",
+             "venue": "ACML 2021", "link": "https://arxiv.org/abs/2110.00623"}
+    HEALTH_FLAGS = ("mask_flag",)
+    TRACE_KEY = "mask_mean"  # absent under ablation A1 (no mask)
     clips_on_mnist = False  # Train_MNIST.py clamps delta to [-eps, eps] only (METHOD.md s4)
     HPARAMS = {
         "beta": Hparam(5.0, 1.0, "Train_CIFAR10.py --b 5 (paper's a); Train_MNIST.py: KL term unweighted (1)"),
@@ -131,6 +149,38 @@ class CATcent(Method):
     @classmethod
     def reduction(cls, hparams):
         return "mixed" if hparams["g_kl_reduction"] == "sum" else "mean"  # "sum": Eq. 14's KL summed, its CE a mean
+
+    @classmethod
+    def extra_networks(cls, family, in_channels):
+        return {"g": build_mask_net(family, in_channels)}  # built under A1 too: its initialisation draws from the RNG
+
+    @classmethod
+    def passes(cls, k, hparams):
+        """k PGD steps, a tracking forward, f(x_cal), f(x), then f(x + delta) and f(x_cal') for g's step
+        (back to g's input) and a tracking forward; g: one forward (f's step reuses it) and its backward."""
+        return {"f": k + 4 + 1, **({"g": 1} if hparams.get("ablation") != "A1" else {})}
+
+    @classmethod
+    def epoch_means(cls, means):
+        """The mask's std over every pixel of the epoch from its mean and mean square."""
+        if "mask_sq" in means:
+            means["mask_std"] = math.sqrt(max(means.pop("mask_sq") - means["mask_mean"] ** 2, 0.0))
+        return means
+
+    @classmethod
+    def check_health(cls, means):
+        """A mean mask outside MASK_HEALTHY: x_cal is x (collapsed) or x + delta (saturated), no calibration."""
+        flag = mask_flag(means)
+        if flag is None:
+            return []
+        return [("mask_flag", flag, f"mask {flag} (mean mask {means['mask_mean']:.4g}; healthy within {MASK_HEALTHY}): "
+                                    f"x_cal is {'x' if flag == 'collapsed' else 'x + delta'}, CAT does not calibrate")]
+
+    def trace(self, losses):
+        """The mask's mean and std over its pixels, and the two losses (trace.jsonl)."""
+        mean, sq = losses["mask_mean"].item(), losses["mask_sq"].item()
+        return {"mask_mean": mean, "mask_std": math.sqrt(max(sq - mean ** 2, 0.0)),
+                **{k: losses[k].item() for k in ("loss_f", "loss_g") if k in losses}}
 
     def modules(self):
         if self.hparams["ablation"] == "A1":
@@ -177,6 +227,8 @@ class CATcw(CATcent):
     """CAT with the C&W margin PGD (CATcw); otherwise identical to CATcent."""
 
     name = "cat-cw"
+    label = "CATcw"
+    color = "#d62728"
     HPARAMS = {**CATcent.HPARAMS,
                "pgd_loss": Hparam("cw", "cw", "Train_CIFAR10.py --attackloss cw; Train_MNIST.py --attacktrain cw",
                                   choices=("ce", "kl", "cw"))}

@@ -28,6 +28,8 @@ class FAT(Method):
     """
 
     name = "fat"
+    label = "FAT"
+    color = "#8c564b"
     SCRIPT_NETWORK = {"cifar": "WRN-34-10 (FAT_for_TRADES.py's default network)"}
     HPARAMS = {
         "beta": Hparam(6.0, 1.0, "FAT_for_TRADES.py --beta 6.0 (no MNIST script; TRADES' MNIST 1.0)"),
@@ -44,6 +46,11 @@ class FAT(Method):
         """Early-stop budget at 1-based `epoch`."""
         h = self.hparams
         return sum(epoch > h[k] for k in ("tau_epoch1", "tau_epoch2", "tau_epoch3"))
+
+    @classmethod
+    def passes(cls, k, hparams):
+        """As TRADES with one clean forward."""
+        return {"f": k + 2 + 1 / 3}
 
     def update(self, x, y, optimizers, epoch):
         with self.autocast():

@@ -44,6 +44,8 @@ class MART(Method):
     """MART: CE attack from x + 0.001 N(0,1) (not projected), model in eval mode, then the MART loss."""
 
     name = "mart"
+    label = "MART"
+    color = "#9467bd"
     SCRIPT_NETWORK = {"cifar": "a standard ResNet-18 (train_resnet.py; WRN-34-10 in train_wideresnet.py)"}
     HPARAMS = {
         "beta": Hparam(6.0, 6.0, "train_wideresnet.py --beta 6.0 (train_resnet.py: 5.0, set by its protocol); "
@@ -55,6 +57,11 @@ class MART(Method):
         ("cifar100", "wrn-34-10"): _mart(90, 0.1, 7e-4, 6.0, "train_wideresnet.py (no CIFAR-100 script)"),
         ("cifar100", "*"): _mart(120, 0.01, 3.5e-3, 5.0, "train_resnet.py (no CIFAR-100 script)"),
     }
+
+    @classmethod
+    def passes(cls, k, hparams):
+        """The k steps, f(x), f(x_adv)."""
+        return {"f": k + 2}
 
     def update(self, x, y, optimizers, epoch):
         with self.autocast():

@@ -10,6 +10,13 @@ class Natural(Method):
     """Cross-entropy on clean examples only."""
 
     name = "natural"
+    label = "Natural"
+    color = "#7f7f7f"
+
+    @classmethod
+    def passes(cls, k, hparams):
+        """One forward and backward of f on the clean batch."""
+        return {"f": 1}
 
     def update(self, x, y, optimizers, epoch):
         with self.autocast():

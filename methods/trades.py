@@ -43,6 +43,8 @@ class TRADES(Method):
     """
 
     name = "trades"
+    label = "TRADES"
+    color = "#ff7f0e"
     DEFAULT_ARCH = {"mnist": "trades-smallcnn", "cifar": "preact-resnet18"}
     SCRIPT_NETWORK = {"cifar": "WRN-34-10 (train_trades_cifar10.py: WideResNet())"}
     HPARAMS = {
@@ -59,6 +61,11 @@ class TRADES(Method):
                    f"--num-steps 40 --step-size 0.01; the last epoch",
         ),
     }
+
+    @classmethod
+    def passes(cls, k, hparams):
+        """The k steps and a clean forward in eval mode, then f(x), f(x_adv), f(x)."""
+        return {"f": k + 3 + 1 / 3}
 
     def update(self, x, y, optimizers, epoch):
         with self.autocast():

@@ -30,8 +30,6 @@ from cat_bench import records
 from cat_bench.attacks import PGD
 from cat_bench.data import TensorLoader, load_split
 from cat_bench.evaluate import correct_under
-from cat_bench.methods import get_method
-from cat_bench.methods.base import TrainAttack
 from cat_bench.networks import Networks
 from cat_bench.report.fidelity import excursions
 from cat_bench.train import resolve_config
@@ -64,9 +62,9 @@ def run(variant: str, batches: int, n_test: int, seed: int, measure_every: int, 
     loader = TensorLoader(x_train, y_train, schedule["batch_size"], "cpu", shuffle=True, augment="none", seed=seed)
     nets = Networks(config, torch.device("cpu"))
     if variant == "g-head-zero":
-        torch.nn.init.zeros_(nets.g.head.weight)
-        torch.nn.init.zeros_(nets.g.head.bias)
-    method = get_method("cat-cw")(nets.f, nets.g, config["hparams"], TrainAttack(**config["train_attack"]), None)
+        torch.nn.init.zeros_(nets.extra["g"].head.weight)
+        torch.nn.init.zeros_(nets.extra["g"].head.bias)
+    method = nets.adapter()
     optimizers = {k: torch.optim.Adam(m.parameters(), lr=schedule["lr"]) for k, m in method.modules().items()}
     sel = config["selection"]["attack"]
     attack = PGD(eps=sel["eps"], alpha=sel["alpha"], steps=sel["steps"], loss=sel["loss"],

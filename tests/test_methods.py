@@ -45,7 +45,8 @@ def make(name, family="cifar", **overrides):
     f, g = nets()
     cls = get_method(name)
     hp = resolve_hparams(name, family, {k: str(v) for k, v in overrides.items()})
-    method = cls(f, g if cls.uses_mask_net else None, hp, TrainAttack(eps=0.1, alpha=0.025, steps=3))
+    extra = {"g": g} if cls.extra_networks("mnist", 1) else {}
+    method = cls.build(f, extra, hp, TrainAttack(eps=0.1, alpha=0.025, steps=3))
     opts = {k: torch.optim.SGD(m.parameters(), lr=0.5) for k, m in method.modules().items()}
     return method, opts
 

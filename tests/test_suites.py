@@ -25,7 +25,8 @@ PREACT = (TABLE2
           + 2 * 2  # Figure 5: KL and CW PGD loss x b in {0.05, 0.1} (CE is Table 2's)
           + 2 * 2)  # Figure 6: 2 CAT x b in {0.001, 0.01} (the other four b are Table 8's)
 COUNTS = {"smoke": 7, "mnist": MNIST, "cifar10-preact": PREACT, "cifar10-wrn": TABLE2, "cifar100": 1 + 2 * 2 * 5,
-          "mnist-fidelity": 2 * 2 + 2}  # CATcw, CATcent x the code's and the batch-summed Eq. 14; 2 more seeds of CATcw (code)
+          "mnist-fidelity": 2 * 2 + 2,  # CATcw, CATcent x the code's and the batch-summed Eq. 14; 2 more seeds of CATcw (code)
+          "cifar10-awp": 2 + 2}  # AT and AT-AWP on PreAct ResNet-18; TRADES and TRADES-AWP on WRN-34-10
 
 
 def test_shipped_suites_load_with_the_run_counts_their_blocks_imply():

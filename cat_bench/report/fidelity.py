@@ -18,7 +18,7 @@ from typing import Sequence
 from cat_bench import records
 from cat_bench.paper import load_authors_log
 
-from .figures import METHOD_LABELS, PALETTE, _finish_axes, _new, save_png
+from .figures import PALETTE, _finish_axes, _new, method_label, save_png
 from .runs import RunRecord
 
 LABEL = "Fidelity"
@@ -77,7 +77,7 @@ class FidelityRun:
     @property
     def title(self) -> str:
         h = self.identity["hparams"]
-        return (f"{METHOD_LABELS.get(self.identity['method'], self.identity['method'])}, eps_train "
+        return (f"{method_label(self.identity['method'])}, eps_train "
                 f"{self.identity['eps']:g}, Eq. 14 KL {'/ B (code)' if h.get('g_kl_reduction') == 'batchmean' else 'summed over the batch'}"
                 + ("" if self.identity["seed"] == 0 else f", seed {self.identity['seed']}"))
 

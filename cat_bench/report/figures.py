@@ -1,9 +1,11 @@
 """The paper's Figures 2-6 and each run's training curves, drawn with matplotlib (Agg) into PNG files.
 
 Figures 3-6 use the suite's finished runs labelled "Figure N" (the shipped suites label them so);
-Figure 2 needs a finished CATcent or CATcw run of the MNIST family whose checkpoints/best.pt is on
-disk. A figure without data is not drawn: its `FigureResult` carries a note naming the runs it
-needs and the `cat-bench run --suite ... --only 'label=Figure N'` command that makes them.
+Figure 2 needs a finished run of a method with a mask net (`Method.mask_figure`: CATcent, CATcw)
+on the MNIST family whose checkpoints/best.pt is on disk. Each method's label and colour are its
+adapter's (`Method.label`, `Method.color`). A figure without data is not drawn: its `FigureResult`
+carries a note naming the runs it needs and the `cat-bench run --suite ... --only 'label=Figure N'`
+command that makes them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cat_bench import records  # noqa: E402
 from cat_bench.data import dataset_info  # noqa: E402
+from cat_bench.methods import METHODS  # noqa: E402
 from cat_bench.suite import SUITES, RunSpec  # noqa: E402
 
 from cat_bench.presets import format_eps  # noqa: E402
@@ -29,10 +32,6 @@ from cat_bench.shell import command  # noqa: E402
 from .runs import RunRecord, format_value  # noqa: E402
 
 DPI = 100
-COLORS = {"at": "#1f77b4", "trades": "#ff7f0e", "cat-cent": "#2ca02c", "cat-cw": "#d62728", "mart": "#9467bd",
-          "fat": "#8c564b", "natural": "#7f7f7f"}
-METHOD_LABELS = {"at": "AT", "trades": "TRADES", "mart": "MART", "fat": "FAT", "cat-cent": "CATcent",
-                 "cat-cw": "CATcw", "natural": "Natural"}
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 FIGURES = {
@@ -51,6 +50,21 @@ FIGURES = {
           "and CATcw.",
           "the runs labelled 'Figure 6' (CATcent and CATcw over b)"),
 }
+
+
+def method_label(name: str) -> str:
+    """A method's name as the report prints it (its adapter's `label`; an unregistered name as it is)."""
+    return METHODS[name].label if name in METHODS else name
+
+
+def method_color(name: str) -> str | None:
+    """A method's colour in the figures (its adapter's `color`; None: matplotlib's next)."""
+    return METHODS[name].color if name in METHODS else None
+
+
+def method_order(name: str) -> int:
+    """Where a method comes in legends and panels: its place in the registry, unregistered names last."""
+    return list(METHODS).index(name) if name in METHODS else len(METHODS)
 
 
 @dataclass
@@ -136,9 +150,9 @@ def _finish_axes(ax, title: str, xlabel: str, ylabel: str | None = None) -> None
 
 
 def figure2(runs: Sequence[RunRecord], out: Path, *, device: str = "cpu", data_root=None) -> tuple[str | None, str]:
-    """Draw Figure 2 into `out` from the best-suited CAT run; returns (run name or None, note or source)."""
-    cands = [r for r in runs if r.finished and r.identity["method"] in ("cat-cent", "cat-cw")
-             and dataset_info(r.identity["dataset"]).family == "mnist"]
+    """Draw Figure 2 into `out` from the best-suited run with a mask net; returns (run name or None, note or source)."""
+    cands = [r for r in runs if r.finished and r.identity["method"] in METHODS
+             and METHODS[r.identity["method"]].mask_figure and dataset_info(r.identity["dataset"]).family == "mnist"]
     if not cands:
         return None, "no finished CATcent or CATcw run on MNIST in this suite"
     with_ckpt = [r for r in cands if (r.path / records.BEST).is_file()]
@@ -146,14 +160,14 @@ def figure2(runs: Sequence[RunRecord], out: Path, *, device: str = "cpu", data_r
         return None, (f"{len(cands)} finished CAT run(s) on MNIST, but none has its checkpoint "
                       f"({records.BEST}) on disk")
     run = min(with_ckpt, key=lambda r: ("Figure 2" not in r.spec.labels, r.identity["dataset"] != "mnist",
-                                        r.identity["method"] != "cat-cent", r.identity["seed"], r.name))
+                                        method_order(r.identity["method"]), r.identity["seed"], r.name))
     try:
         panels = figure2_panels(run.identity, run.path / records.BEST, device, data_root)
     except Exception as err:  # missing dataset, corrupt checkpoint: the report still renders
         return None, f"could not draw it from {run.name}: {type(err).__name__}: {err}"
     draw_figure2(panels, out)
     ident = run.identity
-    return run.name, (f"{run.name}: {METHOD_LABELS.get(ident['method'], ident['method'])} on {ident['dataset']}, "
+    return run.name, (f"{run.name}: {method_label(ident['method'])} on {ident['dataset']}, "
                       f"eps_train {format_eps(ident['eps'])}, seed {ident['seed']}, epoch {run.done['best_epoch']} "
                       f"(checkpoints/best.pt); five test images drawn with seed 0")
 
@@ -200,7 +214,7 @@ def figure2_panels(identity: dict, checkpoint: Path, device: str, data_root):
     dev = torch.device(device)
     nets = Networks(identity, dev)
     nets.load(records.load_checkpoint(checkpoint)["nets"])
-    f, g = nets.f.eval(), nets.g.eval()
+    f, g = nets.f.eval(), nets.extra["g"].eval()
     x, y = load_split(identity["dataset"], "test", data_root)
     idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:5]
     x, y = x[idx].float().div(255).to(dev), y[idx].to(dev)
@@ -238,12 +252,12 @@ def figure3(done: Sequence[RunRecord], out: Path) -> bool:
     fig, axes = _new(3)
     panels = [("Natural", lambda r: r.accuracy("natural")), ("PGD-20", lambda r: r.accuracy("pgd20")),
               ("Natural + PGD-20", lambda r: r.accuracy("natural") + r.accuracy("pgd20"))]
-    for method in sorted({m for m, _ in groups}, key=lambda m: list(COLORS).index(m) if m in COLORS else 99):
+    for method in sorted({m for m, _ in groups}, key=method_order):
         points = sorted((eps, rs) for (m, eps), rs in groups.items() if m == method)
         xs = [scale(eps) for eps, _ in points]
         for ax, (_, value) in zip(axes, panels):
             ax.plot(xs, [_mean([value(r) for r in rs]) for _, rs in points], marker="o", markersize=4,
-                    color=COLORS.get(method), label=METHOD_LABELS.get(method, method))
+                    color=method_color(method), label=method_label(method))
     for ax, (title, _) in zip(axes, panels):
         _finish_axes(ax, title, xlabel, "accuracy (%)" if title == "Natural" else None)
     save_png(fig, out)
@@ -317,7 +331,7 @@ def figure6(done: Sequence[RunRecord], out: Path) -> bool:
             by_method.setdefault(r.identity["method"], {}).setdefault(r.identity["hparams"]["b"], []).append(r)
     if not by_method:
         return False
-    methods = sorted(by_method, key=lambda m: list(COLORS).index(m) if m in COLORS else 99)
+    methods = sorted(by_method, key=method_order)
     fig, axes = _new(len(methods), width=3.8)
     for ax, method in zip(axes, methods):
         bs = sorted(by_method[method])
@@ -328,7 +342,7 @@ def figure6(done: Sequence[RunRecord], out: Path) -> bool:
             ax.plot(bs, ys, marker="o", markersize=4, color=PALETTE[i], label=name)
         if len(bs) > 1 and min(bs) > 0 and max(bs) / min(bs) > 20:
             ax.set_xscale("log")
-        _finish_axes(ax, METHOD_LABELS.get(method, method), "b", "accuracy (%)" if ax is axes[0] else None)
+        _finish_axes(ax, method_label(method), "b", "accuracy (%)" if ax is axes[0] else None)
     save_png(fig, out)
     return True
 
