@@ -33,14 +33,14 @@ from cat_bench import attacks as attacks_module
 from cat_bench import records
 from cat_bench.data import TensorLoader, dataset_info, load_split
 from cat_bench.lazy import torch
-from cat_bench.methods import METHODS, UNIFORM
+from cat_bench.methods import METHODS, ONE_NETWORK, PLAIN, UNIFORM
 from cat_bench.networks import Networks, precision_context
 
 LOSS_RTOL = 1e-3
 UPDATE_RTOL = 5e-2
 FORWARD_ATOL = 1e-4  # logits and input gradients of one network, two code paths (channels_last, compile)
 FULL = UNIFORM.name  # the method of the uniform protocol (CAT): two networks, both stepped, a traced mask
-CIFAR_METHODS = ("at", FULL)  # BatchNorm networks (PreAct ResNet-18) with the CIFAR protocols
+CIFAR_METHODS = (ONE_NETWORK.name, FULL)  # BatchNorm networks (PreAct ResNet-18) with the CIFAR protocols
 EVAL_ATTACKS = ("natural", "fgsm", "pgd20", "pgd100", "cw", "square", "autoattack")
 
 
@@ -197,7 +197,7 @@ def _logits_and_grad(f, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor,
 
 def _forward_check(ctx: Context, transform: Callable, what: str) -> str:
     """PreAct ResNet-18 (eval mode) on a CIFAR-shaped batch: `transform(f, x)` against plain f(x) on the device."""
-    config = _config("natural", "cifar10")
+    config = _config(PLAIN.name, "cifar10")
     torch.manual_seed(0)
     f = Networks(config, torch.device("cpu")).f.to(ctx.device).eval()
     x, y = _batch("cifar10", 8)
@@ -316,7 +316,7 @@ def check_group(ctx: Context) -> str:
         if ctx.device.type != "cuda":
             return "gloo: all-reduce (SyncBatchNorm needs CUDA: not checked)"
         torch.manual_seed(0)
-        f = Networks(_config("natural", "cifar10"), ctx.device).f.train()
+        f = Networks(_config(PLAIN.name, "cifar10"), ctx.device).f.train()
         synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(f))
         x, y = _batch("cifar10", 8)
         x, y = x.to(ctx.device).contiguous(memory_format=torch.channels_last), y.to(ctx.device)
@@ -335,9 +335,9 @@ def attack_run(ctx: Context) -> Path:
     from cat_bench.train import resolve_config, train
 
     if ctx.attack_run is None:
-        config = resolve_config("natural", "mnist-mini", 0.3, epochs=2, n_train=1000, batch_size=50, select_n=20)
-        train(config, ctx.work / "natural", device=ctx.device, progress=False, log=lambda m: None)
-        ctx.attack_run = ctx.work / "natural"
+        config = resolve_config(PLAIN.name, "mnist-mini", 0.3, epochs=2, n_train=1000, batch_size=50, select_n=20)
+        train(config, ctx.work / "plain", device=ctx.device, progress=False, log=lambda m: None)
+        ctx.attack_run = ctx.work / "plain"
     return ctx.attack_run
 
 

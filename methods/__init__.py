@@ -38,6 +38,9 @@ __all__ = ["METHODS", "SCHEDULES", "Hparam", "Method", "Protocol", "TrainAttack"
 # every method, for controlled comparisons (the methods keep their own losses and attacks).
 SCHEDULES = ("official", "uniform")
 UNIFORM = CATcent
+# The roles `cat-bench doctor` checks methods in: plain training (the model its attack checks break)
+# and the one-network adversarial training beside UNIFORM's two networks.
+PLAIN, ONE_NETWORK = Natural, AT
 
 
 def get_method(name: str) -> type[Method]:
