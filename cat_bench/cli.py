@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, help="default: 500 on CUDA, 100 on CPU")
     e.add_argument("--unfinished", action="store_true",
                    help="evaluate a run whose training has not finished (its best checkpoint so far)")
+    e.add_argument("--strict", action="store_true",
+                   help="a failed setup check (eval mode, eps 0, input range, finite gradients) is an error "
+                        "(exit 2) instead of a recorded flag and a warning")
     _common(e)
 
     x = sub.add_parser("export", help="ship a finished, evaluated run's selected model: weights, SHA-256 and model "
@@ -295,11 +298,23 @@ def _eval(args) -> None:
     eps = parse_eps(args.eps) if args.eps is not None else None
     result = evaluate(args.run_dir, args.attacks, n_examples=args.n_examples, eps=eps, batch_size=args.batch_size,
                       data_root=args.data_root, device=args.device, progress=not args.no_progress,
-                      log=lambda m: print(m, file=sys.stderr), unfinished=args.unfinished)
-    width = max(map(len, result["attacks"]))
-    for name, entry in result["attacks"].items():
-        print(f"{name:<{width}}  {100 * entry['accuracy']:6.2f}%")
-    print(f"written: {args.run_dir / 'eval.json'}")
+                      log=lambda m: print(m, file=sys.stderr), unfinished=args.unfinished, strict=args.strict)
+    _print_evaluation(result, args.run_dir)
+
+
+def _print_evaluation(result: dict, run_dir: Path) -> None:
+    """Each attack's accuracy, the worst case over them, and the setup checks that did not pass."""
+    from cat_bench.checks import as_flags
+
+    rows = {name: entry["accuracy"] for name, entry in result["attacks"].items()}
+    if "worst-case" in result:
+        rows["worst-case"] = result["worst-case"]["accuracy"]
+    width = max(map(len, rows))
+    for name, accuracy in rows.items():
+        print(f"{name:<{width}}  {100 * accuracy:6.2f}%")
+    for flag in as_flags(result.get("checks", [])):
+        print(f"flag: {flag['flag']}: {flag['detail']}")
+    print(f"written: {run_dir / 'eval.json'}")
 
 
 def _eval_model_folder(args) -> None:
