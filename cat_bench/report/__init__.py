@@ -116,6 +116,10 @@ def _run_page(run: RunRecord, tables: list[Table], curves: bool) -> dict:
     rows = [{"name": a, "label": METRIC_LABELS.get(a, a), "accuracy": 100 * attacks[a]["accuracy"],
              "settings": _attack_settings(attacks[a].get("settings", {})), "seconds": attacks[a].get("seconds")}
             for a in order]
+    if "worst-case" in ev:
+        rows.append({"name": "worst-case", "label": METRIC_LABELS.get("worst-case", "worst case"),
+                     "accuracy": 100 * ev["worst-case"]["accuracy"], "seconds": 0.0,
+                     "settings": "correct under every attack above (per-example records)"})
     train_s = sum(h.get("seconds", 0.0) for h in run.history)
     eval_s = sum(a.get("seconds") or 0.0 for a in attacks.values())
     sessions = records.read_jsonl(run.path / records.SESSIONS)
@@ -126,6 +130,7 @@ def _run_page(run: RunRecord, tables: list[Table], curves: bool) -> dict:
     best_row = next((h for h in run.history if h["epoch"] == best), None)
     return {
         "run": run, "ident": run.identity, "eval_rows": rows, "flags": ev.get("flags", []), "key": ev.get("key", {}),
+        "checks": ev.get("checks", []),
         "mask_flags": mask_flags(run.history), "mask_means": [h["train"]["mask_mean"] for h in run.history
                                                                if "mask_mean" in h.get("train", {})],
         "config_json": json.dumps(run.identity, indent=2, sort_keys=True),

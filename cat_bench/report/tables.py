@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from cat_bench.checks import as_flags
 from cat_bench.data import dataset_info
 from cat_bench.errors import UsageError
 from cat_bench.methods import protocol_for, resolve_hparams
-from cat_bench.results import ATTACK_ORDER, summarize
+from cat_bench.results import ATTACK_ORDER, WORST, summarize
 from cat_bench.suite import SUITES, RunSpec, filter_runs, load_suite
 from cat_bench.shell import command
 
@@ -42,7 +43,8 @@ from .runs import RunRecord, format_value
 
 METRICS = ("natural", "fgsm", "pgd20", "pgd100", "cw", "square", "avg")
 METRIC_LABELS = {"natural": "Natural", "fgsm": "FGSM", "pgd20": "PGD-20", "pgd100": "PGD-100", "cw": "CW∞",
-                 "square": "Square", "autoattack": "AutoAttack", "avg": "Avg"}
+                 "square": "Square", "autoattack": "AutoAttack", "avg": "Avg",
+                 "worst-case": "Worst case"}
 ARCH_LABELS = {"smallcnn": "SmallCNN", "madry-cnn": "Madry CNN", "trades-smallcnn": "TRADES SmallCNN", "preact-resnet18": "PreAct ResNet-18", "wrn-34-10": "WRN-34-10"}
 DATASET_LABELS = {"mnist": "MNIST", "mnist-mini": "MNIST-mini", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 TABLE_CAPTIONS = {
@@ -563,11 +565,14 @@ def leaderboard(runs: Sequence[RunRecord]) -> list[Board]:
                 by = min(robust, key=lambda k: (robust[k], ATTACK_ORDER.index(k) if k in ATTACK_ORDER else 99),
                          default=None)
                 score = robust[by] if by else None
+            if WORST in run.evaluation:  # correct under every attack run (per-example records); not a ranking key
+                acc[WORST] = 100 * run.evaluation[WORST]["accuracy"]
             scored.append((run, score, by, acc))
         scored.sort(key=lambda s: (s[1] is None, -(s[1] or 0.0), -(s[3].get("natural") or 0.0), s[0].name))
         present = {k for _, _, _, acc in scored for k in acc if k != "natural"}
         attacks = [a for a in ATTACK_ORDER if a in present] + sorted(present - set(ATTACK_ORDER))
-        entries = [Entry(i, run, score, by, acc, run.evaluation.get("flags", []) + mask_flags(run.history))
+        entries = [Entry(i, run, score, by, acc, run.evaluation.get("flags", []) + as_flags(run.evaluation.get("checks", []))
+                         + mask_flags(run.history))
                    for i, (run, score, by, acc) in enumerate(scored, start=1)]
         boards.append(Board(dataset, attacks, entries))
     return boards
