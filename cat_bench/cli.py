@@ -1,4 +1,4 @@
-"""The `cat-bench` command line: train, eval, export, run, status, results, report, submit, list.
+"""The `cat-bench` command line: train, eval, compare, export, run, status, results, report, submit, list.
 
 Every user mistake (unknown name, eps outside (0, 1], bad `--set`, missing or corrupt checkpoint)
 ends with a message naming the bad value and what is allowed, and exit status 2.
@@ -105,6 +105,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="a failed setup check (eval mode, eps 0, input range, finite gradients) is an error "
                         "(exit 2) instead of a recorded flag and a warning")
     _common(e)
+
+    c = sub.add_parser("compare", help="is the accuracy difference between two evaluated runs real? paired "
+                                       "bootstrap interval and McNemar's exact test, per attack")
+    c.add_argument("run_a", type=Path, help="an evaluated run directory (with per-example records)")
+    c.add_argument("run_b", type=Path, help="another, evaluated on the same test examples at the same eps")
+    c.add_argument("--attacks", help="comma-separated attacks to compare (default: every attack both runs have)")
+    c.add_argument("--n-boot", type=positive_int, default=10_000, help="bootstrap resamples (default 10000)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    c.add_argument("--json", action="store_true", help="print the numbers as JSON")
 
     x = sub.add_parser("export", help="ship a finished, evaluated run's selected model: weights, SHA-256 and model "
                                       "card in one folder")
@@ -353,6 +362,18 @@ def _eval_model_folder(args) -> None:
             print(f"{name:<{width}}  {mine:6.2f}%  card {theirs:6.2f}%  {same}")
         else:
             print(f"{name:<{width}}  {mine:6.2f}%  card has no number for these examples")
+
+
+def _compare(args) -> None:
+    import json
+
+    from cat_bench.compare import compare_runs, format_comparison
+
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks is not None else None
+    if attacks is not None and not attacks:
+        raise UsageError(f"--attacks {args.attacks!r} names no attack; give e.g. --attacks natural,pgd20")
+    result = compare_runs(args.run_a, args.run_b, attacks, n_boot=args.n_boot, seed=args.seed)
+    print(json.dumps(result, indent=2) if args.json else format_comparison(result), end="\n" if args.json else "")
 
 
 def _export(args) -> None:
@@ -695,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cat-bench` console script."""
     args = _parser().parse_args(argv)
     try:
-        code = {"train": _train, "eval": _eval, "export": _export, "run": _run, "status": _status,
+        code = {"train": _train, "eval": _eval, "compare": _compare, "export": _export, "run": _run, "status": _status,
                 "results": _results, "report": _report, "submit": _submit, "doctor": _doctor,
                 "list": _list}[args.command](args)
     except UsageError as err:
