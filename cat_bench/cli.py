@@ -88,12 +88,14 @@ def _parser() -> argparse.ArgumentParser:
                         "batch stays the protocol's (default 1; under torchrun, its WORLD_SIZE)")
     _common(t)
 
-    e = sub.add_parser("eval", help="evaluate a trained run, or a shipped model folder, under the paper's attacks "
-                                    "(METHOD.md s4)")
-    e.add_argument("run_dir", type=Path,
-                   help="a run directory (cat-bench train --out, or RESULTS/runs/NAME; writes its eval.json), or a model "
+    e = sub.add_parser("eval", help="evaluate a trained run, a shipped model folder or any model under the paper's "
+                                    "attacks (METHOD.md s4)")
+    e.add_argument("run_dir", type=Path, metavar="SOURCE",
+                   help="a run directory (cat-bench train --out, or RESULTS/runs/NAME; writes its eval.json), a model "
                         "folder (cat-bench export; its SHA-256 is verified, the numbers are printed beside its card's, "
-                        "nothing is written)")
+                        "nothing is written), or an external model evaluated into RESULTS/external/NAME: a state-dict "
+                        "file with --arch and --dataset, a torch.export .pt2 or TorchScript file, robustbench:NAME "
+                        "with --model-dir, or module:function returning an nn.Module (docs/evaluation.md)")
     e.add_argument("--attacks", default="natural,fgsm,pgd20,pgd100,cw",
                    help="comma-separated: natural,fgsm,pgd20,pgd100,cw,square,autoattack")
     e.add_argument("--n-examples", type=int, help="first N test examples (default: the full test set)")
@@ -101,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, help="default: 500 on CUDA, 100 on CPU")
     e.add_argument("--unfinished", action="store_true",
                    help="evaluate a run whose training has not finished (its best checkpoint so far)")
+    e.add_argument("--arch", help="external state-dict files: the network the weights belong to")
+    e.add_argument("--dataset", help="external models: the dataset to evaluate on (robustbench:NAME: default cifar10)")
+    e.add_argument("--model-dir", type=Path, help="robustbench:NAME: the local RobustBench model directory")
+    e.add_argument("--results", type=Path, default=Path("results"),
+                   help="external models: the results directory whose external/ gets the run (default: ./results)")
+    e.add_argument("--seed", type=int, default=0, help="external models: the seed torch gets before each attack")
     e.add_argument("--strict", action="store_true",
                    help="a failed setup check (eval mode, eps 0, input range, finite gradients) is an error "
                         "(exit 2) instead of a recorded flag and a warning")
@@ -302,6 +310,14 @@ def _eval(args) -> None:
     from cat_bench.evaluate import evaluate
     from cat_bench.shipped import is_model_folder
 
+    from cat_bench.external import is_external
+
+    if is_external(str(args.run_dir)):
+        return _eval_external(args)
+    given = [f"--{k.replace('_', '-')}" for k in ("arch", "dataset", "model_dir") if getattr(args, k) is not None]
+    if given:
+        raise UsageError(f"{' '.join(given)}: for external models only; {args.run_dir} is a run directory or "
+                         f"model folder, which knows its network and dataset")
     if is_model_folder(args.run_dir):
         return _eval_model_folder(args)
     eps = parse_eps(args.eps) if args.eps is not None else None
@@ -324,6 +340,22 @@ def _print_evaluation(result: dict, run_dir: Path) -> None:
     for flag in as_flags(result.get("checks", [])):
         print(f"flag: {flag['flag']}: {flag['detail']}")
     print(f"written: {run_dir / 'eval.json'}")
+
+
+def _eval_external(args) -> None:
+    """`cat-bench eval SOURCE` for a model cat-bench did not train: an external run directory (cat_bench.external)."""
+    from cat_bench.external import evaluate_external
+
+    if args.unfinished:
+        raise UsageError(f"--unfinished is for run directories; {args.run_dir} is an external model")
+    eps = parse_eps(args.eps) if args.eps is not None else None
+    _check_results(args.results)
+    run_dir, result = evaluate_external(
+        str(args.run_dir), args.attacks, arch=args.arch, dataset=args.dataset, model_dir=args.model_dir,
+        results=args.results, seed=args.seed, n_examples=args.n_examples, eps=eps, batch_size=args.batch_size,
+        data_root=args.data_root, device=args.device, progress=not args.no_progress,
+        log=lambda m: print(m, file=sys.stderr), strict=args.strict)
+    _print_evaluation(result, run_dir)
 
 
 def _eval_model_folder(args) -> None:
@@ -570,9 +602,12 @@ def _results(args) -> None:
     from cat_bench.presets import format_eps
     from cat_bench.results import collect, concise, format_table, summarize
 
+    from cat_bench.external import external_runs
+
     _, specs = _suite_specs(args)
     states = {s.name: state(args.results, s) for s in specs}
-    df = collect(run_dir(args.results, s) for s in specs if states[s.name] != "failed")  # as status and run say
+    externals = external_runs(args.results, {s.config["dataset"] for s in specs})  # models it did not train
+    df = collect([run_dir(args.results, s) for s in specs if states[s.name] != "failed"] + externals)
     if df.empty:
         raise UsageError(f"no finished runs of suite {args.suite!r} under {args.results}; "
                          f"run: {command('run', '--suite', args.suite, '--results', args.results)}")

@@ -35,7 +35,8 @@ def run_row(run_dir: Path) -> dict | None:
     `n_examples` and `test_eps` (eval.json's key: which evaluation the row shows), `masking_flags` (how many gradient-masking flags evaluation
     raised), `mask_flag_epochs` (CAT: epochs whose mean mask collapsed or saturated; 0 for other
     methods) and `run` (the directory's name). `protocol` is "valid" for runs recorded before
-    protocols existed (they clipped to [0,1]).
+    protocols existed (they clipped to [0,1]). An external run (cat_bench.external) has method
+    "external:<what was loaded>"; `worst-case` is there when the run has per-example records.
     """
     run_dir = Path(run_dir)
     if not (run_dir / records.DONE).is_file() or not (run_dir / records.EVAL).is_file():
@@ -46,7 +47,10 @@ def run_row(run_dir: Path) -> dict | None:
     config = records.read_identity(run_dir)
     done = records.read_json(run_dir / records.DONE)
     result = records.read_json(run_dir / records.EVAL)
-    row = {"method": config["method"], "dataset": config["dataset"], "arch": config["arch"],
+    method = config["method"]
+    if "external" in config:  # a model cat-bench did not train (cat_bench.external): named by what was loaded
+        method = f"external:{config['external']['label']}"
+    row = {"method": method, "dataset": config["dataset"], "arch": config["arch"],
            "protocol": config.get("protocol", "valid"), "schedule": config["schedule"].get("name", "official"),
            "eps": config["eps"], "seed": config["seed"], "epochs": config["schedule"]["epochs"],
            "n_train": config["n_train"]}

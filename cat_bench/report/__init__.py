@@ -176,7 +176,7 @@ def _render(suite: Suite, results: Path, out: Path, *, device: str, data_root, r
     _write(out / "style.css", (TEMPLATES / "style.css").read_text())
     run_tpl = env.get_template("run.html")
     for run in runs:
-        if run.finished:
+        if run.finished and not run.external:  # an external run's page is its external.json and eval.json
             curves = run_curves(run, out / "runs" / f"{run.name}.png")
             _write(out / "runs" / f"{run.name}.html",
                    run_tpl.render(suite=suite, suite_ref=ref, **_run_page(run, tables, curves)))
