@@ -121,3 +121,20 @@ def test_first_screen_shows_the_suite_own_results(report, tmp_path):
     assert not re.search(r"</code>\s*\.", runs)  # item 10: no stray "." after the command box
     rest = re.search(r'<section id="rest">.*', dom, re.S).group(0)
     assert "<details" in rest and "Table 1" in rest and "cat-bench run --suite" in rest
+
+
+def test_browser_sees_the_worst_case_column_and_reference_rows(tmp_path, write_run_records):
+    """Chromium's DOM of a CIFAR-10 leaderboard: the worst-case column, and RobustBench's reference rows in a
+    labelled tbody of their own after the measured rows, TRADES' eps 0.031 marked."""
+    from test_report_evaluation import make_report
+
+    (tmp_path / "made").mkdir()
+    index, _ = make_report(tmp_path / "made", write_run_records)
+    dom = chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", index.as_uri()).stdout
+    board = re.search(r'<section id="leaderboard">.*?</section>', dom, re.S).group(0)
+    header = re.search(r"<thead>.*?</thead>", board, re.S).group(0)
+    assert re.search(r'data-cell="leaderboard/cifar10/column/worst-case"[^>]*>Worst case</th>', header)
+    measured, references = board.split('<tbody class="reference">')
+    assert "Reference" in references and "not measured here" in references
+    assert references.count('class="reference-row"') == 26 and "reference-row" not in measured
+    assert re.search(r'data-cell="reference/Zhang2019Theoretically/eps" data-mark="eps-mismatch"', references)

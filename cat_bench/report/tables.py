@@ -35,6 +35,7 @@ from cat_bench.checks import as_flags
 from cat_bench.data import dataset_info
 from cat_bench.errors import UsageError
 from cat_bench.methods import protocol_for, resolve_hparams
+from cat_bench.presets import format_eps
 from cat_bench.results import ATTACK_ORDER, WORST, summarize
 from cat_bench.suite import SUITES, RunSpec, filter_runs, load_suite
 from cat_bench.shell import command
@@ -534,6 +535,32 @@ class Board:
     dataset: str
     attacks: list[str]  # robust attacks present among these runs, in evaluation order
     entries: list[Entry]
+    references: list[dict] = field(default_factory=list)  # published RobustBench entries, never ranked with entries
+
+
+REFERENCE_DATASET = "cifar10"  # RobustBench's CIFAR-10 Linf entries (cat_bench.references)
+
+
+def reference_rows(runs: Sequence[RunRecord]) -> list[dict]:
+    """RobustBench's published entries for the CIFAR-10 networks the suite's runs use, each marked where its
+    eps differs from the eps those runs were evaluated at (0.031 beside 8/255: another threat model).
+
+    A network with no evaluated run is compared with the dataset's test eps (8/255)."""
+    from cat_bench.references import ROBUSTBENCH_ARCH, eps_mismatch, load_references
+
+    archs = [a for a in dict.fromkeys(r.spec.config["arch"] for r in runs if r.spec.config["dataset"] == REFERENCE_DATASET
+                                      and not r.external) if a in ROBUSTBENCH_ARCH.values()]
+    rows = []
+    for arch in archs:
+        evaluated = {run.evaluation["key"]["eps"] for run in runs if run.finished and run.identity["arch"] == arch
+                     and run.identity["dataset"] == REFERENCE_DATASET} or {dataset_info(REFERENCE_DATASET).test_eps}
+        for ref in load_references(arch).to_dict("records"):
+            differ = sorted(e for e in evaluated if eps_mismatch(e, ref["eps_value"]))
+            rows.append({**ref, "eps_mismatch": bool(differ),
+                         "mismatch_detail": (f"evaluated at eps {ref['eps']}, the runs at "
+                                             f"{', '.join(format_eps(e) for e in differ)}: another threat model")
+                                            if differ else ""})
+    return rows
 
 
 def mask_flags(history: Sequence[dict]) -> list[dict]:
@@ -553,6 +580,9 @@ def leaderboard(runs: Sequence[RunRecord]) -> list[Board]:
     for run in runs:
         if run.finished:
             by_dataset.setdefault(run.identity["dataset"], []).append(run)
+    references = reference_rows(runs)
+    if references:
+        by_dataset.setdefault(REFERENCE_DATASET, [])
     boards = []
     for dataset in sorted(by_dataset):
         scored = []
@@ -574,5 +604,11 @@ def leaderboard(runs: Sequence[RunRecord]) -> list[Board]:
         entries = [Entry(i, run, score, by, acc, run.evaluation.get("flags", []) + as_flags(run.evaluation.get("checks", []))
                          + mask_flags(run.history))
                    for i, (run, score, by, acc) in enumerate(scored, start=1)]
-        boards.append(Board(dataset, attacks, entries))
+        board = Board(dataset, attacks, entries)
+        if dataset == REFERENCE_DATASET and references:
+            board.references = references
+            if "autoattack" not in board.attacks:  # where the references' robust accuracy goes
+                board.attacks = [a for a in ATTACK_ORDER if a in present or a == "autoattack"] + \
+                                sorted(present - set(ATTACK_ORDER))
+        boards.append(board)
     return boards
