@@ -310,10 +310,12 @@ def _eval(args) -> None:
     from cat_bench.evaluate import evaluate
     from cat_bench.shipped import is_model_folder
 
-    from cat_bench.external import is_external
+    from cat_bench.external import SOURCES, is_external
 
     if is_external(str(args.run_dir)):
         return _eval_external(args)
+    if not args.run_dir.exists():
+        raise UsageError(f"{args.run_dir} is not a run directory (nothing is there); cat-bench eval takes {SOURCES}")
     given = [f"--{k.replace('_', '-')}" for k in ("arch", "dataset", "model_dir") if getattr(args, k) is not None]
     if given:
         raise UsageError(f"{' '.join(given)}: for external models only; {args.run_dir} is a run directory or "
