@@ -194,23 +194,20 @@ def _evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps
 
 def attack_all(run_dir: Path, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str], *,
                key: dict, dataset: str, seed: int, clip: bool, eps_override: bool, batch_size: int,
-               device: torch.device, progress: bool = True, log=print, strict: bool = False) -> dict:
+               device: torch.device, progress: bool = True, log=print, strict: bool = False,
+               checks: list[dict] | None = None) -> dict:
     """Check the setup, then run each attack not yet in eval.json under `key`; writes and returns eval.json's content.
 
     The setup checks (cat_bench.checks) run first, on the model as it is attacked: a failed one is
     logged as a warning and recorded under "checks" (with `strict`, a UsageError before anything is
     written); a stochastic forward switches AutoAttack to its rand version. Every attack leaves a
     per-example record (cat_bench.per_example) and eval.json is written after each attack; at the
-    end the worst case over the attacks run is added.
+    end the worst case over the attacks run is added. `checks`: `setup_checks`' result when the caller ran
+    them already.
     """
     info = dataset_info(dataset)
-    checks = run_checks(model, x, y, family=info.family, clip=clip)
-    for check in checks_failed(checks):
-        log(f"WARNING, setup check {check['check']} failed: {check['detail']}")
-    if strict and checks_failed(checks):
-        raise UsageError(f"--strict: setup check(s) {', '.join(c['check'] for c in checks_failed(checks))} failed "
-                         f"for {run_dir}; nothing was attacked or written (details above); fix the model's setup or "
-                         f"evaluate without --strict to record the failure as a flag")
+    if checks is None:
+        checks = setup_checks(model, x, y, family=info.family, clip=clip, strict=strict, where=run_dir, log=log)
     stochastic = is_stochastic(checks)
     if stochastic:
         log(f"note: {next(c['detail'] for c in checks if c['check'] == 'deterministic')}")
@@ -246,6 +243,20 @@ def attack_all(run_dir: Path, model: torch.nn.Module, x: torch.Tensor, y: torch.
     for flag in result["flags"]:
         log(f"WARNING, possible gradient masking: {flag['flag']} ({flag['detail']})")
     return result
+
+
+def setup_checks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, family: str, clip: bool, strict: bool,
+                 where, log=print) -> list[dict]:
+    """cat_bench.checks on the model as it is attacked: each failure logged as a warning, and with `strict`
+    a UsageError naming the failed checks."""
+    checks = run_checks(model, x, y, family=family, clip=clip)
+    for check in checks_failed(checks):
+        log(f"WARNING, setup check {check['check']} failed: {check['detail']}")
+    if strict and checks_failed(checks):
+        raise UsageError(f"--strict: setup check(s) {', '.join(c['check'] for c in checks_failed(checks))} failed "
+                         f"for {where}; nothing was attacked or written (details above); fix the model's setup or "
+                         f"evaluate without --strict to record the failure as a flag")
+    return checks
 
 
 def _has_examples(run_dir: Path, entry: dict) -> bool:

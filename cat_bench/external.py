@@ -251,7 +251,7 @@ def evaluate_external(source: str, attacks: str, *, arch: str | None = None, dat
                       progress: bool = True, log=print, strict: bool = False) -> tuple[Path, dict]:
     """Load SOURCE, make its external run directory and evaluate it there: (run directory, eval.json's content)."""
     from cat_bench.evaluate import attack_all, check_options as check_eval, default_batch_size, load_test_examples
-    from cat_bench.evaluate import parse_attacks
+    from cat_bench.evaluate import parse_attacks, setup_checks
     from cat_bench.networks import precision_context, resolve_device
     from cat_bench.rundir import RunLock, check_writable
 
@@ -267,17 +267,18 @@ def evaluate_external(source: str, attacks: str, *, arch: str | None = None, dat
     batch_size = batch_size or default_batch_size(device)
     model, path, how = load(source, kind, arch=arch, dataset=dataset, model_dir=model_dir)
     model = model.to(device)
+    x, y = load_test_examples(dataset, n_examples, data_root, device)
+    checks = setup_checks(model, x, y, family=info.family, clip=True, strict=strict, where=source, log=log)
     run_dir = prepare(results, source, kind, model, path, how, arch=arch, dataset=dataset, seed=seed)
     log(f"{source}: {kind}, SHA-256 {records.read_json(run_dir / INFO)['sha256']}, loaded by {how}; run "
         f"directory {run_dir}")
-    x, y = load_test_examples(dataset, n_examples, data_root, device)
     test_eps = eps if eps is not None else info.test_eps
     key = {"checkpoint": INFO, "sha256": records.read_json(run_dir / INFO)["sha256"], "n_examples": len(y),
            "eps": test_eps}
     with RunLock(run_dir):
         result = attack_all(run_dir, model, x, y, names, key=key, dataset=dataset, seed=seed, clip=True,
                             eps_override=eps is not None, batch_size=batch_size, device=device, progress=progress,
-                            log=log, strict=strict)
+                            log=log, checks=checks)
     return run_dir, result
 
 

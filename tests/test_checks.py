@@ -180,3 +180,24 @@ def test_a_stochastic_model_gets_autoattack_rand(digits, tmp_path, monkeypatch):
     assert result["attacks"]["autoattack"]["settings"]["version"] == "rand"
     attack(tmp_path / "det", sound(digits), digits, ["autoattack"])
     assert seen == {"version": "standard", "attacks": ev.AUTOATTACK_STANDARD}
+
+
+def test_cli_strict_exits_2_and_writes_nothing_without_strict_it_flags(tmp_path, monkeypatch, capsys):
+    """An entry point whose BatchNorm keeps using batch statistics in eval mode (track_running_stats=False)."""
+    from cat_bench.cli import main
+
+    (tmp_path / "planted_models.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "def batch_stats():\n    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.Flatten(),\n"
+        "                         nn.Linear(4 * 26 * 26, 10))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ["eval", "planted_models:batch_stats", "--dataset", "mnist-mini", "--attacks", "natural", "--n-examples",
+            "100", "--results", str(tmp_path / "results"), "--device", "cpu", "--no-progress"]
+    assert main(argv + ["--strict"]) == 2
+    assert "--strict: setup check(s) eval-mode failed" in capsys.readouterr().err
+    assert not (tmp_path / "results" / "external").exists() or not any((tmp_path / "results" / "external").iterdir())
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "flag: setup check eval-mode failed" in out

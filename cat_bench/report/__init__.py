@@ -76,7 +76,8 @@ def _attack_settings(settings: dict) -> str:
     if kind == "natural":
         return "clean test images"
     if kind == "autoattack":
-        return f"AutoAttack standard ({', '.join(settings.get('subattacks', []))}), eps {settings['eps']:.4g}"
+        return (f"AutoAttack {settings.get('version', 'standard')} ({', '.join(settings.get('subattacks', []))}), "
+                f"eps {settings['eps']:.4g}")
     if kind == "square":
         return f"Square, {settings.get('steps')} queries, eps {settings['eps']:.4g}"
     parts = [f"{settings.get('steps')} step{'s' if settings.get('steps') != 1 else ''}",
