@@ -135,6 +135,7 @@ def test_external_runs_appear_in_results_and_the_report(trained, tmp_path, capsy
     assert main(["results", "--suite", "smoke", "--results", str(results)]) == 0
     table = capsys.readouterr().out
     assert "external:f.pt" in table and "| natural " in table
+    assert "worst-case" in table.splitlines()[0]  # the worst case over the attacks run, a column of its own
     index = render_report(load_suite("smoke"), results, tmp_path / "report")
     html = index.read_text()
     assert ext.name in html and not (tmp_path / "report" / "runs" / f"{ext.name}.html").exists()
