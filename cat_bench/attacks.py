@@ -163,13 +163,15 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, attacks: list[str],
                    robust: torch.Tensor, *, batch_size: int, seed: int, device: torch.device,
-                   on_attack_done: Callable[[str, torch.Tensor], None], log_file=None) -> torch.Tensor:
+                   on_attack_done: Callable[[str, torch.Tensor], None], log_file=None,
+                   version: str = "standard") -> torch.Tensor:
     """Run pyautoattack's sub-attacks one at a time on the points still robust, in standard settings.
 
     `robust` flags the examples no earlier sub-attack broke (all True on a fresh start, or the flags
     saved after the last finished sub-attack). After each sub-attack, `on_attack_done(name, robust)`
     lets the caller checkpoint, since pyautoattack's own `state_path` resume is unreliable.
     Returns the final robust flags. Square alone is `attacks=["square"]` (5000 queries, p_init 0.8).
+    `version="rand"` (a stochastic forward): APGD with an expectation over 20 draws per step (EOT).
     """
     from pyautoattack import AutoAttack
 
@@ -181,7 +183,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
     try:
-        adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", device=device, seed=seed)
+        adversary = AutoAttack(model, norm="Linf", eps=eps, version=version, device=device, seed=seed)
         robust = robust.clone()
         for name in attacks:
             idx = robust.nonzero().squeeze(1)

@@ -1,4 +1,4 @@
-"""The `cat-bench` command line: train, eval, export, run, status, results, report, submit, list.
+"""The `cat-bench` command line: train, eval, compare, export, run, status, results, report, submit, list.
 
 Every user mistake (unknown name, eps outside (0, 1], bad `--set`, missing or corrupt checkpoint)
 ends with a message naming the bad value and what is allowed, and exit status 2.
@@ -91,12 +91,14 @@ def _parser() -> argparse.ArgumentParser:
                         "batch stays the protocol's (default 1; under torchrun, its WORLD_SIZE)")
     _common(t)
 
-    e = sub.add_parser("eval", help="evaluate a trained run, or a shipped model folder, under the paper's attacks "
-                                    "(METHOD.md s4)")
-    e.add_argument("run_dir", type=Path,
-                   help="a run directory (cat-bench train --out, or RESULTS/runs/NAME; writes its eval.json), or a model "
+    e = sub.add_parser("eval", help="evaluate a trained run, a shipped model folder or any model under the paper's "
+                                    "attacks (METHOD.md s4)")
+    e.add_argument("run_dir", type=Path, metavar="SOURCE",
+                   help="a run directory (cat-bench train --out, or RESULTS/runs/NAME; writes its eval.json), a model "
                         "folder (cat-bench export; its SHA-256 is verified, the numbers are printed beside its card's, "
-                        "nothing is written)")
+                        "nothing is written), or an external model evaluated into RESULTS/external/NAME: a state-dict "
+                        "file with --arch and --dataset, a torch.export .pt2 or TorchScript file, robustbench:NAME "
+                        "with --model-dir, or module:function returning an nn.Module (docs/evaluation.md)")
     e.add_argument("--attacks", default="natural,fgsm,pgd20,pgd100,cw",
                    help="comma-separated: natural,fgsm,pgd20,pgd100,cw,square,autoattack")
     e.add_argument("--n-examples", type=int, help="first N test examples (default: the full test set)")
@@ -104,7 +106,25 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, help="default: 500 on CUDA, 100 on CPU")
     e.add_argument("--unfinished", action="store_true",
                    help="evaluate a run whose training has not finished (its best checkpoint so far)")
+    e.add_argument("--arch", help="external state-dict files: the network the weights belong to")
+    e.add_argument("--dataset", help="external models: the dataset to evaluate on (robustbench:NAME: default cifar10)")
+    e.add_argument("--model-dir", type=Path, help="robustbench:NAME: the local RobustBench model directory")
+    e.add_argument("--results", type=Path, default=Path("results"),
+                   help="external models: the results directory whose external/ gets the run (default: ./results)")
+    e.add_argument("--seed", type=int, default=0, help="external models: the seed torch gets before each attack")
+    e.add_argument("--strict", action="store_true",
+                   help="a failed setup check (eval mode, eps 0, input range, finite gradients) is an error "
+                        "(exit 2) instead of a recorded flag and a warning")
     _common(e)
+
+    c = sub.add_parser("compare", help="is the accuracy difference between two evaluated runs real? paired "
+                                       "bootstrap interval and McNemar's exact test, per attack")
+    c.add_argument("run_a", type=Path, help="an evaluated run directory (with per-example records)")
+    c.add_argument("run_b", type=Path, help="another, evaluated on the same test examples at the same eps")
+    c.add_argument("--attacks", help="comma-separated attacks to compare (default: every attack both runs have)")
+    c.add_argument("--n-boot", type=positive_int, default=10_000, help="bootstrap resamples (default 10000)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    c.add_argument("--json", action="store_true", help="print the numbers as JSON")
 
     x = sub.add_parser("export", help="ship a finished, evaluated run's selected model: weights, SHA-256 and model "
                                       "card in one folder")
@@ -312,16 +332,54 @@ def _eval(args) -> None:
     from cat_bench.evaluate import evaluate
     from cat_bench.shipped import is_model_folder
 
+    from cat_bench.external import SOURCES, is_external
+
+    if is_external(str(args.run_dir)):
+        return _eval_external(args)
+    if not args.run_dir.exists():
+        raise UsageError(f"{args.run_dir} is not a run directory (nothing is there); cat-bench eval takes {SOURCES}")
+    given = [f"--{k.replace('_', '-')}" for k in ("arch", "dataset", "model_dir") if getattr(args, k) is not None]
+    if given:
+        raise UsageError(f"{' '.join(given)}: for external models only; {args.run_dir} is a run directory or "
+                         f"model folder, which knows its network and dataset")
     if is_model_folder(args.run_dir):
         return _eval_model_folder(args)
     eps = parse_eps(args.eps) if args.eps is not None else None
     result = evaluate(args.run_dir, args.attacks, n_examples=args.n_examples, eps=eps, batch_size=args.batch_size,
                       data_root=args.data_root, device=args.device, progress=not args.no_progress,
-                      log=lambda m: print(m, file=sys.stderr), unfinished=args.unfinished)
-    width = max(map(len, result["attacks"]))
-    for name, entry in result["attacks"].items():
-        print(f"{name:<{width}}  {100 * entry['accuracy']:6.2f}%")
-    print(f"written: {args.run_dir / 'eval.json'}")
+                      log=lambda m: print(m, file=sys.stderr), unfinished=args.unfinished, strict=args.strict)
+    _print_evaluation(result, args.run_dir)
+
+
+def _print_evaluation(result: dict, run_dir: Path) -> None:
+    """Each attack's accuracy, the worst case over them, and the setup checks that did not pass."""
+    from cat_bench.checks import as_flags
+
+    rows = {name: entry["accuracy"] for name, entry in result["attacks"].items()}
+    if "worst-case" in result:
+        rows["worst-case"] = result["worst-case"]["accuracy"]
+    width = max(map(len, rows))
+    for name, accuracy in rows.items():
+        print(f"{name:<{width}}  {100 * accuracy:6.2f}%")
+    for flag in as_flags(result.get("checks", [])):
+        print(f"flag: {flag['flag']}: {flag['detail']}")
+    print(f"written: {run_dir / 'eval.json'}")
+
+
+def _eval_external(args) -> None:
+    """`cat-bench eval SOURCE` for a model cat-bench did not train: an external run directory (cat_bench.external)."""
+    from cat_bench.external import evaluate_external
+
+    if args.unfinished:
+        raise UsageError(f"--unfinished is for run directories; {args.run_dir} is an external model")
+    eps = parse_eps(args.eps) if args.eps is not None else None
+    _check_results(args.results)
+    run_dir, result = evaluate_external(
+        str(args.run_dir), args.attacks, arch=args.arch, dataset=args.dataset, model_dir=args.model_dir,
+        results=args.results, seed=args.seed, n_examples=args.n_examples, eps=eps, batch_size=args.batch_size,
+        data_root=args.data_root, device=args.device, progress=not args.no_progress,
+        log=lambda m: print(m, file=sys.stderr), strict=args.strict)
+    _print_evaluation(result, run_dir)
 
 
 def _eval_model_folder(args) -> None:
@@ -360,6 +418,18 @@ def _eval_model_folder(args) -> None:
             print(f"{name:<{width}}  {mine:6.2f}%  card {theirs:6.2f}%  {same}")
         else:
             print(f"{name:<{width}}  {mine:6.2f}%  card has no number for these examples")
+
+
+def _compare(args) -> None:
+    import json
+
+    from cat_bench.compare import compare_runs, format_comparison
+
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks is not None else None
+    if attacks is not None and not attacks:
+        raise UsageError(f"--attacks {args.attacks!r} names no attack; give e.g. --attacks natural,pgd20")
+    result = compare_runs(args.run_a, args.run_b, attacks, n_boot=args.n_boot, seed=args.seed)
+    print(json.dumps(result, indent=2) if args.json else format_comparison(result), end="\n" if args.json else "")
 
 
 def _export(args) -> None:
@@ -556,9 +626,13 @@ def _results(args) -> None:
     from cat_bench.presets import format_eps
     from cat_bench.results import collect, concise, format_table, summarize
 
+    from cat_bench.external import external_runs
+
     _, specs = _suite_specs(args)
     states = {s.name: state(args.results, s) for s in specs}
-    df = collect(run_dir(args.results, s) for s in specs if states[s.name] != "failed")  # as status and run say
+    datasets = None if args.suite is None else {s.config["dataset"] for s in specs}
+    externals = external_runs(args.results, datasets)  # models it did not train
+    df = collect([run_dir(args.results, s) for s in specs if states[s.name] != "failed"] + externals)
     if df.empty and args.suite is None:
         raise UsageError(f"no finished (trained and evaluated) run in {args.results}; train one with "
                          f"{command('train', '--out', str(args.results / 'NAME'), '...')} and evaluate it with "
@@ -716,7 +790,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cat-bench` console script."""
     args = _parser().parse_args(argv)
     try:
-        code = {"train": _train, "eval": _eval, "export": _export, "run": _run, "status": _status,
+        code = {"train": _train, "eval": _eval, "compare": _compare, "export": _export, "run": _run, "status": _status,
                 "results": _results, "report": _report, "submit": _submit, "doctor": _doctor,
                 "list": _list}[args.command](args)
     except UsageError as err:

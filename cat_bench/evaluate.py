@@ -10,8 +10,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from cat_bench import records
+from cat_bench import per_example, records
 from cat_bench.attacks import PGD, run_autoattack
+from cat_bench.checks import AUTOATTACK_RAND, is_stochastic, run_checks
+from cat_bench.checks import failed as checks_failed
 from cat_bench.data import dataset_info, load_split
 from cat_bench.errors import CorruptRecord, UsageError
 from cat_bench.lazy import torch
@@ -67,12 +69,15 @@ def masking_flags(acc: dict[str, float]) -> list[dict]:
     return flags
 
 
-def _settings(name: str, preset: AttackPreset, seed: int, clip: bool) -> dict:
+def _settings(name: str, preset: AttackPreset, seed: int, clip: bool, stochastic: bool = False) -> dict:
+    """eval.json's settings of one attack; AutoAttack on a stochastic forward is its rand version."""
     s = {"name": name, **preset.as_dict(), "source": preset.source, "clip": clip}
     if preset.kind in ("square", "autoattack"):
         s["clip"] = True  # pyautoattack keeps every iterate in [0,1]
         s.update(seed=seed, norm="Linf", library="pyautoattack")
         s["subattacks"] = ["square"] if preset.kind == "square" else AUTOATTACK_STANDARD
+        if preset.kind == "autoattack" and stochastic:
+            s.update(version="rand", subattacks=list(AUTOATTACK_RAND))
     return s
 
 
@@ -150,8 +155,8 @@ def evaluate(run_dir: Path, attacks: str, **options) -> dict:
 
 def _evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps: float | None = None,
               batch_size: int | None = None, data_root=None, device: torch.device | str | None = None,
-              progress: bool = True, log=print, unfinished: bool = False) -> dict:
-    """Evaluate a run's selected checkpoint; writes and returns eval.json's content.
+              progress: bool = True, log=print, unfinished: bool = False, strict: bool = False) -> dict:
+    """Evaluate a run's selected checkpoint; writes and returns eval.json's content (`attack_all`).
 
     A run without `done` (training stopped or killed) is refused unless `unfinished`: its best
     checkpoint so far is not the one its protocol selects. Every argument is checked before torch
@@ -191,32 +196,82 @@ def _evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps
     test_eps = eps if eps is not None else info.test_eps
     clip = clips(info.family, config.get("protocol", "valid"))  # runs from before protocols always clipped
     key = {"checkpoint": records.BEST, "epoch": best_epoch, "n_examples": len(y), "eps": test_eps}
+    return attack_all(run_dir, model, x, y, names, key=key, dataset=config["dataset"], seed=config["seed"], clip=clip,
+                      eps_override=eps is not None, batch_size=batch_size, device=device, progress=progress, log=log,
+                      strict=strict)
+
+
+def attack_all(run_dir: Path, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str], *,
+               key: dict, dataset: str, seed: int, clip: bool, eps_override: bool, batch_size: int,
+               device: torch.device, progress: bool = True, log=print, strict: bool = False,
+               checks: list[dict] | None = None) -> dict:
+    """Check the setup, then run each attack not yet in eval.json under `key`; writes and returns eval.json's content.
+
+    The setup checks (cat_bench.checks) run first, on the model as it is attacked: a failed one is
+    logged as a warning and recorded under "checks" (with `strict`, a UsageError before anything is
+    written); a stochastic forward switches AutoAttack to its rand version. Every attack leaves a
+    per-example record (cat_bench.per_example) and eval.json is written after each attack; at the
+    end the worst case over the attacks run is added. `checks`: `setup_checks`' result when the caller ran
+    them already.
+    """
+    info = dataset_info(dataset)
+    if checks is None:
+        checks = setup_checks(model, x, y, family=info.family, clip=clip, strict=strict, where=run_dir, log=log)
+    stochastic = is_stochastic(checks)
+    if stochastic:
+        log(f"note: {next(c['detail'] for c in checks if c['check'] == 'deterministic')}")
 
     path = run_dir / records.EVAL
     result = _select_evaluation(records.read_json(path) if path.exists() else {}, key)
     result.setdefault("provenance", records.provenance(device))  # replaced once this evaluation runs an attack
-
+    result["checks"] = checks
+    test_eps = key["eps"]
     for name in names:
-        preset = eval_attack(info.family, name, test_eps, override=eps is not None)
-        settings = _settings(name, preset, config["seed"], clip)
+        preset = eval_attack(info.family, name, test_eps, override=eps_override)
+        settings = _settings(name, preset, seed, clip, stochastic)
         done = result["attacks"].get(name)
-        if done is not None and done["settings"] == settings:
+        if done is not None and done["settings"] == settings and _has_examples(run_dir, done):
             log(f"{name}: {100 * done['accuracy']:.2f}% (already evaluated)")
             continue
         result["provenance"] = records.provenance(device)  # of the evaluation that runs an attack
         t0 = time.time()
-        correct = measure(model, x, y, preset, settings, seed=config["seed"], batch_size=batch_size, device=device,
+        correct = measure(model, x, y, preset, settings, seed=seed, batch_size=batch_size, device=device,
                           progress=progress, log=log, state_dir=run_dir, key=key)
+        rel = per_example.write(run_dir, name, key, dataset, correct.cpu().numpy())
         result["attacks"][name] = {"accuracy": correct.sum().item() / len(correct), "settings": settings,
-                                   "seconds": time.time() - t0}
+                                   "seconds": time.time() - t0, "examples": rel}
         result["flags"] = masking_flags({k: v["accuracy"] for k, v in result["attacks"].items()})
         records.write_json(path, result)
         log(f"{name}: {100 * result['attacks'][name]['accuracy']:.2f}% ({time.time() - t0:.1f} s)")
     result["flags"] = masking_flags({k: v["accuracy"] for k, v in result["attacks"].items()})
+    worst = per_example.worst_case(run_dir, result)
+    result.pop(per_example.WORST, None)
+    if worst is not None:
+        result[per_example.WORST] = worst
     records.write_json(path, result)
     for flag in result["flags"]:
         log(f"WARNING, possible gradient masking: {flag['flag']} ({flag['detail']})")
     return result
+
+
+def setup_checks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, family: str, clip: bool, strict: bool,
+                 where, log=print) -> list[dict]:
+    """cat_bench.checks on the model as it is attacked: each failure logged as a warning, and with `strict`
+    a UsageError naming the failed checks."""
+    checks = run_checks(model, x, y, family=family, clip=clip)
+    for check in checks_failed(checks):
+        log(f"WARNING, setup check {check['check']} failed: {check['detail']}")
+    if strict and checks_failed(checks):
+        raise UsageError(f"--strict: setup check(s) {', '.join(c['check'] for c in checks_failed(checks))} failed "
+                         f"for {where}; nothing was attacked or written (details above); fix the model's setup or "
+                         f"evaluate without --strict to record the failure as a flag")
+    return checks
+
+
+def _has_examples(run_dir: Path, entry: dict) -> bool:
+    """Whether an evaluated attack's per-example record is on disk (attacks evaluated before such records
+    existed run again, to make one)."""
+    return entry.get("examples") is not None and (run_dir / entry["examples"]).is_file()
 
 
 def _select_evaluation(stored: dict, key: dict) -> dict:
@@ -226,7 +281,7 @@ def _select_evaluation(stored: dict, key: dict) -> dict:
     other keys (another eps, n_examples or checkpoint epoch) are never dropped, and coming back to
     one of them reuses its finished attacks.
     """
-    fields = ("key", "attacks", "flags", "provenance")
+    fields = ("key", "attacks", "flags", "provenance", "checks", per_example.WORST)
     evaluations = ([{k: stored[k] for k in fields if k in stored}] if "key" in stored else []) + stored.get("earlier", [])
     current = next((e for e in evaluations if e["key"] == key), {"key": key, "attacks": {}})
     earlier = [e for e in evaluations if e is not current]
@@ -244,7 +299,8 @@ def _autoattack(run_dir: Path | None, model, x, y, eps, settings, batch_size, se
     robust, finished = torch.ones(len(y), dtype=torch.bool), []
     if run_dir is None:
         return run_autoattack(model, x, y, eps, settings["subattacks"], robust.to(device), batch_size=batch_size,
-                              seed=seed, device=device, on_attack_done=lambda name, flags: None)
+                              seed=seed, device=device, on_attack_done=lambda name, flags: None,
+                              version=settings.get("version", "standard"))
     state_path = run_dir / "eval_state" / f"{settings['name']}.pt"
     if state_path.exists():
         state = records.load_checkpoint(state_path)
@@ -259,6 +315,7 @@ def _autoattack(run_dir: Path | None, model, x, y, eps, settings, batch_size, se
 
     todo = [a for a in settings["subattacks"] if a not in finished]
     robust = run_autoattack(model, x, y, eps, todo, robust.to(device), batch_size=batch_size, seed=seed,
-                            device=device, on_attack_done=save, log_file=run_dir / "autoattack.log")
+                            device=device, on_attack_done=save, log_file=run_dir / "autoattack.log",
+                            version=settings.get("version", "standard"))
     state_path.unlink(missing_ok=True)
     return robust

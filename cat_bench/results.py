@@ -16,6 +16,7 @@ import pandas as pd
 
 from cat_bench import records
 from cat_bench.errors import UsageError
+from cat_bench.per_example import WORST
 from cat_bench.presets import format_eps
 
 CONFIG_COLUMNS = ["method", "dataset", "arch", "protocol", "schedule", "eps", "seed", "epochs", "n_train"]
@@ -34,7 +35,8 @@ def run_row(run_dir: Path) -> dict | None:
     `n_examples` and `test_eps` (eval.json's key: which evaluation the row shows), `masking_flags` (how many gradient-masking flags evaluation
     raised), `mask_flag_epochs` (CAT: epochs whose mean mask collapsed or saturated; 0 for other
     methods) and `run` (the directory's name). `protocol` is "valid" for runs recorded before
-    protocols existed (they clipped to [0,1]).
+    protocols existed (they clipped to [0,1]). An external run (cat_bench.external) has method
+    "external:<what was loaded>"; `worst-case` is there when the run has per-example records.
     """
     run_dir = Path(run_dir)
     if not (run_dir / records.DONE).is_file() or not (run_dir / records.EVAL).is_file():
@@ -45,12 +47,17 @@ def run_row(run_dir: Path) -> dict | None:
     config = records.read_identity(run_dir)
     done = records.read_json(run_dir / records.DONE)
     result = records.read_json(run_dir / records.EVAL)
-    row = {"method": config["method"], "dataset": config["dataset"], "arch": config["arch"],
+    method = config["method"]
+    if "external" in config:  # a model cat-bench did not train (cat_bench.external): named by what was loaded
+        method = f"external:{config['external']['label']}"
+    row = {"method": method, "dataset": config["dataset"], "arch": config["arch"],
            "protocol": config.get("protocol", "valid"), "schedule": config["schedule"].get("name", "official"),
            "eps": config["eps"], "seed": config["seed"], "epochs": config["schedule"]["epochs"],
            "n_train": config["n_train"]}
     row.update({HP_PREFIX + k: v for k, v in config["hparams"].items()})
     row.update({name: 100 * a["accuracy"] for name, a in result["attacks"].items()})
+    if WORST in result:  # correct under every attack run (cat_bench.per_example)
+        row[WORST] = 100 * result[WORST]["accuracy"]
     row.update(best_epoch=done["best_epoch"], n_examples=result["key"]["n_examples"], test_eps=result["key"]["eps"],
                masking_flags=len(result.get("flags", [])), mask_flag_epochs=len(done.get("mask_flag_epochs", [])),
                run=run_dir.name)
@@ -62,10 +69,11 @@ def _config_columns(df: pd.DataFrame) -> list[str]:
 
 
 def _attack_columns(df: pd.DataFrame) -> list[str]:
-    """Attack accuracy columns: the evaluation order of METHOD.md s4, then any other attack by name."""
-    known = set(_config_columns(df)) | set(RUN_METRICS) | {"run"}
+    """Attack accuracy columns: the evaluation order of METHOD.md s4, then any other attack by name, then the
+    worst case over them (where the runs have per-example records)."""
+    known = set(_config_columns(df)) | set(RUN_METRICS) | {"run", WORST}
     others = sorted(c for c in df.columns if c not in known and c not in ATTACK_ORDER)
-    return [c for c in ATTACK_ORDER if c in df.columns] + others
+    return [c for c in ATTACK_ORDER if c in df.columns] + others + ([WORST] if WORST in df.columns else [])
 
 
 def collect(run_dirs: Iterable[Path]) -> pd.DataFrame:
@@ -95,13 +103,13 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     settings the table does not show, and would be averaged as if they were seeds: UsageError.
     """
     keys = [c for c in _config_columns(df) if c != "seed"]
-    attacks = _attack_columns(df)
+    attacks = [c for c in _attack_columns(df) if c != WORST]  # the paper's Avg is over attacks, not the worst case
     runs = df.assign(avg=df[attacks].mean(axis=1))
     dup = runs[runs.duplicated(keys + ["seed"], keep=False)]
     if not dup.empty:
         raise UsageError(f"runs {', '.join(dup['run'])} share every table column including the seed; they differ "
                          f"in settings the table does not show (e.g. batch size), so they cannot be averaged as seeds")
-    metrics = attacks + ["avg"]
+    metrics = attacks + ["avg"] + ([WORST] if WORST in df.columns else [])
     grouped = runs.groupby(keys, dropna=False, sort=True)
     stats = grouped[metrics].agg(["mean", "std"])
     stats.columns = [f"{m}_{stat}" for m, stat in stats.columns]
@@ -116,11 +124,24 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(keys, kind="mergesort", na_position="last").reset_index(drop=True)
 
 
+def t_half_width(std: pd.Series, n: pd.Series) -> pd.Series:
+    """Half-width of the 95% t interval of a mean over n seeds: t_{0.975, n-1} * std / sqrt(n) (NaN for one seed).
+
+    Seeds are few (2-5), so the normal 1.96 would understate the interval (t_{0.975, 1} = 12.7).
+    """
+    from scipy.stats import t
+
+    n = n.astype(float)
+    half = t.ppf(0.975, (n - 1).where(n > 1)) * std / n.pow(0.5)
+    return half.where(n > 1)
+
+
 def concise(summary: pd.DataFrame, numeric: bool = False) -> pd.DataFrame:
     """The table a reader wants first: `method`, the config columns that differ between rows, the
     hyperparameters that differ between rows of one method, `seeds`, and each metric as "mean" (one
-    seed) or "mean ± std" (several), in percent with two decimals; flag totals when there are any.
-    `numeric` (CSV and JSON, read by programs): each metric as numbers, `<m>` the mean and `<m>_std`."""
+    seed) or "mean ± std [95% t interval]" (several), in percent with two decimals; flag totals when there are
+    any. `numeric` (CSV and JSON, read by programs): each metric as numbers, `<m>` the mean, `<m>_std` and
+    `<m>_ci95` (the interval's half-width)."""
     config = [c for c in summary.columns if c in CONFIG_COLUMNS]
     hparams = [c for c in summary.columns if c.startswith(HP_PREFIX)]
     varying = ["method"] + [c for c in config if c != "method" and summary[c].astype(str).nunique() > 1]
@@ -134,11 +155,13 @@ def concise(summary: pd.DataFrame, numeric: bool = False) -> pd.DataFrame:
     out["seeds"] = summary["n_seeds"]
     for m in metrics:
         mean, std = summary[f"{m}_mean"], summary[f"{m}_std"]
+        half = t_half_width(std, summary["n_seeds"])
         if numeric:
-            out[m], out[f"{m}_std"] = mean, std
+            out[m], out[f"{m}_std"], out[f"{m}_ci95"] = mean, std, half
             continue
-        out[m] = [("—" if pd.isna(a) else f"{a:.2f}" if n == 1 or pd.isna(b) else f"{a:.2f} ± {b:.2f}")
-                  for a, b, n in zip(mean, std, summary["n_seeds"])]
+        out[m] = [("—" if pd.isna(a) else f"{a:.2f}" if n == 1 or pd.isna(b)
+                   else f"{a:.2f} ± {b:.2f} [{a - h:.2f}, {a + h:.2f}]")
+                  for a, b, h, n in zip(mean, std, half, summary["n_seeds"])]
     for c in ("n_examples", "test_eps"):  # which evaluation each row shows, when the rows differ
         if summary[c].nunique() > 1:
             out[c] = summary[c]

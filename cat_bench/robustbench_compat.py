@@ -133,13 +133,26 @@ def register(dataset: str, name: str, entry: dict, threat_model: str = "Linf") -
     the checkpoint must already be at `{model_dir}/{dataset}/{threat_model}/{name}.pt`.
     Raises ValueError if the zoo already has `name`.
     """
-    robustbench = import_robustbench()
+    import_robustbench()
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
     from robustbench.model_zoo.models import model_dicts
 
     zoo = model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat_model)]
     if name in zoo:
         raise ValueError(f"RobustBench's {dataset}/{threat_model} model zoo already has a model named {name!r}")
+    zoo[name] = entry
+    try:
+        with no_downloads():
+            yield
+    finally:
+        zoo.pop(name, None)
+
+
+@contextlib.contextmanager
+def no_downloads() -> Iterator[None]:
+    """Inside the block RobustBench's download functions raise instead of reaching the network, so
+    `load_model` uses the checkpoint already in its model directory or fails."""
+    robustbench = import_robustbench()
 
     def no_download(gdrive_id, path, *_):
         raise RuntimeError(f"RobustBench tried to download {path} (gdrive_id={gdrive_id}); cat-bench loads "
@@ -147,12 +160,10 @@ def register(dataset: str, name: str, entry: dict, threat_model: str = "Linf") -
 
     utils = robustbench.utils
     saved = {k: getattr(utils, k) for k in ("download_gdrive", "download_gdrive_new")}
-    zoo[name] = entry
     for k in saved:
         setattr(utils, k, no_download)
     try:
         yield
     finally:
-        zoo.pop(name, None)
         for k, fn in saved.items():
             setattr(utils, k, fn)

@@ -53,6 +53,10 @@ CASES = {
     "export unfinished": (["export", "unfinished", "--name", "x"], 2, "has not finished training"),
     "eval model sha256": (["eval", "model", "--attacks", "natural"], 2, "has SHA-256"),
     "eval model attack": (["eval", "model", "--attacks", "pgd7"], 2, "pgd7"),
+    "eval external arch": (["eval", "robustbench:Standard", "--arch", "smallcnn"], 2, "--arch 'smallcnn' is for"),
+    "eval external dataset": (["eval", "pkg.mod:make", "--dataset", "svhn"], 2, "unknown dataset 'svhn'"),
+    "compare no run": (["compare", "missing", "finished"], 2, "missing has no eval.json"),
+    "compare n-boot": (["compare", "finished", "finished", "--n-boot", "0"], 2, "'0' must be a positive integer"),
 }
 
 

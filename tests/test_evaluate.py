@@ -179,7 +179,10 @@ def test_killed_evaluation_keeps_finished_attacks_and_reruns_the_rest(trained_ru
     if where == "in the attack":
         monkeypatch.setattr(ev, "correct_under", kill_on_second(ev.correct_under))
     else:  # the second eval.json write (after fgsm) dies after its temp file is written, before the rename
-        monkeypatch.setattr(records.os, "fsync", kill_on_second(records.os.fsync))
+        real_replace = records.os.replace
+        into_eval = kill_on_second(real_replace)
+        monkeypatch.setattr(records.os, "replace", lambda src, dst: (into_eval if str(dst).endswith(records.EVAL)
+                                                                     else real_replace)(src, dst))
     with pytest.raises(KeyboardInterrupt):
         evaluate(run, ",".join(FIRST), n_examples=20, device=CPU, progress=False, log=quiet)
     monkeypatch.undo()

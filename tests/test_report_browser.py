@@ -150,3 +150,19 @@ def test_paper_tables_follow_the_suite_runs(paper_report, tmp_path):
     assert "<details" in rest and "Table 2" in rest and "cat-bench run --suite" in rest
     runs = [c for c in re.findall(r'<code class="cmd">(.*?)</code>', html.unescape(dom), re.S) if " run " in c]
     assert runs and all("--results" in c for c in runs)
+
+def test_browser_sees_the_worst_case_column_and_reference_rows(tmp_path, write_run_records):
+    """Chromium's DOM of a CIFAR-10 leaderboard: the worst-case column, and RobustBench's reference rows in a
+    labelled tbody of their own after the measured rows, TRADES' eps 0.031 marked."""
+    from test_report_evaluation import make_report
+
+    (tmp_path / "made").mkdir()
+    index, _ = make_report(tmp_path / "made", write_run_records)
+    dom = chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", index.as_uri()).stdout
+    board = re.search(r'<section id="leaderboard">.*?</section>', dom, re.S).group(0)
+    header = re.search(r"<thead>.*?</thead>", board, re.S).group(0)
+    assert re.search(r'data-cell="leaderboard/cifar10/column/worst-case"[^>]*>Worst case</th>', header)
+    measured, references = board.split('<tbody class="reference">')
+    assert "Reference" in references and "not measured here" in references
+    assert references.count('class="reference-row"') == 26 and "reference-row" not in measured
+    assert re.search(r'data-cell="reference/Zhang2019Theoretically/eps" data-mark="eps-mismatch"', references)

@@ -123,8 +123,13 @@ def test_concise_table_shows_what_differs_and_mean_std_only_for_several_seeds(su
     assert "nan" not in format_table(table, "markdown")
     rows = {r.method: r for r in table.itertuples()}
     assert rows["natural"].seeds == 1 and "±" not in rows["natural"].pgd20
-    assert rows["at"].natural == f"{summary.loc[summary.method == 'at', 'natural_mean'].iloc[0]:.2f} ± " \
-                                 f"{summary.loc[summary.method == 'at', 'natural_std'].iloc[0]:.2f}"
+    numeric = concise(summary, numeric=True).set_index("method")
+    assert np.isnan(numeric.loc["natural", "pgd20_ci95"])
+    assert numeric.loc["at", "pgd20_ci95"] == pytest.approx(12.706204736 * numeric.loc["at", "pgd20_std"] / np.sqrt(2))
+    at = summary[summary.method == "at"].iloc[0]
+    half = 12.706204736 * at["natural_std"] / 2 ** 0.5  # t_{0.975, 1}: two seeds
+    assert rows["at"].natural == f"{at['natural_mean']:.2f} ± {at['natural_std']:.2f} " \
+                                 f"[{at['natural_mean'] - half:.2f}, {at['natural_mean'] + half:.2f}]"
     # a hyperparameter that differs within one method appears (by its name), eps as people write it
     two = summary[summary.method == "cat-cent"].copy()
     other = two.assign(**{"hp.b": 0.05, "eps": 8 / 255})
@@ -151,7 +156,7 @@ def test_csv_and_json_are_numeric_and_markdown_prints_eps_one_way(capsys):
     results = Path(__file__).resolve().parents[1] / "results" / "smoke"
     assert main(["results", "--suite", "smoke", "--results", str(results), "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert all(isinstance(r["natural"], float) and "natural_std" in r for r in rows)
+    assert all(isinstance(r["natural"], float) and "natural_std" in r and "natural_ci95" in r for r in rows)
     assert main(["results", "--suite", "smoke", "--results", str(results), "--per-seed"]) == 0
     table = capsys.readouterr().out
     assert "| 0.1   |" in table and "| 0.3        |" in table  # eps and test_eps as 0.1, 0.3, not 0.1000

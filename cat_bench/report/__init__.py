@@ -77,7 +77,8 @@ def _attack_settings(settings: dict) -> str:
     if kind == "natural":
         return "clean test images"
     if kind == "autoattack":
-        return f"AutoAttack standard ({', '.join(settings.get('subattacks', []))}), eps {settings['eps']:.4g}"
+        return (f"AutoAttack {settings.get('version', 'standard')} ({', '.join(settings.get('subattacks', []))}), "
+                f"eps {settings['eps']:.4g}")
     if kind == "square":
         return f"Square, {settings.get('steps')} queries, eps {settings['eps']:.4g}"
     parts = [f"{settings.get('steps')} step{'s' if settings.get('steps') != 1 else ''}",
@@ -117,6 +118,10 @@ def _run_page(run: RunRecord, tables: list[Table], curves: bool) -> dict:
     rows = [{"name": a, "label": METRIC_LABELS.get(a, a), "accuracy": 100 * attacks[a]["accuracy"],
              "settings": _attack_settings(attacks[a].get("settings", {})), "seconds": attacks[a].get("seconds")}
             for a in order]
+    if "worst-case" in ev:
+        rows.append({"name": "worst-case", "label": METRIC_LABELS.get("worst-case", "worst case"),
+                     "accuracy": 100 * ev["worst-case"]["accuracy"], "seconds": 0.0,
+                     "settings": "correct under every attack above (per-example records)"})
     train_s = sum(h.get("seconds", 0.0) for h in run.history)
     eval_s = sum(a.get("seconds") or 0.0 for a in attacks.values())
     sessions = records.read_jsonl(run.path / records.SESSIONS)
@@ -127,6 +132,7 @@ def _run_page(run: RunRecord, tables: list[Table], curves: bool) -> dict:
     best_row = next((h for h in run.history if h["epoch"] == best), None)
     return {
         "run": run, "ident": run.identity, "eval_rows": rows, "flags": ev.get("flags", []), "key": ev.get("key", {}),
+        "checks": ev.get("checks", []),
         "mask_flags": mask_flags(run.history), "mask_means": [h["train"]["mask_mean"] for h in run.history
                                                                if "mask_mean" in h.get("train", {})],
         "config_json": json.dumps(run.identity, indent=2, sort_keys=True),
@@ -177,7 +183,7 @@ def _render(suite: Suite, results: Path, out: Path, *, device: str, data_root, r
     _write(out / "style.css", (TEMPLATES / "style.css").read_text())
     run_tpl = env.get_template("run.html")
     for run in runs:
-        if run.finished:
+        if run.finished and not run.external:  # an external run's page is its external.json and eval.json
             curves = run_curves(run, out / "runs" / f"{run.name}.png")
             _write(out / "runs" / f"{run.name}.html",
                    run_tpl.render(suite=suite, suite_ref=ref, **_run_page(run, tables, curves)))

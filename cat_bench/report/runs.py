@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from cat_bench import records
+from cat_bench.external import external_runs
 from cat_bench.orchestrate import run_dir, state
 from cat_bench.results import collect
 from cat_bench.suite import RunSpec, Suite
@@ -40,6 +41,11 @@ class RunRecord:
         """Trained and evaluated (what `cat_bench.results.collect` lists), even if the suite wants more attacks."""
         return self.identity is not None
 
+    @property
+    def external(self) -> dict | None:
+        """What an external run evaluated (identity["external"]: source, kind, SHA-256); None for a trained run."""
+        return (self.identity or {}).get("external")
+
     def accuracy(self, attack: str) -> float | None:
         """An evaluated attack's accuracy in percent, or None."""
         entry = (self.evaluation or {}).get("attacks", {}).get(attack)
@@ -47,7 +53,8 @@ class RunRecord:
 
 
 def load_runs(suite: Suite, results: Path) -> tuple[list[RunRecord], pd.DataFrame]:
-    """Every run of the suite, in suite order, and `collect`'s table of the finished ones."""
+    """Every run of the suite, in suite order, then the external runs of its datasets (RESULTS/external,
+    cat_bench.external), and `collect`'s table of the suite's finished runs."""
     runs = []
     for spec in suite.runs:
         path = run_dir(results, spec)
@@ -60,7 +67,21 @@ def load_runs(suite: Suite, results: Path) -> tuple[list[RunRecord], pd.DataFram
             rec.history = records.read_jsonl(path / records.HISTORY)
         runs.append(rec)
     table = collect([r.path for r in runs if r.finished])
-    return runs, table
+    return runs + external_records(results, {s.config["dataset"] for s in suite.runs}), table
+
+
+def external_records(results: Path, datasets: set[str]) -> list[RunRecord]:
+    """The evaluated external runs of these datasets, as RunRecords labelled "external"."""
+    out = []
+    for path in external_runs(results, datasets):
+        if not (path / records.EVAL).is_file():
+            continue
+        config = records.read_json(path / records.CONFIG)
+        evaluation = records.read_json(path / records.EVAL)
+        spec = RunSpec(config["identity"], tuple(evaluation["attacks"]), evaluation["key"]["n_examples"], ("external",))
+        out.append(RunRecord(spec, path, "done", identity=config["identity"], provenance=evaluation.get("provenance"),
+                             done=records.read_json(path / records.DONE), evaluation=evaluation))
+    return out
 
 
 def format_value(v) -> str:

@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from cat_bench.checks import as_flags
 from cat_bench.data import dataset_info
 from cat_bench.errors import UsageError
 from cat_bench.methods import METHODS, protocol_for, resolve_hparams
-from cat_bench.presets import EVALUATION_NOTE
-from cat_bench.results import ATTACK_ORDER, summarize
+from cat_bench.presets import EVALUATION_NOTE, format_eps
+from cat_bench.results import ATTACK_ORDER, WORST, summarize
 from cat_bench.suite import SUITES, RunSpec, filter_runs, load_suite
 from cat_bench.shell import command
 
@@ -43,7 +44,8 @@ from .runs import RunRecord, format_value
 
 METRICS = ("natural", "fgsm", "pgd20", "pgd100", "cw", "square", "avg")
 METRIC_LABELS = {"natural": "Natural", "fgsm": "FGSM", "pgd20": "PGD-20", "pgd100": "PGD-100", "cw": "CW∞",
-                 "square": "Square", "autoattack": "AutoAttack", "avg": "Avg"}
+                 "square": "Square", "autoattack": "AutoAttack", "avg": "Avg",
+                 "worst-case": "Worst case"}
 ARCH_LABELS = {"smallcnn": "SmallCNN", "madry-cnn": "Madry CNN", "trades-smallcnn": "TRADES SmallCNN", "preact-resnet18": "PreAct ResNet-18", "wrn-34-10": "WRN-34-10"}
 DATASET_LABELS = {"mnist": "MNIST", "mnist-mini": "MNIST-mini", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 TABLE_CAPTIONS = {
@@ -554,6 +556,32 @@ class Board:
     dataset: str
     attacks: list[str]  # robust attacks present among these runs, in evaluation order
     entries: list[Entry]
+    references: list[dict] = field(default_factory=list)  # published RobustBench entries, never ranked with entries
+
+
+REFERENCE_DATASET = "cifar10"  # RobustBench's CIFAR-10 Linf entries (cat_bench.references)
+
+
+def reference_rows(runs: Sequence[RunRecord]) -> list[dict]:
+    """RobustBench's published entries for the CIFAR-10 networks the suite's runs use, each marked where its
+    eps differs from the eps those runs were evaluated at (0.031 beside 8/255: another threat model).
+
+    A network with no evaluated run is compared with the dataset's test eps (8/255)."""
+    from cat_bench.references import ROBUSTBENCH_ARCH, eps_mismatch, load_references
+
+    archs = [a for a in dict.fromkeys(r.spec.config["arch"] for r in runs if r.spec.config["dataset"] == REFERENCE_DATASET
+                                      and not r.external) if a in ROBUSTBENCH_ARCH.values()]
+    rows = []
+    for arch in archs:
+        evaluated = {run.evaluation["key"]["eps"] for run in runs if run.finished and run.identity["arch"] == arch
+                     and run.identity["dataset"] == REFERENCE_DATASET} or {dataset_info(REFERENCE_DATASET).test_eps}
+        for ref in load_references(arch).to_dict("records"):
+            differ = sorted(e for e in evaluated if eps_mismatch(e, ref["eps_value"]))
+            rows.append({**ref, "eps_mismatch": bool(differ),
+                         "mismatch_detail": (f"evaluated at eps {ref['eps']}, the runs at "
+                                             f"{', '.join(format_eps(e) for e in differ)}: another threat model")
+                                            if differ else ""})
+    return rows
 
 
 def mask_flags(history: Sequence[dict]) -> list[dict]:
@@ -571,7 +599,8 @@ def _settings(identity: dict) -> dict[str, str]:
     schedule = identity["schedule"]
     return {"epochs": str(schedule["epochs"]), "batch_size": str(schedule.get("batch_size")),
             "n_train": str(identity.get("n_train")), "schedule": str(schedule.get("name", "official")),
-            "precision": str(identity.get("precision", "fp32")), "select_on": str(identity["selection"]["on"])}
+            "precision": str(identity.get("precision", "fp32")),
+            "select_on": str(identity.get("selection", {}).get("on"))}
 
 
 def differing_settings(runs: Sequence[RunRecord]) -> dict[str, str]:
@@ -600,6 +629,9 @@ def leaderboard(runs: Sequence[RunRecord]) -> list[Board]:
     for run in runs:
         if run.finished:
             by_dataset.setdefault(run.identity["dataset"], []).append(run)
+    references = reference_rows(runs)
+    if references:
+        by_dataset.setdefault(REFERENCE_DATASET, [])
     boards = []
     for dataset in sorted(by_dataset):
         scored = []
@@ -612,12 +644,21 @@ def leaderboard(runs: Sequence[RunRecord]) -> list[Board]:
                 by = min(robust, key=lambda k: (robust[k], ATTACK_ORDER.index(k) if k in ATTACK_ORDER else 99),
                          default=None)
                 score = robust[by] if by else None
+            if WORST in run.evaluation:  # correct under every attack run (per-example records); not a ranking key
+                acc[WORST] = 100 * run.evaluation[WORST]["accuracy"]
             scored.append((run, score, by, acc))
         scored.sort(key=lambda s: (s[1] is None, -(s[1] or 0.0), -(s[3].get("natural") or 0.0), s[0].name))
         present = {k for _, _, _, acc in scored for k in acc if k != "natural"}
         attacks = [a for a in ATTACK_ORDER if a in present] + sorted(present - set(ATTACK_ORDER))
         settings = differing_settings([run for run, *_ in scored])
-        entries = [Entry(i, run, score, by, acc, run.evaluation.get("flags", []) + mask_flags(run.history),
-                         settings[run.name]) for i, (run, score, by, acc) in enumerate(scored, start=1)]
-        boards.append(Board(dataset, attacks, entries))
+        entries = [Entry(i, run, score, by, acc, run.evaluation.get("flags", []) + as_flags(run.evaluation.get("checks", []))
+                         + mask_flags(run.history), settings[run.name])
+                   for i, (run, score, by, acc) in enumerate(scored, start=1)]
+        board = Board(dataset, attacks, entries)
+        if dataset == REFERENCE_DATASET and references:
+            board.references = references
+            if "autoattack" not in board.attacks:  # where the references' robust accuracy goes
+                board.attacks = [a for a in ATTACK_ORDER if a in present or a == "autoattack"] + \
+                                sorted(present - set(ATTACK_ORDER))
+        boards.append(board)
     return boards

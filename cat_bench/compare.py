@@ -1,0 +1,164 @@
+"""`cat-bench compare A B`: is the accuracy difference between two evaluated runs real?
+
+Both runs must have been evaluated on the same test examples (same dataset, the same first n
+examples, the same eps), with per-example records (cat_bench.per_example). For every attack both
+ran, and for the worst case over their attacks:
+
+    difference      accuracy of B minus accuracy of A, in percentage points
+    95% interval    paired bootstrap: the examples are resampled with replacement, each resample
+                    keeping A's and B's outcome on the same example together (the pairing), and
+                    the 2.5th and 97.5th percentiles of the resampled differences are reported.
+                    An example's difference is -1, 0 or +1, so a resample of n examples is a
+                    multinomial draw over those three counts (the same distribution, without
+                    materialising n indices per resample)
+    McNemar p       exact two-sided McNemar test: of the examples on which A and B disagree, how
+                    surprising the split between "only A correct" (b) and "only B correct" (c) is
+                    if either is equally likely: binomial(b + c, 1/2) (scipy.stats.binomtest);
+                    p = 1 when they never disagree
+
+Two seeds of the same training differ by chance; a paired test on the same examples is what tells
+such a difference from a real one (one number per run cannot).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cat_bench import per_example, records
+from cat_bench.errors import UsageError
+from cat_bench.shell import command
+
+N_BOOT = 10_000
+LEVEL = 0.95
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, n_boot: int = N_BOOT, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of mean(b) - mean(a) over paired resamples of the examples (fractions)."""
+    d = b.astype(np.int8) - a.astype(np.int8)
+    n = len(d)
+    counts = np.array([(d == -1).sum(), (d == 0).sum(), (d == 1).sum()])
+    draws = np.random.default_rng(seed).multinomial(n, counts / n, size=n_boot)
+    diffs = (draws[:, 2] - draws[:, 0]) / n
+    lo, hi = np.quantile(diffs, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+    return float(lo), float(hi)
+
+
+def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> tuple[float, int, int]:
+    """(two-sided exact McNemar p-value, b = only A correct, c = only B correct)."""
+    from scipy.stats import binomtest
+
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    if only_a + only_b == 0:
+        return 1.0, 0, 0
+    return float(binomtest(only_a, only_a + only_b, 0.5).pvalue), only_a, only_b
+
+
+def compare_correct(a: np.ndarray, b: np.ndarray, *, n_boot: int = N_BOOT, seed: int = 0) -> dict:
+    """The statistics of one attack from the two runs' per-example correctness on the same examples."""
+    lo, hi = paired_bootstrap(a, b, n_boot=n_boot, seed=seed)
+    p, only_a, only_b = mcnemar_exact(a, b)
+    return {"n": int(len(a)), "accuracy_a": float(a.mean()), "accuracy_b": float(b.mean()),
+            "difference": float(b.mean() - a.mean()), "interval": [lo, hi], "p_value": p,
+            "only_a": only_a, "only_b": only_b}
+
+
+def _evaluation(run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    if not (run_dir / records.EVAL).is_file():
+        raise UsageError(f"{run_dir} has no {records.EVAL}: not an evaluated run directory; evaluate it with "
+                         f"{command('eval', run_dir)}")
+    return records.read_json(run_dir / records.EVAL)
+
+
+def _missing_records(run_dir: Path, evaluation: dict, attacks: list[str]) -> UsageError:
+    """What to run to give an evaluation per-example records (and what it needs)."""
+    key = evaluation["key"]
+    how = command("eval", run_dir, "--attacks", ",".join(attacks), "--n-examples", key["n_examples"])
+    need = ""
+    run_dir = Path(run_dir)
+    if (run_dir / records.CONFIG).is_file() and not (run_dir / records.BEST).is_file() \
+            and not (run_dir / "external.json").is_file():
+        from cat_bench.shipped import suites_with
+
+        suites = suites_with(run_dir.name)
+        retrain = (command("run", "--suite", suites[0], "--results", run_dir.parent.parent, "--retrain", run_dir.name)
+                   if suites and run_dir.parent.name == "runs" else command("train", "...", "--out", run_dir))
+        need = (f"; that needs its checkpoint {records.BEST}, which committed records leave out: train the run "
+                f"again first with `{retrain}`, which also evaluates it with these records")
+    return UsageError(f"{run_dir} has no per-example records for {', '.join(attacks)} (it was evaluated before "
+                      f"they were written); create them with `{how}`{need}")
+
+
+def _records(run_dir: Path, evaluation: dict, attacks: list[str]) -> dict[str, tuple[dict, np.ndarray]]:
+    """The per-example record of each attack of the run's current evaluation."""
+    entries = evaluation["attacks"]
+    lacking = [a for a in attacks if not entries[a].get("examples")
+               or not (Path(run_dir) / entries[a]["examples"]).is_file()]
+    if lacking:
+        raise _missing_records(run_dir, evaluation, lacking)
+    out = {a: per_example.read(Path(run_dir) / entries[a]["examples"]) for a in attacks}
+    if per_example.WORST in evaluation and set(evaluation[per_example.WORST]["attacks"]) >= set(attacks):
+        rel = evaluation[per_example.WORST]["examples"]
+        if (Path(run_dir) / rel).is_file():
+            out[per_example.WORST] = per_example.read(Path(run_dir) / rel)
+    return out
+
+
+def _same_examples(a_dir: Path, a: dict, b_dir: Path, b: dict) -> None:
+    """Both evaluations are on the same test examples at the same eps, else a UsageError naming both."""
+    def what(ev, rec):
+        return {"dataset": rec["dataset"], "examples": f"test[{rec['indices']['start']}:{rec['indices']['stop']}]",
+                "eps": round(ev["key"]["eps"], 9)}
+
+    wa, wb = what(*a), what(*b)
+    if wa != wb:
+        raise UsageError(f"{a_dir} and {b_dir} were not evaluated on the same examples ({wa} vs {wb}); a paired "
+                         f"comparison needs both on the same ones: evaluate both with the same --n-examples and --eps")
+
+
+def compare_runs(run_a: Path, run_b: Path, attacks: list[str] | None = None, *, n_boot: int = N_BOOT,
+                 seed: int = 0) -> dict:
+    """{"a", "b", "key_a", "key_b", "attacks": {name: compare_correct(...)}} over the attacks both runs' current
+    evaluations hold (or `attacks`), plus the worst case when both have it over the same attacks."""
+    if n_boot < 100:
+        raise UsageError(f"--n-boot {n_boot!r} is too few resamples for a 95% interval; allowed: 100 or more")
+    ev_a, ev_b = _evaluation(run_a), _evaluation(run_b)
+    from cat_bench.results import ATTACK_ORDER
+
+    common = sorted((a for a in ev_a["attacks"] if a in ev_b["attacks"]),
+                    key=lambda a: (ATTACK_ORDER.index(a) if a in ATTACK_ORDER else len(ATTACK_ORDER), a))
+    if attacks is not None:
+        unknown = [a for a in attacks if a not in common]
+        if unknown:
+            raise UsageError(f"--attacks {','.join(unknown)}: not evaluated in both runs; both have: "
+                             f"{', '.join(common) or 'none'}")
+        common = attacks
+    if not common:
+        raise UsageError(f"{run_a} ({', '.join(ev_a['attacks'])}) and {run_b} ({', '.join(ev_b['attacks'])}) share "
+                         f"no attack; evaluate both with the same --attacks")
+    rec_a, rec_b = _records(run_a, ev_a, common), _records(run_b, ev_b, common)
+    first = common[0]
+    _same_examples(run_a, (ev_a, rec_a[first][0]), run_b, (ev_b, rec_b[first][0]))
+    names = common + ([per_example.WORST] if per_example.WORST in rec_a and per_example.WORST in rec_b
+                      and ev_a[per_example.WORST]["attacks"] == ev_b[per_example.WORST]["attacks"] else [])
+    return {"a": str(run_a), "b": str(run_b), "key_a": ev_a["key"], "key_b": ev_b["key"], "n_boot": n_boot,
+            "seed": seed, "attacks": {name: compare_correct(rec_a[name][1], rec_b[name][1], n_boot=n_boot, seed=seed)
+                                      for name in names}}
+
+
+def format_comparison(result: dict) -> str:
+    """The comparison as a plain-text table for people."""
+    lines = [f"A: {result['a']}", f"B: {result['b']}",
+             f"{'attack':<11} {'A %':>7} {'B %':>7} {'B - A':>7}  {'95% interval (paired bootstrap)':<32} "
+             f"{'McNemar p':>9}  disagreements"]
+    for name, r in result["attacks"].items():
+        lo, hi = (100 * v for v in r["interval"])
+        lines.append(f"{name:<11} {100 * r['accuracy_a']:7.2f} {100 * r['accuracy_b']:7.2f} "
+                     f"{100 * r['difference']:+7.2f}  [{lo:+6.2f}, {hi:+6.2f}]{'':<16} {r['p_value']:9.3g}  "
+                     f"{r['only_a']} only A correct, {r['only_b']} only B correct")
+    n = next(iter(result["attacks"].values()))["n"]
+    lines.append(f"{n} paired test examples; differences in percentage points; {result['n_boot']} bootstrap "
+                 f"resamples (seed {result['seed']}); McNemar's exact test, two-sided")
+    return "\n".join(lines) + "\n"

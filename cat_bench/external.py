@@ -1,0 +1,294 @@
+"""Evaluate any model under the paper's attacks: an "external" run directory for a model cat-bench did not train.
+
+`cat-bench eval SOURCE --dataset D [--arch A] [--results R]` takes, besides run directories and
+model folders, a SOURCE that is
+
+    FILE.pt / .pth      a state dict (or cat-bench's {"f": state dict, ...}), loaded with
+                        torch.load(weights_only=True) into `--arch` built for `--dataset`
+                        (cat_bench.models.build_classifier, with the dataset's normalisation inside)
+    FILE.pt2            a torch.export program (torch.export.load(...).module())
+    FILE (TorchScript)  a TorchScript archive (torch.jit.load), while torch still loads them
+    robustbench:NAME    RobustBench's model NAME through robustbench.utils.load_model from a local
+                        model directory (`--model-dir`, {model_dir}/{dataset}/Linf/NAME.pt), with
+                        RobustBench's downloads disabled
+    module:function     a Python entry point returning an nn.Module (the working directory is on
+                        the import path)
+
+The model is put in eval mode and evaluated by the same code as a trained run
+(cat_bench.evaluate.attack_all: setup checks, attacks, per-example records, worst case), inputs in
+[0, 1] clipped to [0, 1] (RobustBench's convention), torch seeded with `--seed` (default 0). Its
+run directory is R/external/NAME, NAME = records.run_name of its identity (method "external",
+dataset, arch, the dataset's test eps, the source and its SHA-256), holding
+
+    external.json   what was loaded: source, kind, file, SHA-256 (of the file; of the module's
+                    source file for an entry point), how it was loaded, the model's class and size
+    config.json     {"identity": ...} as trained runs have, so `results`, the leaderboard and the
+                    report list it beside trained runs of the same dataset
+    done            {"best_epoch": 0, "external": true}: nothing to train
+    eval.json, examples/   as for a trained run
+
+The same SOURCE evaluated again reuses the directory and skips finished attacks; a changed file
+has another SHA-256 and so another directory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+import zipfile
+from pathlib import Path
+
+from cat_bench import records
+from cat_bench.data import DATASETS, dataset_info
+from cat_bench.errors import CorruptRecord, UsageError
+from cat_bench.lazy import torch
+
+FOLDER = "external"
+INFO = "external.json"
+FORMAT = "cat-bench external model 1"
+KINDS = ("state-dict", "torch-export", "torchscript", "robustbench", "entry-point")
+ENTRY_POINT = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+THREAT_MODEL = "Linf"
+SOURCES = ("a run directory, a model folder (cat-bench export), a state-dict file (.pt/.pth with --arch), "
+           "a torch.export program (.pt2), a TorchScript file, robustbench:NAME, or module:function")
+
+
+def is_external(source: str) -> bool:
+    """Whether `cat-bench eval SOURCE` names an external model rather than a run directory or model folder."""
+    path = Path(source)
+    if path.is_dir():
+        return False
+    return path.is_file() or source.startswith("robustbench:") or bool(ENTRY_POINT.fullmatch(source))
+
+
+def kind_of(source: str) -> str:
+    """Which loader a SOURCE needs (KINDS); UsageError naming it and what is allowed otherwise."""
+    if source.startswith("robustbench:"):
+        if not source.partition(":")[2]:
+            raise UsageError(f"{source!r} names no model; give robustbench:NAME, e.g. robustbench:Standard")
+        return "robustbench"
+    path = Path(source)
+    if path.is_file():
+        if path.suffix == ".pt2":
+            return "torch-export"
+        if zipfile.is_zipfile(path) and any(n.endswith("/constants.pkl") or n == "constants.pkl"
+                                            for n in zipfile.ZipFile(path).namelist()):
+            return "torchscript"
+        return "state-dict"
+    if ENTRY_POINT.fullmatch(source):
+        return "entry-point"
+    raise UsageError(f"{source!r} is none of: {SOURCES}")
+
+
+def check_options(kind: str, source: str, *, arch: str | None, dataset: str | None, model_dir) -> str:
+    """The dataset to evaluate on, after checking that the options fit the kind of source."""
+    if dataset is None and kind != "robustbench":
+        raise UsageError(f"{source!r}: give --dataset (one of {', '.join(DATASETS)}) for an external model")
+    dataset = dataset or "cifar10"
+    dataset_info(dataset)  # UsageError for an unknown one
+    if kind == "state-dict" and arch is None:
+        from cat_bench.models import ARCHITECTURES
+
+        raise UsageError(f"{source!r} is a state dict: give --arch (one of {', '.join(ARCHITECTURES)}) to build the "
+                         f"network it belongs to")
+    if kind != "state-dict" and arch is not None:
+        raise UsageError(f"--arch {arch!r} is for state-dict files; {source!r} is a {kind} that builds its own network")
+    if kind == "robustbench" and model_dir is None:
+        raise UsageError(f"{source!r}: give --model-dir, the local RobustBench model directory holding "
+                         f"{dataset}/{THREAT_MODEL}/{source.partition(':')[2]}.pt (cat-bench never downloads)")
+    if kind != "robustbench" and model_dir is not None:
+        raise UsageError(f"--model-dir {model_dir} is for robustbench:NAME sources, not for {source!r}")
+    return dataset
+
+
+# ---------------------------------------------------------------------------------------------
+# Loaders: each returns (model, file hashed, how it was loaded)
+
+
+def _state_dict(path: Path, arch: str, dataset: str):
+    from cat_bench.models import build_classifier
+
+    info = dataset_info(dataset)
+    model = build_classifier(arch, info.num_classes, info.shape[0], info.mean, info.std)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "f" in state and isinstance(state["f"], dict):
+            state = state["f"]  # cat-bench's checkpoints and model folders: {"f": ..., "g": ...}
+        model.load_state_dict(state)
+    except Exception as err:  # not a state dict, or not this network's
+        raise UsageError(f"{path} does not load into --arch {arch} for {dataset}: {type(err).__name__}: "
+                         f"{str(err)[:300]}") from None
+    how = (f"torch.load(weights_only=True) into cat_bench.models.build_classifier({arch!r}) for {dataset}"
+           f"{' (normalisation inside)' if info.mean else ''}")
+    return model, path, how
+
+
+def _torch_export(path: Path):
+    try:
+        model = torch.export.load(str(path)).module()
+    except Exception as err:
+        raise UsageError(f"{path} is not a torch.export program torch {torch.__version__} loads: "
+                         f"{type(err).__name__}: {str(err)[:300]}") from None
+    return model, path, "torch.export.load(path).module()"
+
+
+def _torchscript(path: Path):
+    try:
+        model = torch.jit.load(str(path), map_location="cpu")
+    except Exception as err:
+        raise UsageError(f"{path} is not a TorchScript file torch {torch.__version__} loads: "
+                         f"{type(err).__name__}: {str(err)[:300]}") from None
+    return model, path, "torch.jit.load(path)"
+
+
+def _robustbench(name: str, dataset: str, model_dir: Path):
+    from cat_bench import robustbench_compat as compat
+
+    if not compat.available():
+        raise UsageError("robustbench:NAME needs the robustbench extra: pip install 'cat-bench[robustbench]'")
+    path = Path(model_dir) / dataset / THREAT_MODEL / f"{name}.pt"
+    if not path.is_file():
+        raise UsageError(f"robustbench:{name}: no checkpoint {path}; put RobustBench's {name}.pt there "
+                         f"(cat-bench never downloads)")
+    rb = compat.import_robustbench()
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+    from robustbench.model_zoo.models import model_dicts
+
+    zoo = model_dicts[BenchmarkDataset(dataset)][ThreatModel(THREAT_MODEL)]
+    if name not in zoo:
+        raise UsageError(f"robustbench:{name}: RobustBench's {dataset}/{THREAT_MODEL} model zoo has no such model; "
+                         f"e.g. {', '.join(list(zoo)[:5])}")
+    with compat.no_downloads():
+        model = rb.utils.load_model(name, model_dir=str(model_dir), dataset=dataset, threat_model=THREAT_MODEL)
+    return model, path, f"robustbench.utils.load_model({name!r}, model_dir, {dataset!r}, {THREAT_MODEL!r})"
+
+
+def _entry_point(source: str):
+    module_name, _, function = source.partition(":")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise UsageError(f"{source!r}: cannot import module {module_name!r} ({err})") from None
+    fn = getattr(module, function, None)
+    if not callable(fn):
+        raise UsageError(f"{source!r}: module {module_name!r} has no function {function!r}")
+    model = fn()
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError(f"{source!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    origin = getattr(module, "__file__", None)
+    if origin is None:
+        raise UsageError(f"{source!r}: module {module_name!r} has no source file to hash")
+    return model, Path(origin), f"{module_name}.{function}() (the SHA-256 is of {Path(origin).name})"
+
+
+def load(source: str, kind: str, *, arch: str | None, dataset: str, model_dir=None):
+    """(model in eval mode on the CPU, the file whose SHA-256 identifies it, how it was loaded)."""
+    if kind == "state-dict":
+        model, path, how = _state_dict(Path(source), arch, dataset)
+    elif kind == "torch-export":
+        model, path, how = _torch_export(Path(source))
+    elif kind == "torchscript":
+        model, path, how = _torchscript(Path(source))
+    elif kind == "robustbench":
+        model, path, how = _robustbench(source.partition(":")[2], dataset, model_dir)
+    else:
+        model, path, how = _entry_point(source)
+    try:
+        model.eval()
+    except (NotImplementedError, RuntimeError):  # a torch.export module refuses .eval(): it is already traced as such
+        pass
+    return model, path, how
+
+
+# ---------------------------------------------------------------------------------------------
+# The external run directory
+
+
+def identity(source: str, kind: str, digest: str, arch: str | None, dataset: str, seed: int) -> dict:
+    """The external run's identity: what results tables group on, and what its directory name hashes."""
+    return {"method": "external", "dataset": dataset, "arch": arch or kind, "eps": dataset_info(dataset).test_eps,
+            "seed": seed, "protocol": "valid", "n_train": 0, "hparams": {},
+            "schedule": {"name": "external", "epochs": 0},
+            "external": {"source": source, "kind": kind, "sha256": digest, "label": label(source, kind)}}
+
+
+def label(source: str, kind: str) -> str:
+    """A short name for tables: the file's name, RobustBench's model name, or the entry point."""
+    if kind == "robustbench":
+        return source.partition(":")[2]
+    return source if kind == "entry-point" else Path(source).name
+
+
+def prepare(results: Path, source: str, kind: str, model, path: Path, how: str, *, arch: str | None, dataset: str,
+            seed: int) -> Path:
+    """Create (or find) the external run directory of this model; returns it."""
+    from cat_bench.shipped import sha256
+
+    digest = sha256(path)
+    ident = identity(source, kind, digest, arch, dataset, seed)
+    run_dir = Path(results) / FOLDER / records.run_name(ident)
+    info = {"format": FORMAT, "source": source, "kind": kind, "file": str(Path(path).resolve()), "sha256": digest,
+            "how": how, "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "parameters": sum(p.numel() for p in model.parameters())}
+    if (run_dir / INFO).is_file():
+        stored = records.read_json(run_dir / INFO)
+        if stored.get("sha256") != digest:
+            raise CorruptRecord(f"{run_dir / INFO} records SHA-256 {stored.get('sha256')}, not {digest}; move "
+                                f"{run_dir} aside and evaluate again")
+        return run_dir
+    records.write_json(run_dir / INFO, info)
+    records.write_json(run_dir / records.CONFIG, {"identity": ident, "external": info})
+    records.write_json(run_dir / records.DONE, {"best_epoch": 0, "external": True})
+    return run_dir
+
+
+def evaluate_external(source: str, attacks: str, *, arch: str | None = None, dataset: str | None = None,
+                      model_dir=None, results=Path("results"), seed: int = 0, n_examples: int | None = None,
+                      eps: float | None = None, batch_size: int | None = None, data_root=None, device=None,
+                      progress: bool = True, log=print, strict: bool = False) -> tuple[Path, dict]:
+    """Load SOURCE, make its external run directory and evaluate it there: (run directory, eval.json's content)."""
+    from cat_bench.evaluate import attack_all, check_options as check_eval, default_batch_size, load_test_examples
+    from cat_bench.evaluate import parse_attacks, setup_checks
+    from cat_bench.networks import precision_context, resolve_device
+    from cat_bench.rundir import RunLock, check_writable
+
+    kind = kind_of(source)
+    dataset = check_options(kind, source, arch=arch, dataset=dataset, model_dir=model_dir)
+    info = dataset_info(dataset)
+    names = parse_attacks(attacks, info.family)
+    check_eval(batch_size=batch_size, n_examples=n_examples, eps=eps)
+    (Path(results) / FOLDER).mkdir(parents=True, exist_ok=True)
+    check_writable(Path(results) / FOLDER, "results directory")
+    device = resolve_device(device)
+    precision_context("fp32", device)
+    batch_size = batch_size or default_batch_size(device)
+    model, path, how = load(source, kind, arch=arch, dataset=dataset, model_dir=model_dir)
+    model = model.to(device)
+    x, y = load_test_examples(dataset, n_examples, data_root, device)
+    checks = setup_checks(model, x, y, family=info.family, clip=True, strict=strict, where=source, log=log)
+    run_dir = prepare(results, source, kind, model, path, how, arch=arch, dataset=dataset, seed=seed)
+    log(f"{source}: {kind}, SHA-256 {records.read_json(run_dir / INFO)['sha256']}, loaded by {how}; run "
+        f"directory {run_dir}")
+    test_eps = eps if eps is not None else info.test_eps
+    key = {"checkpoint": INFO, "sha256": records.read_json(run_dir / INFO)["sha256"], "n_examples": len(y),
+           "eps": test_eps}
+    with RunLock(run_dir):
+        result = attack_all(run_dir, model, x, y, names, key=key, dataset=dataset, seed=seed, clip=True,
+                            eps_override=eps is not None, batch_size=batch_size, device=device, progress=progress,
+                            log=log, checks=checks)
+    return run_dir, result
+
+
+def external_runs(results: Path, datasets=None) -> list[Path]:
+    """The external run directories under RESULTS/external (of these datasets), sorted by name."""
+    folder = Path(results) / FOLDER
+    if not folder.is_dir():
+        return []
+    out = []
+    for run_dir in sorted(p for p in folder.iterdir() if (p / INFO).is_file() and (p / records.CONFIG).is_file()):
+        if datasets is None or records.read_identity(run_dir)["dataset"] in datasets:
+            out.append(run_dir)
+    return out
