@@ -8,7 +8,7 @@ beside an eager loop written the way the authors' scripts are (Rice et al.'s tra
 CAT's Train_CIFAR10.py: PGD by `loss.backward()` through the whole graph, so every attack step
 also computes the weights' gradients; fp32; g(x+delta) computed twice), on the same networks,
 batch and protocol. Natural training is the reference of CAT's cost. Evaluation: cat-bench's
-PGD-20 (METHOD.md s4) beside torchattacks' PGD with the same settings and batch, when torchattacks
+PGD-20 (docs/method.md s4) beside torchattacks' PGD with the same settings and batch, when torchattacks
 is importable (install it only in a throwaway environment: its wheel overwrites robustbench's
 files; see docs/speed.md).
 

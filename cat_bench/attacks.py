@@ -3,7 +3,7 @@
 White-box attacks (FGSM, PGD with CE / C&W margin / TRADES-KL losses, FAT's early-stopped PGD)
 are one class, `PGD`. Square and AutoAttack run through pyautoattack. Every attack returns
 x_adv with |x_adv - x| <= eps, and x_adv in [0,1] unless `clip=False` (the CAT MNIST code's
-unclipped "paper" protocol, METHOD.md s4).
+unclipped "paper" protocol, docs/method.md s4).
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ RANDOM_STARTS = ("none", "uniform", "gaussian")
 
 
 def feasible_box(x: torch.Tensor, eps: float, clip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pixel bounds of the eps-ball around x, intersected with [0,1] when `clip` (METHOD.md s1, s4)."""
+    """Per-pixel bounds of the eps-ball around x, intersected with [0,1] when `clip` (docs/method.md s1, s4)."""
     if not clip:
         return x - eps, x + eps
     return (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
 
 
 def cw_margin(logits: torch.Tensor, y: torch.Tensor, kappa: float) -> torch.Tensor:
-    """Per-example C&W margin loss -max(z_y - max_{j!=y} z_j + kappa, 0) (METHOD.md s1, Eq. 9)."""
+    """Per-example C&W margin loss -max(z_y - max_{j!=y} z_j + kappa, 0) (docs/method.md s1, Eq. 9)."""
     z_y = logits.gather(1, y[:, None]).squeeze(1)
     others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
     return -torch.clamp(z_y - others.amax(1) + kappa, min=0.0)

@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cat-bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train one method on one dataset (METHOD.md s3 protocol)")
+    t = sub.add_parser("train", help="train one method on one dataset (docs/method.md s3 protocol)")
     t.add_argument("--method", required=True, help="see `cat-bench list methods`")
     t.add_argument("--dataset", required=True, help="mnist, mnist-mini, cifar10, cifar100")
     t.add_argument("--eps", required=True, help="training eps in [0,1] pixels, e.g. 0.3 or 8/255")
@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     _common(t)
 
     e = sub.add_parser("eval", help="evaluate a trained run, a shipped model folder or any model under the paper's "
-                                    "attacks (METHOD.md s4)")
+                                    "attacks (docs/method.md s4)")
     e.add_argument("run_dir", type=Path, metavar="SOURCE",
                    help="a run directory (cat-bench train --out, or RESULTS/runs/NAME; writes its eval.json), a model "
                         "folder (cat-bench export; its SHA-256 is verified, the numbers are printed beside its card's, "

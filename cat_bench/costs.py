@@ -5,10 +5,10 @@ Where the numbers come from:
   input of the dataset's shape (exact for convolutions and linear layers); a backward pass is
   counted as two forwards.
 - Passes per image of each network follow each method's step (`Method.passes` in its adapter;
-  METHOD.md s1 for CAT): the PGD steps plus the loss's forward/backward passes, and those of the
+  docs/method.md s1 for CAT): the PGD steps plus the loss's forward/backward passes, and those of the
   networks a method adds (CAT's mask net g). Epochs and training-set size are each method's
   protocol (`max_steps` counted).
-- Evaluation passes follow the attack presets (METHOD.md s4); AutoAttack and Square are
+- Evaluation passes follow the attack presets (docs/method.md s4); AutoAttack and Square are
   estimated as if half the test set survives to the query-heavy sub-attacks.
 - The sustained throughput is an assumption, 50 TFLOP/s by default (`--gpu-tflops`), unless a
   record of `benchmarks/throughput.py --record` is given (`--throughput FILE`): then each network

@@ -1,4 +1,4 @@
-"""Datasets, in-memory loading and batched augmentation (METHOD.md s2-s3).
+"""Datasets, in-memory loading and batched augmentation (docs/method.md s2-s3).
 
 Every split is loaded once into memory as a uint8 tensor [N, C, H, W] plus int64 labels.
 `TensorLoader` batches those tensors on the training device (on CUDA the whole dataset lives on
@@ -35,7 +35,7 @@ class DatasetInfo:
     shape: tuple[int, int, int]  # (C, H, W)
     mean: tuple[float, ...] | None  # per-channel normalization inside the classifier; None = none
     std: tuple[float, ...] | None
-    test_eps: float  # L-inf radius of the paper's evaluation (METHOD.md s4)
+    test_eps: float  # L-inf radius of the paper's evaluation (docs/method.md s4)
     n_test: int  # size of the test split (a suite's evaluation without n_examples uses all of it)
     n_train: int  # size of the training split (`--n-train` takes at most this many, less the protocol's skip)
     description: str
@@ -45,7 +45,7 @@ DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
         name="mnist", family="mnist", num_classes=10, shape=(1, 28, 28), mean=None, std=None, test_eps=0.3,
         n_test=10000, n_train=60000, description="MNIST, 60000 train / 10000 test 28x28 grey digits (torchvision, under the data root); "
-                    "no input normalization (METHOD.md s2), test eps 0.3",
+                    "no input normalization (docs/method.md s2), test eps 0.3",
     ),
     "mnist-mini": DatasetInfo(
         name="mnist-mini", family="mnist", num_classes=10, shape=(1, 28, 28), mean=None, std=None, test_eps=0.3,
@@ -56,7 +56,7 @@ DATASETS: dict[str, DatasetInfo] = {
         name="cifar10", family="cifar", num_classes=10, shape=(3, 32, 32),
         mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616), test_eps=8 / 255, n_test=10000, n_train=50000,
         description="CIFAR-10, 50000 train / 10000 test 32x32 colour images (torchvision, under the data root); "
-                    "normalization inside the model (METHOD.md s2), test eps 8/255",
+                    "normalization inside the model (docs/method.md s2), test eps 8/255",
     ),
     "cifar100": DatasetInfo(
         # CIFAR-100's channel statistics as both official scripts write them (CAT's Codes/utils.py
@@ -160,7 +160,7 @@ def _load_mnist_mini(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4,
                      mode: str = "constant") -> torch.Tensor:
-    """CIFAR augmentation of a batch (METHOD.md s3), done on x's device without a loop over examples.
+    """CIFAR augmentation of a batch (docs/method.md s3), done on x's device without a loop over examples.
 
     Each example is padded by `padding` pixels on every side (`mode` "constant": zeros, as
     torchvision's RandomCrop(32, padding=4) in the TRADES, MART and FAT scripts; "reflect": as
@@ -254,7 +254,7 @@ class TensorLoader:
 def split_train_val(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded disjoint (train_idx, val_idx), each sorted, for checkpoint selection on held-out data.
 
-    The paper selects on the test set (METHOD.md s3, Appendix C); this split lets a run select on
+    The paper selects on the test set (docs/method.md s3, Appendix C); this split lets a run select on
     a validation set carved from the training set instead.
     """
     if not 0 < val_size < n:

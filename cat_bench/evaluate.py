@@ -1,4 +1,4 @@
-"""Evaluation of a trained run under the paper's attacks (METHOD.md s4), resumable per attack.
+"""Evaluation of a trained run under the paper's attacks (docs/method.md s4), resumable per attack.
 
 `cat-bench eval RUN_DIR --attacks ...` loads the selected checkpoint, runs each attack preset on
 the first N test examples in eval mode, and writes `eval.json` after every attack, so a killed

@@ -43,7 +43,7 @@ LOG_COLUMNS = ("method", "dataset", "eps", "epoch", "metric", "error")
 
 
 def load_authors_log() -> pd.DataFrame:
-    """The authors' training log of CATcw on MNIST (METHOD.md s3; results/paper/authors_log.csv).
+    """The authors' training log of CATcw on MNIST (docs/method.md s3; results/paper/authors_log.csv).
 
     One line per (epoch, metric): test error in % on the full test set at test eps 0.3 ("natural"
     or "pgd20"), for the authors' run at eps_train 0.4. Which code produced it is the open question

@@ -1,6 +1,6 @@
 """The paper's evaluation constants, declared once, each with its source.
 
-Checkpoint selection's attack is METHOD.md section 3 ("Checkpoint selection", Appendix C),
+Checkpoint selection's attack is docs/method.md section 3 ("Checkpoint selection", Appendix C),
 evaluation attacks are section 4, the pixel-domain protocols section 4. Each method's training
 protocol (schedule, train attack, selection rule) and hyperparameters live with its adapter in
 `cat_bench.methods`.
@@ -14,7 +14,7 @@ from fractions import Fraction
 from cat_bench.errors import UsageError
 
 
-# Pixel-domain protocols (METHOD.md s4). "paper": what each official script does (CAT's MNIST code
+# Pixel-domain protocols (docs/method.md s4). "paper": what each official script does (CAT's MNIST code
 # never clips x + delta or x + M * delta to [0,1], in training, selection or test; every CIFAR
 # script and every baseline's MNIST script clips); "valid": inputs always in [0,1] (RobustBench).
 PIXEL_PROTOCOLS = ("paper", "valid")
@@ -57,7 +57,7 @@ EVALUATION_NOTE = {
 
 @dataclass(frozen=True)
 class AttackPreset:
-    """Settings of one evaluation attack (METHOD.md s4). `eps=None` means the dataset's test eps."""
+    """Settings of one evaluation attack (docs/method.md s4). `eps=None` means the dataset's test eps."""
 
     kind: str  # "natural", "pgd", "square", "autoattack"
     steps: int = 0
@@ -72,37 +72,37 @@ class AttackPreset:
         return {k: v for k, v in asdict(self).items() if k != "source"}
 
 
-# Evaluation presets by dataset family (METHOD.md s4).
+# Evaluation presets by dataset family (docs/method.md s4).
 EVAL_ATTACKS: dict[str, dict[str, AttackPreset]] = {
     "cifar": {
         "natural": AttackPreset("natural", source="clean test accuracy"),
-        "fgsm": AttackPreset("pgd", steps=1, alpha=None, source="METHOD.md s4: one step of size eps, no random start"),
-        "pgd20": AttackPreset("pgd", steps=20, alpha=0.003, source="METHOD.md s4: CE, step 0.003, no random start"),
-        "pgd100": AttackPreset("pgd", steps=100, alpha=0.003, source="METHOD.md s4: CE, step 0.003, no random start"),
+        "fgsm": AttackPreset("pgd", steps=1, alpha=None, source="docs/method.md s4: one step of size eps, no random start"),
+        "pgd20": AttackPreset("pgd", steps=20, alpha=0.003, source="docs/method.md s4: CE, step 0.003, no random start"),
+        "pgd100": AttackPreset("pgd", steps=100, alpha=0.003, source="docs/method.md s4: CE, step 0.003, no random start"),
         "cw": AttackPreset("pgd", steps=30, alpha=0.003, loss="cw", random_start="uniform", kappa=50.0,
-                           eps=0.031, source="METHOD.md s4: 30 steps on the CW margin, kappa 50, eps 0.031, random start"),
+                           eps=0.031, source="docs/method.md s4: 30 steps on the CW margin, kappa 50, eps 0.031, random start"),
         "square": AttackPreset("square", steps=5000, source="pyautoattack Square, 5000 queries, p_init 0.8 (AutoAttack standard)"),
         "autoattack": AttackPreset("autoattack", source="pyautoattack version='standard' (RobustBench's ranking)"),
     },
     "mnist": {
         "natural": AttackPreset("natural", source="clean test accuracy"),
-        "fgsm": AttackPreset("pgd", steps=1, alpha=None, source="METHOD.md s4: one step of size eps (inferred for MNIST)"),
-        "pgd20": AttackPreset("pgd", steps=20, alpha=0.015, source="METHOD.md s4 (MNIST test code): CE, step 0.015, no random start"),
-        "pgd100": AttackPreset("pgd", steps=100, alpha=0.015, source="METHOD.md s4 (MNIST test code): CE, step 0.015, no random start"),
+        "fgsm": AttackPreset("pgd", steps=1, alpha=None, source="docs/method.md s4: one step of size eps (inferred for MNIST)"),
+        "pgd20": AttackPreset("pgd", steps=20, alpha=0.015, source="docs/method.md s4 (MNIST test code): CE, step 0.015, no random start"),
+        "pgd100": AttackPreset("pgd", steps=100, alpha=0.015, source="docs/method.md s4 (MNIST test code): CE, step 0.015, no random start"),
         "cw": AttackPreset("pgd", steps=30, alpha=0.015, loss="cw", random_start="uniform", kappa=150.0,
-                           source="inferred: CIFAR's CW-inf protocol with MNIST's step 0.015 and kappa 150 (METHOD.md s1)"),
+                           source="inferred: CIFAR's CW-inf protocol with MNIST's step 0.015 and kappa 150 (docs/method.md s1)"),
         "square": AttackPreset("square", steps=5000, source="pyautoattack Square, 5000 queries, p_init 0.8 (AutoAttack standard)"),
         "autoattack": AttackPreset("autoattack", source="pyautoattack version='standard' (RobustBench's ranking)"),
     },
 }
 
-# The attack of per-epoch checkpoint selection (METHOD.md s3, Appendix C); the rule (natural +
+# The attack of per-epoch checkpoint selection (docs/method.md s3, Appendix C); the rule (natural +
 # robust, robust, final) is the method's protocol.
 SELECTION: dict[str, AttackPreset] = {
     "cifar": AttackPreset("pgd", steps=10, alpha=2 / 255, random_start="uniform", eps=8 / 255,
-                          source="METHOD.md s3: PGD-10, random start, eps 8/255, step 2/255"),
+                          source="docs/method.md s3: PGD-10, random start, eps 8/255, step 2/255"),
     "mnist": AttackPreset("pgd", steps=20, alpha=0.015, eps=0.3,
-                          source="METHOD.md s3: PGD-20, eps 0.3, step 0.015, no random start"),
+                          source="docs/method.md s3: PGD-20, eps 0.3, step 0.015, no random start"),
 }
 
 

@@ -2,8 +2,8 @@
 
 `collect` turns run directories (records.py layout) into one row per finished run: the config
 columns that identify a row of the paper's tables, one `hp.<key>` column per method hyperparameter,
-and every evaluated attack's accuracy in percent (METHOD.md s4). `summarize` groups the runs over
-seeds into mean and std per metric plus the paper's "Avg" (METHOD.md s4: the mean of natural and
+and every evaluated attack's accuracy in percent (docs/method.md s4). `summarize` groups the runs over
+seeds into mean and std per metric plus the paper's "Avg" (docs/method.md s4: the mean of natural and
 all robust accuracies in the row). `format_table` writes csv, markdown or json.
 """
 
@@ -21,7 +21,7 @@ from cat_bench.presets import format_eps
 
 CONFIG_COLUMNS = ["method", "dataset", "arch", "protocol", "schedule", "eps", "seed", "epochs", "n_train"]
 HP_PREFIX = "hp."
-ATTACK_ORDER = ["natural", "fgsm", "pgd20", "pgd100", "cw", "square", "autoattack"]  # METHOD.md s4
+ATTACK_ORDER = ["natural", "fgsm", "pgd20", "pgd100", "cw", "square", "autoattack"]  # docs/method.md s4
 RUN_METRICS = ["best_epoch", "n_examples", "test_eps", "masking_flags", "mask_flag_epochs"]
 FORMATS = ("csv", "markdown", "json")
 FLOAT_FORMAT = "%.4f"
@@ -69,7 +69,7 @@ def _config_columns(df: pd.DataFrame) -> list[str]:
 
 
 def _attack_columns(df: pd.DataFrame) -> list[str]:
-    """Attack accuracy columns: the evaluation order of METHOD.md s4, then any other attack by name, then the
+    """Attack accuracy columns: the evaluation order of docs/method.md s4, then any other attack by name, then the
     worst case over them (where the runs have per-example records)."""
     known = set(_config_columns(df)) | set(RUN_METRICS) | {"run", WORST}
     others = sorted(c for c in df.columns if c not in known and c not in ATTACK_ORDER)
@@ -93,7 +93,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Group `collect`'s runs over seeds: per metric `<m>_mean` and `<m>_std` (ddof=1; NaN for one seed).
 
     Groups are every config column except `seed`, with NaN as a value (`hp.*` columns are NaN for
-    methods without that hyperparameter). Adds `n_seeds` and the paper's "Avg" (METHOD.md s4: mean
+    methods without that hyperparameter). Adds `n_seeds` and the paper's "Avg" (docs/method.md s4: mean
     of natural and all robust accuracies in the row), computed per run over the attacks it was
     evaluated on and then averaged over seeds as `avg_mean` (with `avg_std`). Columns: group keys,
     `n_seeds`, attacks (evaluation order), avg, then what is not averaged: `best_epochs` (each seed's,

@@ -1,4 +1,4 @@
-"""Benchmark suites as declarative TOML files, one file per suite (METHOD.md s3-s5).
+"""Benchmark suites as declarative TOML files, one file per suite (docs/method.md s3-s5).
 
 The shipped suites live in `cat_bench/suites/`; `load_suite` also reads a user's own file.
 Schema (smoke.toml carries the same description):
@@ -13,18 +13,18 @@ Schema (smoke.toml carries the same description):
       label = "Table 2"               the paper table or figure served (default: "<file> block <n>")
       methods = ["natural", "at"]     required: method names (`cat-bench list methods`)
       dataset = "cifar10"             required
-      arch = "wrn-34-10"              optional: default, the dataset's (METHOD.md s2)
+      arch = "wrn-34-10"              optional: default, the dataset's (docs/method.md s2)
       eps = ["8/255", 0.3]            required: training eps, numbers or fractions
       seeds = [0, 1, 2, 3, 4]         optional: default [0]
       hparams = {beta = 5, b = [0.05, 0.1]}   optional: value or list of values (a list is a grid axis)
-      epochs, batch_size, n_train, select_n   optional ints: default, the preset (METHOD.md s3)
+      epochs, batch_size, n_train, select_n   optional ints: default, the preset (docs/method.md s3)
       select_on = "test"              optional: "test" (the paper, Appendix C) or "val"
       protocol = "paper"              optional: "paper" (default) or "valid" (inputs always in [0,1])
       schedule = "official"           optional: "official" (default: each method's authors' protocol)
                                       or "uniform" (CAT's protocol for every method)
       precision = "fp32"              optional: "fp32" (default: the official scripts'), "tf32" or "bf16"
       ema = 0.999                     optional: evaluate an average of f's weights (decay in (0, 1)); default off
-      attacks = ["natural", "pgd20"]  required: evaluation attacks, in order (METHOD.md s4)
+      attacks = ["natural", "pgd20"]  required: evaluation attacks, in order (docs/method.md s4)
       n_examples = 500                optional: first N test examples; default, the full test set
 
 Every expanded run goes through `resolve_config`, so a suite names exactly the run directories the

@@ -1,4 +1,4 @@
-"""The training core every method shares (METHOD.md s3), running each method's own protocol.
+"""The training core every method shares (docs/method.md s3), running each method's own protocol.
 
 `resolve_config` turns command-line choices into a fully resolved config (the run's identity):
 the method's official protocol (or the uniform one), the pixel-domain protocol, the training and
@@ -50,7 +50,7 @@ def resolve_config(method: str, dataset: str, eps: float, *, arch: str | None = 
 
     `schedule`: "official" (the method's authors' protocol) or "uniform" (CAT's, for every method).
     `protocol`: "paper" (each official script's pixel domain: CAT's MNIST code never clips to
-    [0,1], METHOD.md s4) or "valid" (inputs always in [0,1]). `precision`: "fp32" (the official
+    [0,1], docs/method.md s4) or "valid" (inputs always in [0,1]). `precision`: "fp32" (the official
     scripts'), "tf32" or "bf16" (speed options; presets.PRECISIONS). `ema`: the decay of an average
     of f's weights evaluated instead of f (cat_bench.averaging; a key of the config only when given,
     so runs without it keep their names). Raises UsageError for unknown names and out-of-range
@@ -351,7 +351,7 @@ def _join_group(config: dict, device: torch.device, group: Group) -> torch.devic
 
 class _Session:
     """One training session of a run: its data, networks, method and weight average, and the steps
-    `_train` takes with them (METHOD.md s3). Rank 0 of a group writes the records."""
+    `_train` takes with them (docs/method.md s3). Rank 0 of a group writes the records."""
 
     def __init__(self, config: dict, out: Path, group: Group, device: torch.device, log, progress: bool,
                  trace_every: int):

@@ -101,10 +101,10 @@ def lr_at(schedule: dict, epoch: int, batch: int, n_batches: int) -> float:
 
 @dataclass(frozen=True)
 class TrainAttack:
-    """The training attack's budget from the protocol (METHOD.md s3); methods pick the loss.
+    """The training attack's budget from the protocol (docs/method.md s3); methods pick the loss.
 
     `clip`: iterates (and CAT's calibrated example) stay in [0,1]; False only for CAT on MNIST
-    under the paper protocol (METHOD.md s4).
+    under the paper protocol (docs/method.md s4).
     """
 
     eps: float

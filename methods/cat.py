@@ -1,8 +1,8 @@
-"""Calibrated Adversarial Training (Huang et al., ACML 2021): CATcent and CATcw (METHOD.md s1).
+"""Calibrated Adversarial Training (Huang et al., ACML 2021): CATcent and CATcw (docs/method.md s1).
 
 Everything about CAT is here: its losses (Eq. 13, 14), its one training step (Algorithm 1), its
 authors' protocol (TienjinHuang/Calibrated-adversarial-training, Codes/Train_MNIST.py,
-Codes/Train_CIFAR10.py, Codes/Train_CIFAR100.py), its mask net g (METHOD.md s2) and its mask
+Codes/Train_CIFAR10.py, Codes/Train_CIFAR100.py), its mask net g (docs/method.md s2) and its mask
 health check.
 """
 
@@ -32,7 +32,7 @@ def mask_flag(means: dict) -> str | None:
 def calibrate(x: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor | float, clip: bool = True) -> torch.Tensor:
     """Calibrated adversarial example x_cal = clip(x + M * delta, 0, 1) (Eq. 10-11).
 
-    `clip=False`: x + M * delta as the MNIST code computes it (METHOD.md s4, paper protocol).
+    `clip=False`: x + M * delta as the MNIST code computes it (docs/method.md s4, paper protocol).
     """
     x_cal = x + mask * delta
     return torch.clamp(x_cal, 0.0, 1.0) if clip else x_cal
@@ -118,18 +118,18 @@ class CATcent(Method):
              "venue": "ACML 2021", "link": "https://arxiv.org/abs/2110.00623"}
     HEALTH_FLAGS = ("mask_flag",)
     TRACE_KEY = "mask_mean"  # absent under ablation A1 (no mask)
-    clips_on_mnist = False  # Train_MNIST.py clamps delta to [-eps, eps] only (METHOD.md s4)
+    clips_on_mnist = False  # Train_MNIST.py clamps delta to [-eps, eps] only (docs/method.md s4)
     HPARAMS = {
         "beta": Hparam(5.0, 1.0, "Train_CIFAR10.py --b 5 (paper's a); Train_MNIST.py: KL term unweighted (1)"),
         "b": Hparam(0.05, 0.3, "Train_CIFAR10.py --b1 0.05; Train_MNIST.py: 0.3*temp_loss1"),
         "kappa": Hparam(50.0, 150.0, "cwloss(confidence=50) in Train_CIFAR10.py, 150 in Train_MNIST.py"),
         "rs_scale": Hparam(None, 0.1, "attack_pgd: delta.uniform_(-eps, eps) (CIFAR); pgd_linf: U(-0.1, 0.1) (MNIST)"),
-        "pgd_loss": Hparam("ce", "ce", "METHOD.md s1: CATcent ascends CE; Fig. 5 compares ce / kl / cw",
+        "pgd_loss": Hparam("ce", "ce", "docs/method.md s1: CATcent ascends CE; Fig. 5 compares ce / kl / cw",
                            choices=("ce", "kl", "cw")),
         "g_kl_reduction": Hparam("batchmean", "batchmean",
                                  "Train_MNIST.py / Train_CIFAR10.py: (1.0 / batch_size) * KLDivLoss(sum) in L_g; "
                                  "'sum' (not / B) is an option", choices=("batchmean", "sum")),
-        "ablation": Hparam("none", "none", "METHOD.md s1 (Sec. 5.2.3): A1 = no mask + plain CE; A2 = mask + plain CE",
+        "ablation": Hparam("none", "none", "docs/method.md s1 (Sec. 5.2.3): A1 = no mask + plain CE; A2 = mask + plain CE",
                            choices=ABLATIONS),
     }
     PROTOCOLS = {

@@ -1,4 +1,4 @@
-"""Tests for datasets, loading and augmentation (cat_bench.data; METHOD.md s2-s3)."""
+"""Tests for datasets, loading and augmentation (cat_bench.data; docs/method.md s2-s3)."""
 
 import importlib.util
 import pickle
@@ -37,7 +37,7 @@ def read_pickle(path):
 
 
 def test_registry():
-    """The four datasets, with METHOD.md s2 normalization and s4 test eps."""
+    """The four datasets, with docs/method.md s2 normalization and s4 test eps."""
     assert set(DATASETS) == {"mnist", "mnist-mini", "cifar10", "cifar100"}
     assert dataset_info("mnist").mean is None and dataset_info("mnist").test_eps == 0.3
     assert dataset_info("mnist-mini").shape == (1, 28, 28) and dataset_info("mnist-mini").family == "mnist"

@@ -1,4 +1,4 @@
-"""Evaluation (METHOD.md s4): eval.json's content, per-attack resume, kills, AutoAttack's per-sub-attack
+"""Evaluation (docs/method.md s4): eval.json's content, per-attack resume, kills, AutoAttack's per-sub-attack
 checkpoints, gradient-masking flags and bad inputs.
 
 One tiny real run (natural, mnist-mini, 1 epoch on 500 images) is trained once for the module and

@@ -13,7 +13,7 @@ from cat_bench.suite import load_suite
 
 
 def test_authors_log_is_method_md():
-    """results/paper/authors_log.csv holds METHOD.md s3's numbers: CATcw, eps 0.4, error % after epochs 1, 2, 10."""
+    """results/paper/authors_log.csv holds docs/method.md s3's numbers: CATcw, eps 0.4, error % after epochs 1, 2, 10."""
     log = load_authors_log()
     got = {(r.epoch, r.metric): r.error for r in log.itertuples()}
     assert got == {(1, "natural"): 3.8, (1, "pgd20"): 21.5, (2, "natural"): 2.4, (2, "pgd20"): 12.1,

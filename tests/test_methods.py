@@ -130,7 +130,7 @@ def test_cat_losses_by_hand(name):
 
 @pytest.mark.parametrize("family,shape", [("mnist", (4, 1, 28, 28)), ("cifar", (4, 3, 32, 32))])
 def test_cat_mask_shape_and_range(family, shape):
-    """The real mask nets g (METHOD.md s2): a per-pixel mask of the input's shape, strictly inside (0, 1)."""
+    """The real mask nets g (docs/method.md s2): a per-pixel mask of the input's shape, strictly inside (0, 1)."""
     from cat_bench.models import build_mask_net
 
     torch.manual_seed(0)

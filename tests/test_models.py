@@ -1,4 +1,4 @@
-"""Tests for the classifiers and mask nets of METHOD.md section 2 (cat_bench.models)."""
+"""Tests for the classifiers and mask nets of docs/method.md section 2 (cat_bench.models)."""
 
 import pytest
 import torch
@@ -63,7 +63,7 @@ def test_classifier_num_classes():
 
 
 def test_smallcnn_param_count_exact():
-    """SmallCNN's parameter count equals the sum over its layer list in METHOD.md section 2."""
+    """SmallCNN's parameter count equals the sum over its layer list in docs/method.md section 2."""
 
     def conv(cin: int, cout: int) -> int:
         return cin * cout * 9 + cout

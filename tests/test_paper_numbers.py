@@ -1,7 +1,7 @@
 """The paper's published numbers (results/paper/*.csv, cat_bench.paper) against the paper's text.
 
 The text (../shared/paper/calibrated-adversarial-training.txt) keeps the tables' cells but lost
-the labels' parentheses and the "±" signs ("84.1 0.3", "54.90.3"); METHOD.md s5 restores the
+the labels' parentheses and the "±" signs ("84.1 0.3", "54.90.3"); docs/method.md s5 restores the
 labels and order. The checks here locate each table's block in the text by its header line and
 compare cells by position.
 """
@@ -26,7 +26,7 @@ PAPER_TEXT = REPO.parent / "shared/paper/calibrated-adversarial-training.txt"
 WIDE = ("natural", "fgsm", "pgd20", "pgd100", "cw", "avg")
 CAT_ROWS = ["CATcent (b=0.05)", "CATcent (b=0.1)", "CATcw (b=0.05)", "CATcw (b=0.1)"]
 
-# Printed row order of each table's block in the text (METHOD.md s5); None = a row with no numbers.
+# Printed row order of each table's block in the text (docs/method.md s5); None = a row with no numbers.
 TEXT_ROWS: dict[str, list[str | None]] = {
     "1": ["AT (eps_train=0.3)", None, "TRADES (eps_train=0.3)", "TRADES (eps_train=0.4)",
           "CATcent (eps_train=0.3)", "CATcent (eps_train=0.4)", "CATcw (eps_train=0.3)", "CATcw (eps_train=0.4)"],
@@ -192,7 +192,7 @@ def test_load_all_and_parsing():
     cat = df[(df["table"] == "8") & (df["row"] == "CATcw (a=3, b=0.05)")]
     assert set(cat["a"]) == {3.0} and set(cat["b"]) == {0.05}
     mnist_cat = df[(df["table"] == "1") & df["method"].str.startswith("cat-")]
-    assert set(mnist_cat["a"]) == {1.0} and set(mnist_cat["b"]) == {0.3}  # METHOD.md s1 MNIST defaults
+    assert set(mnist_cat["a"]) == {1.0} and set(mnist_cat["b"]) == {0.3}  # docs/method.md s1 MNIST defaults
 
 
 def test_unknown_table_is_a_usage_error():
@@ -268,7 +268,7 @@ def test_text_row_labels_agree_with_restored_variants(text_lines):
             assert re.match(re.escape(want) + r"\s*\(", stem) or stem == want, (table, row, stem)
 
 
-# --- METHOD.md s5 -------------------------------------------------------------------------------
+# --- docs/method.md s5 -------------------------------------------------------------------------------
 
 
 def _rows(table: str) -> list[str]:
@@ -324,7 +324,7 @@ def test_method_s5_table8_grid():
 
 
 def test_method_s5_labels_match_table8_and_the_authors_log():
-    """METHOD.md s5's evidence for the restored b labels of Table 2's CAT rows."""
+    """docs/method.md s5's evidence for the restored b labels of Table 2's CAT rows."""
     # 84.1/55.6 = Table 8's b=0.05 row; 88.0/51.1 and 88.1/51.5 equal Table 8's b=0.3 rows.
     for t2_row, t8_row in [("CATcent (b=0.05)", "CATcent (a=5, b=0.05)"),
                            ("CATcent (b=0.3)", "CATcent (a=5, b=0.3)"),

@@ -1,4 +1,4 @@
-"""Pixel-domain protocols (METHOD.md s4) and each method's official protocol, end to end on CPU.
+"""Pixel-domain protocols (docs/method.md s4) and each method's official protocol, end to end on CPU.
 
 "paper": each official script's own domain (CAT's MNIST code never clips x + delta or x + M*delta to
 [0,1], in training, selection or test); "valid": inputs always in [0,1]. The tests watch every

@@ -72,7 +72,7 @@ def test_mean_std_over_seeds(runs, summary):
             values = per_run[m].to_numpy()
             assert row[f"{m}_mean"] == pytest.approx(np.mean(values))
             assert row[f"{m}_std"] == pytest.approx(np.std(values, ddof=1))
-        avgs = per_run[["natural", "fgsm", "pgd20"]].to_numpy().mean(axis=1)  # METHOD.md s4 "Avg", per run
+        avgs = per_run[["natural", "fgsm", "pgd20"]].to_numpy().mean(axis=1)  # docs/method.md s4 "Avg", per run
         assert row["avg_mean"] == pytest.approx(avgs.mean())
     natural = summary[summary.method == "natural"].iloc[0]
     assert natural["n_seeds"] == 1 and np.isnan(natural["pgd20_std"])

@@ -1,4 +1,4 @@
-"""Suite files: the shipped suites load, expand to the runs the paper needs, and match METHOD.md s3-s5."""
+"""Suite files: the shipped suites load, expand to the runs the paper needs, and match docs/method.md s3-s5."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def _schedule_checks(c: dict) -> None:
     assert s["lr_per_iteration"] == (family == "at" and c["dataset"] != "mnist")
     if family in ("trades", "mart", "fat"):
         assert attack["eps"] == round(c["eps"], 3)  # the scripts' --epsilon 0.031 for 8/255
-    if c["dataset"] == "mnist":  # METHOD.md s3-s4: selection PGD-20 at 0.3, no clip under the paper protocol
+    if c["dataset"] == "mnist":  # docs/method.md s3-s4: selection PGD-20 at 0.3, no clip under the paper protocol
         assert c["eps"] in (0.3, 0.4) and attack["clip"] == (family != "cat")
         assert sel["attack"] == {"kind": "pgd", "steps": 20, "alpha": 0.015, "eps": 0.3, "random_start": "none",
                                  "loss": "ce", "kappa": 0.0, "clip": False}

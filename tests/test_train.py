@@ -46,7 +46,7 @@ def test_run_directory_holds_config_history_checkpoints_and_done(uninterrupted):
     prov = stored["provenance"]
     assert {"torch", "torchvision", "git_commit", "hardware", "cat_bench"} <= set(prov)
     assert stored["identity"]["seed"] == 0
-    assert stored["identity"]["hparams"]["beta"] == 1.0  # MNIST default a (METHOD.md s1)
+    assert stored["identity"]["hparams"]["beta"] == 1.0  # MNIST default a (docs/method.md s1)
     preset = resolve_config("cat-cent", "mnist-mini", 0.3)
     assert preset["train_attack"] == {"eps": 0.3, "alpha": pytest.approx(0.015), "steps": 20, "clip": False}
     assert preset["schedule"]["optimizer"] == "adam" and preset["schedule"]["epochs"] == 40

@@ -1,4 +1,4 @@
-"""Registry of the classifiers and CAT mask networks of METHOD.md section 2.
+"""Registry of the classifiers and CAT mask networks of docs/method.md section 2.
 
 ``build_classifier`` returns a model that takes [0,1] pixels (normalization, when given, is
 inside the model) and ``build_mask_net`` returns the mask net g for a dataset family. The names
@@ -22,16 +22,16 @@ if TYPE_CHECKING:
 __all__ = ["ARCHITECTURES", "MASK_FAMILIES", "batchnorms", "build_classifier", "build_mask_net", "check_arch"]
 
 ARCHITECTURES: dict[str, str] = {
-    "smallcnn": "MNIST small CNN: 4 convs (32,32,64,64) + 2 linears, no normalization (METHOD.md s.2)",
+    "smallcnn": "MNIST small CNN: 4 convs (32,32,64,64) + 2 linears, no normalization (docs/method.md s.2)",
     "madry-cnn": "MNIST CNN of Madry et al. (mnist_challenge model.py): 2 convs 5x5 + pools, linear 1024",
     "trades-smallcnn": "MNIST SmallCNN of TRADES (models/small_cnn.py): 4 convs 3x3 + pools, 200-200, dropout 0.5",
-    "preact-resnet18": "PreAct ResNet-18 for CIFAR, as in Rice et al. 2020 (METHOD.md s.2)",
-    "wrn-34-10": "WideResNet-34-10 for CIFAR, as in TRADES / MART (METHOD.md s.2)",
+    "preact-resnet18": "PreAct ResNet-18 for CIFAR, as in Rice et al. 2020 (docs/method.md s.2)",
+    "wrn-34-10": "WideResNet-34-10 for CIFAR, as in TRADES / MART (docs/method.md s.2)",
 }
 
 MASK_FAMILIES: dict[str, str] = {
-    "mnist": "3-conv LeakyReLU mask net, nearest resize, conv + sigmoid (METHOD.md s.2)",
-    "cifar": "ResNet-18 trunk mask net, nearest resize, conv + sigmoid (METHOD.md s.2)",
+    "mnist": "3-conv LeakyReLU mask net, nearest resize, conv + sigmoid (docs/method.md s.2)",
+    "cifar": "ResNet-18 trunk mask net, nearest resize, conv + sigmoid (docs/method.md s.2)",
 }
 
 _ALLOWED = "smallcnn, madry-cnn, trades-smallcnn, preact-resnet18, wrn-34-10 (or wrn-DEPTH-WIDTH)"
@@ -91,7 +91,7 @@ def build_classifier(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> nn.Module:
-    """Build the classifier ``arch`` of METHOD.md section 2, taking [0,1] pixels.
+    """Build the classifier ``arch`` of docs/method.md section 2, taking [0,1] pixels.
 
     ``arch`` is a key of ARCHITECTURES or any "wrn-DEPTH-WIDTH". With ``mean`` (and ``std``)
     the model's first layer is Normalize(mean, std); otherwise it is an Identity.
@@ -121,7 +121,7 @@ def batchnorms(net: nn.Module) -> list[nn.Module]:
 
 
 def build_mask_net(family: str, in_channels: int) -> nn.Module:
-    """Build the CAT mask net g for ``family`` ("mnist" or "cifar"), METHOD.md section 2.
+    """Build the CAT mask net g for ``family`` ("mnist" or "cifar"), docs/method.md section 2.
 
     The net takes unnormalized [0,1] images and returns a same-shaped mask in (0,1).
     Raises UsageError for an unknown family.

@@ -5,7 +5,7 @@ from torch import nn
 
 
 class Classifier(nn.Module):
-    """A classifier that takes [0,1] pixels: ``net(normalize(x))`` (METHOD.md section 2).
+    """A classifier that takes [0,1] pixels: ``net(normalize(x))`` (docs/method.md section 2).
 
     ``normalize`` is a Normalize or an Identity. The attribute names keep state_dict keys free
     of "model." and "module.", which RobustBench strips when loading checkpoints.

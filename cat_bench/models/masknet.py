@@ -1,4 +1,4 @@
-"""The CAT mask networks g (METHOD.md section 2), taken from the CAT code.
+"""The CAT mask networks g (docs/method.md section 2), taken from the CAT code.
 
 g maps an unnormalized [0,1] image to a per-pixel mask in (0,1) of the same shape. Both nets
 compute features, resize them to the input's height and width (nearest neighbour), and apply a
@@ -17,7 +17,7 @@ def _resize_and_squash(features: torch.Tensor, head: nn.Conv2d, like: torch.Tens
 
 
 class MnistMaskNet(nn.Module):
-    """MNIST mask net g (METHOD.md section 2; the CAT code, not the paper's Table 5 widths).
+    """MNIST mask net g (docs/method.md section 2; the CAT code, not the paper's Table 5 widths).
 
     conv C->64 3x3 stride 2, LeakyReLU(0.2); conv 64->128 3x3, LeakyReLU(0.2); conv 128->128
     3x3, LeakyReLU(0.2); nearest resize to the input size; conv 128->C 3x3; sigmoid. All convs
@@ -46,7 +46,7 @@ class BasicBlock(nn.Module):
     """Standard (post-activation) ResNet basic block: conv-BN-ReLU-conv-BN + shortcut, ReLU.
 
     He et al. 2016; the shortcut is a strided 1x1 conv + BN when the shape changes. Used by the
-    CIFAR mask net trunk (METHOD.md section 2).
+    CIFAR mask net trunk (docs/method.md section 2).
     """
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
@@ -71,7 +71,7 @@ class BasicBlock(nn.Module):
 
 
 class CifarMaskNet(nn.Module):
-    """CIFAR mask net g (METHOD.md section 2; the paper's Table 6 and the CAT code).
+    """CIFAR mask net g (docs/method.md section 2; the paper's Table 6 and the CAT code).
 
     A standard CIFAR ResNet-18 trunk: conv3x3 C->64 + BN + ReLU, then four stages of two
     BasicBlocks with 64/128/256/512 channels and strides 1/2/2/2 (no pooling, no FC); nearest

@@ -1,4 +1,4 @@
-"""Per-channel input normalization kept inside the model (METHOD.md section 2).
+"""Per-channel input normalization kept inside the model (docs/method.md section 2).
 
 The CIFAR classifiers normalize internally so that attacks, masks and calibration all work in
 [0,1] pixel space.
@@ -11,7 +11,7 @@ from torch import nn
 
 
 class Normalize(nn.Module):
-    """Map [0,1] pixels to ``(x - mean) / std`` per channel (METHOD.md section 2).
+    """Map [0,1] pixels to ``(x - mean) / std`` per channel (docs/method.md section 2).
 
     ``mean`` and ``std`` are stored as buffers of shape (1, C, 1, 1) so they follow the model's
     device and dtype and are saved in its state_dict.

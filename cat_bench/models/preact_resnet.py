@@ -1,4 +1,4 @@
-"""PreAct ResNet-18 for CIFAR (METHOD.md section 2), the network of Rice et al. 2020.
+"""PreAct ResNet-18 for CIFAR (docs/method.md section 2), the network of Rice et al. 2020.
 
 Pre-activation residual blocks (He et al. 2016, "Identity Mappings in Deep Residual Networks"),
 with the CIFAR layout used by Rice et al.: 3x3 stem, four stages of two blocks, final BN+ReLU,
@@ -14,7 +14,7 @@ class PreActBlock(nn.Module):
     """Pre-activation basic block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus a shortcut.
 
     When the shape changes, the shortcut is a strided 1x1 conv applied to the pre-activated
-    input, as in Rice et al.'s PreActResNet18 (METHOD.md section 2).
+    input, as in Rice et al.'s PreActResNet18 (docs/method.md section 2).
     """
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
@@ -39,7 +39,7 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet18(nn.Module):
-    """PreAct ResNet-18 (about 11.17M parameters for 10 classes), METHOD.md section 2.
+    """PreAct ResNet-18 (about 11.17M parameters for 10 classes), docs/method.md section 2.
 
     Stem conv3x3 -> 64; stages of [2, 2, 2, 2] PreActBlocks with 64/128/256/512 channels and
     strides 1/2/2/2; BN+ReLU; global average pooling; linear. Expects normalized input (the

@@ -1,4 +1,4 @@
-"""The MNIST classifier of METHOD.md section 2 (the adversarial-ml tutorial's small CNN)."""
+"""The MNIST classifier of docs/method.md section 2 (the adversarial-ml tutorial's small CNN)."""
 
 import torch
 from torch import nn
@@ -7,7 +7,7 @@ from torch import nn
 class SmallCNN(nn.Module):
     """Four 3x3 convs (32, 32, 64, 64 channels; stride 2 on the 2nd and 4th) and two linears.
 
-    METHOD.md section 2: conv 1->32, ReLU; conv 32->32 stride 2, ReLU; conv 32->64, ReLU;
+    docs/method.md section 2: conv 1->32, ReLU; conv 32->32 stride 2, ReLU; conv 32->64, ReLU;
     conv 64->64 stride 2, ReLU; flatten (7*7*64 for 28x28 input); linear ->100, ReLU;
     linear 100->classes. Every conv has padding 1. No input normalization.
     """

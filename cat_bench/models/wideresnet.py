@@ -1,4 +1,4 @@
-"""WideResNet for CIFAR (METHOD.md section 2), laid out as in the TRADES / MART code.
+"""WideResNet for CIFAR (docs/method.md section 2), laid out as in the TRADES / MART code.
 
 Zagoruyko & Komodakis 2016, "Wide Residual Networks": a 3x3 stem with 16 channels, three groups
 of pre-activation blocks with 16k/32k/64k channels (k = widen factor) and strides 1/2/2, final
@@ -40,7 +40,7 @@ class WideBasicBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """WideResNet-``depth``-``widen_factor`` (METHOD.md section 2; TRADES / MART layout).
+    """WideResNet-``depth``-``widen_factor`` (docs/method.md section 2; TRADES / MART layout).
 
     ``depth`` must satisfy (depth - 4) % 6 == 0; each of the three groups has (depth - 4) / 6
     blocks. Weights are initialized as in the TRADES code (He-normal convs with fan-out, BN
