@@ -236,7 +236,8 @@ def _budget_args(p: argparse.ArgumentParser) -> None:
 def _log_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log", nargs="+", default=[], metavar="TRACKER",
                    help="also write training curves for TRACKER: tensorboard (RUN_DIR/tensorboard; the tensorboard "
-                        "extra); not part of the run's identity")
+                        "extra) or wandb (one W&B run per run directory; WANDB_MODE=offline keeps it local); not "
+                        "part of the run's identity")
 
 
 def _compile_arg(p: argparse.ArgumentParser) -> None:

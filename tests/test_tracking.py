@@ -52,3 +52,47 @@ def test_a_suite_log_key_writes_tensorboard_for_every_run(tmp_path):
     assert _scalars(run / TENSORBOARD_DIR)["epoch/nat_acc"]
     suite.write_text(suite.read_text().replace('log = ["tensorboard"]', 'log = "tensorboard"'))
     assert main(["results", "--suite", str(suite), "--results", str(results)]) == 2
+
+
+def test_wandb_gets_the_same_curves_without_the_network(tmp_path, monkeypatch):
+    """`--log wandb` with a stand-in `wandb` module (no network, no account): one W&B run per run directory,
+    id = its name, resumed with it; the epoch rows are history.jsonl's and steps only grow across a resume."""
+    import sys
+    import types
+
+    logged, inits = [], []
+
+    class Run:
+        def log(self, scalars, step):
+            logged.append((step, dict(scalars)))
+
+        def finish(self):
+            pass
+
+    def init(**kwargs):
+        inits.append(kwargs)
+        return Run()
+
+    fake = types.ModuleType("wandb")
+    fake.init = init
+    fake.__spec__ = types.SimpleNamespace(name="wandb")
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object() if name == "wandb" else None)
+    out = tmp_path / "run"
+    argv = [*TRAIN[:-1], "wandb", "--out", str(out)]
+    assert main([*argv, "--stop-after-epoch", "1"]) == 0
+    assert main([*argv, "--resume"]) == 0
+    assert [i["id"] for i in inits] == ["run", "run"] and all(i["resume"] == "allow" for i in inits)
+    steps = [s for s, _ in logged]
+    assert steps == sorted(steps)
+    history = records.read_jsonl(out / records.HISTORY)
+    epochs = [(s, v["epoch/nat_acc"]) for s, v in logged if "epoch/nat_acc" in v]
+    assert epochs == [(2, pytest.approx(history[0]["nat_acc"])), (4, pytest.approx(history[1]["nat_acc"]))]
+    assert not (out / TENSORBOARD_DIR).exists()
+
+
+def test_wandb_not_installed_exits_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    assert main([*TRAIN[:-1], "wandb", "--out", str(tmp_path / "run")]) == 2
+    assert "--log wandb needs the wandb package: pip install wandb" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
