@@ -41,6 +41,7 @@ def markdown(suite: str, results: Path) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="mnist-fidelity")
-    parser.add_argument("--results", type=Path, default=Path("results/fidelity"))
+    parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parents[1] / "results" / "fidelity",
+                        help="the records (default: this checkout's results/fidelity, wherever it is run from)")
     args = parser.parse_args()
     print(markdown(args.suite, args.results), end="")
