@@ -129,9 +129,11 @@ def t_half_width(std: pd.Series, n: pd.Series) -> pd.Series:
 
     Seeds are few (2-5), so the normal 1.96 would understate the interval (t_{0.975, 1} = 12.7).
     """
+    n = n.astype(float)
+    if not (n > 1).any():  # one seed everywhere: no interval, and no scipy needed (a bare GPU image)
+        return pd.Series(float("nan"), index=n.index)
     from scipy.stats import t
 
-    n = n.astype(float)
     half = t.ppf(0.975, (n - 1).where(n > 1)) * std / n.pow(0.5)
     return half.where(n > 1)
 
