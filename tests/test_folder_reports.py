@@ -9,22 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from cat_bench.cli import main
 from cat_bench.report import read_cells, render_report
 from cat_bench.suite import RunSpec, folder_suite
 from cat_bench.train import resolve_config
+from test_failures import run as run_cli  # (code, stdout, stderr) of one CLI call
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "results" / "smoke" / "runs"
-
-
-def run_cli(argv, capsys):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture
