@@ -41,7 +41,7 @@ from cat_bench.attacks import PGD, kl_div
 from cat_bench.data import dataset_info, load_split
 from cat_bench.evaluate import correct_under, default_batch_size
 from cat_bench.methods import TrainAttack, default_arch
-from cat_bench.networks import Networks, precision_context, resolve_device
+from cat_bench.networks import Networks, compiled, precision_context, resolve_device
 from cat_bench.presets import eval_attack
 from cat_bench.train import resolve_config
 
@@ -152,24 +152,27 @@ def _setup(method, dataset, arch, eps, device, precision, compile):
     torch.manual_seed(0)
     nets = Networks(config, device)
     autocast = precision_context(precision, device)
-    f = torch.compile(nets.f, mode=compile) if compile else nets.f
+    f = compiled(nets.f, compile)
     m = nets.adapter(f, autocast)
     opts = {k: torch.optim.SGD(v.parameters(), lr=0.01, momentum=0.9) for k, v in m.modules().items()}
     return config, nets, m, opts
 
 
 def _time_steps(step, batches, device):
+    """(seconds for `batches` steps after one warm-up, the peak GPU memory of those steps in GB or None)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     step(0)  # warm-up (and compilation)
     _sync(device)
     t0 = time.perf_counter()
     for i in range(1, batches + 1):
         step(i)
     _sync(device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _peak_memory_gb(device)
 
 
 def train_rows(method, dataset, arch, eps, x, y, device, batches, precision="fp32", compile=None, eager=True):
-    """(images/s, FLOPs per image) of cat-bench's step, and of the eager reference when `eager`.
+    """(images/s, FLOPs per image, peak GB) of cat-bench's step, and of the eager reference when `eager`.
     `compile`: None (eager) or a torch.compile mode (reduce-overhead: CUDA graphs)."""
     config, nets, m, opts = _setup(method, dataset, arch, eps, device, precision, compile)
     bs = config["schedule"]["batch_size"]
@@ -182,8 +185,8 @@ def train_rows(method, dataset, arch, eps, x, y, device, batches, precision="fp3
             m.update(xs[0], ys[0], opts, 1)
         train_rows.flops[(method, arch)] = counter.get_total_flops() / bs
     ours_flops = train_rows.flops[(method, arch)]
-    ours = batches * bs / _time_steps(lambda i: m.update(xs[i], ys[i], opts, 1), batches, device)
-    rows = {"cat-bench": (ours, ours_flops)}
+    secs, memory = _time_steps(lambda i: m.update(xs[i], ys[i], opts, 1), batches, device)
+    rows = {"cat-bench": (batches * bs / secs, ours_flops, memory)}
     if eager and method in EAGER:
         f, g = copy.deepcopy(nets.f), copy.deepcopy(nets.extra.get("g"))
         e_opts = {"f": torch.optim.SGD(f.parameters(), lr=0.01, momentum=0.9)}
@@ -194,8 +197,9 @@ def train_rows(method, dataset, arch, eps, x, y, device, batches, precision="fp3
         with flop_counter() as counter:
             step(f, g, xs[0], ys[0], e_opts, attack, config["hparams"])
         eager_flops = counter.get_total_flops() / bs
-        secs = _time_steps(lambda i: step(f, g, xs[i], ys[i], e_opts, attack, config["hparams"]), batches, device)
-        rows["authors-style eager"] = (batches * bs / secs, eager_flops)
+        secs, memory = _time_steps(lambda i: step(f, g, xs[i], ys[i], e_opts, attack, config["hparams"]), batches,
+                                   device)
+        rows["authors-style eager"] = (batches * bs / secs, eager_flops, memory)
     return rows
 
 
@@ -203,7 +207,8 @@ train_rows.flops = {}  # (method, arch): FLOPs per image of cat-bench's eager st
 
 
 def eval_rows(dataset, arch, x, y, device, batch_size):
-    """(images/s, FLOPs per image) of cat-bench's PGD-20 evaluation and of torchattacks' PGD, when installed."""
+    """(images/s, FLOPs per image, peak GB) of cat-bench's PGD-20 evaluation and of torchattacks' PGD, when
+    installed."""
     info = dataset_info(dataset)
     config = resolve_config("natural", dataset, info.test_eps, arch=arch)
     torch.manual_seed(0)
@@ -215,10 +220,12 @@ def eval_rows(dataset, arch, x, y, device, batch_size):
         correct_under(f, xs[:batch_size], ys[:batch_size], attack, batch_size)
     flops = counter.get_total_flops() / batch_size
     _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     ours_acc = correct_under(f, xs, ys, attack, batch_size).float().mean().item()
     _sync(device)
-    rows = {"cat-bench": (len(ys) / (time.perf_counter() - t0), flops)}
+    rows = {"cat-bench": (len(ys) / (time.perf_counter() - t0), flops, _peak_memory_gb(device))}
     try:
         import torchattacks
     except ImportError:
@@ -226,6 +233,8 @@ def eval_rows(dataset, arch, x, y, device, batch_size):
     atk = torchattacks.PGD(f, eps=p.eps, alpha=p.alpha, steps=p.steps, random_start=False)
     atk(xs[:batch_size], ys[:batch_size])  # warm-up
     _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     correct = 0
     for i in range(0, len(ys), batch_size):
@@ -234,7 +243,8 @@ def eval_rows(dataset, arch, x, y, device, batch_size):
         with torch.no_grad():
             correct += (f(x_adv).argmax(1) == yb).sum().item()
     _sync(device)
-    rows[f"torchattacks {torchattacks.__version__} PGD"] = (len(ys) / (time.perf_counter() - t0), flops)
+    rows[f"torchattacks {torchattacks.__version__} PGD"] = (len(ys) / (time.perf_counter() - t0), flops,
+                                                           _peak_memory_gb(device))
     return rows, (ours_acc, correct / len(ys))
 
 
@@ -286,16 +296,13 @@ def main() -> None:
     record = {"device": name, "torch": torch.__version__, "dataset": args.dataset, "arch": arch,
               "synthetic": args.synthetic, "peak_gflops": peak, "rows": []}
 
-    def show(label, rate, flops, ref, precision="fp32", **key):
+    def show(label, rate, flops, memory, ref, precision="fp32", **key):
         ratio = f"{rate / ref:.2f}x" if ref else "reference"
-        memory = _peak_memory_gb(device)
         print(f"| {label} | {rate:.1f} | {ratio} | {flops / 1e9:.3f} | {rate * flops / 1e9:.1f} | "
               f"{rate * flops / 1e9 / peak[precision]:.0%} | {'-' if memory is None else f'{memory:.1f} GB'} |")
         record["rows"].append({"what": label, "images_per_s": rate, "ratio": rate / ref if ref else None,
                                "flops_per_image": flops, "fraction_of_peak": rate * flops / 1e9 / peak[precision],
                                "peak_memory_gb": memory, "precision": precision, **key})
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
 
     natural = train_rows("natural", args.dataset, arch, eps, x, y, device, args.batches, eager=False)["cat-bench"]
     show("train natural, cat-bench", *natural, None, method="natural", compile=None)

@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="train at most up to epoch K this time (a compute budget, not part of the run's identity; "
                         "--resume continues)")
     _budget_args(t)
-    _compile_arg(t)
+    _kernel_args(t)
     _log_arg(t)
     t.add_argument("--nproc", type=positive_int, default=1,
                    help="data-parallel processes for this one run (one per GPU on CUDA, gloo on CPU); the global "
@@ -145,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--stop-after-epoch", type=positive_int, metavar="K",
                    help="train each run at most up to epoch K this time (a compute budget; rerun to continue)")
     _budget_args(r)
-    _compile_arg(r)
+    _kernel_args(r)
     _log_arg(r)
     r.add_argument("--jobs-per-gpu", type=positive_int, default=1, metavar="K",
                    help="local: K runs at once on each GPU (K worker processes per GPU, each run under its own "
@@ -240,13 +240,17 @@ def _log_arg(p: argparse.ArgumentParser) -> None:
                         "part of the run's identity")
 
 
-def _compile_arg(p: argparse.ArgumentParser) -> None:
+def _kernel_args(p: argparse.ArgumentParser) -> None:
     from cat_bench.presets import COMPILE_MODES
 
     p.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",
                    help="torch.compile the classifier, in MODE: " + ", ".join(COMPILE_MODES)
                         + " (default when the flag is given alone; reduce-overhead replays CUDA graphs, for "
                           "launch-bound small networks); a speed option, not part of the run's identity")
+    p.add_argument("--deterministic", action="store_true",
+                   help="on CUDA, deterministic kernels (cuDNN without benchmarking, torch's deterministic "
+                        "algorithms): a resumed run then equals an uninterrupted one there, at some speed; CPU runs "
+                        "are deterministic already. Not part of the run's identity")
 
 
 def _suite_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -310,8 +314,8 @@ def _train(args) -> None:
         print(f"note: --n-train {args.n_train} is more than the {config['n_train']} training images {args.dataset} "
               f"has here; training on (and recording) {config['n_train']}", file=sys.stderr)
     options = dict(resume=args.resume, data_root=args.data_root, device=args.device, compile=args.compile,
-                   progress=not args.no_progress, stop_after_epoch=args.stop_after_epoch,
-                   deadline=_deadline(args), trackers=check_trackers(args.log))
+                   deterministic=args.deterministic, progress=not args.no_progress,
+                   stop_after_epoch=args.stop_after_epoch, deadline=_deadline(args), trackers=check_trackers(args.log))
     main_rank = distributed.from_env().main  # False on the other ranks torchrun starts
     if main_rank:
         print(f"run directory: {out}", file=sys.stderr)
@@ -572,7 +576,7 @@ def _run(args) -> int:
         return
     device = resolve_device(args.device)
     options = dict(stop_after_epoch=args.stop_after_epoch, deadline=_deadline(args), compile=args.compile,
-                   trackers=check_trackers(args.log or list(suite.log)))
+                   deterministic=args.deterministic, trackers=check_trackers(args.log or list(suite.log)))
     workers = worker_devices(device, args.jobs_per_gpu) if args.gpus_per_job == 1 else [str(device)]
     if len(workers) > 1:
         outcome = run_parallel(args.results, specs, workers, data_root=args.data_root, **options)

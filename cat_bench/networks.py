@@ -37,6 +37,32 @@ def precision_context(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else None
 
 
+def compiled(f: torch.nn.Module, mode: str | None) -> torch.nn.Module:
+    """f as the training steps run it: eager (`mode` None) or torch.compile'd in `mode` (presets.COMPILE_MODES).
+
+    In "reduce-overhead" mode the compiled f replays CUDA graphs, whose outputs live in memory
+    the next replay reuses; a replay begins anew after every backward and every no_grad call
+    (CUDAGraph Trees), and a training step keeps logits across such calls (PGD's natural logits
+    for the KL loss, CAT's no_grad f(x_adv) beside a graded f(x_cal)). Each output, batch x
+    classes, is therefore cloned as it comes out. The weights are f's own in every mode.
+    """
+    if mode is None:
+        return f
+    run = torch.compile(f, mode=mode)
+    if mode != "reduce-overhead":
+        return run
+
+    class ClonedOutputs(torch.nn.Module):  # defined here: torch is imported on first use (cat_bench.lazy)
+        def __init__(self):
+            super().__init__()
+            self.compiled = run
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.compiled(x).clone()
+
+    return ClonedOutputs()
+
+
 class Networks:
     """f and the networks its method adds (`Method.extra_networks`) for a resolved config, on a device.
 

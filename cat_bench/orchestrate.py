@@ -156,8 +156,8 @@ def _failed_since(out: Path, since: float) -> bool:
 
 def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=None, progress: bool = True,
             log: Callable[[str], None] = print, wait: bool = False, stop_after_epoch: int | None = None,
-            deadline: float | None = None, compile: str | None = None, trackers: list[str] | None = None,
-            nproc: int = 1) -> str:
+            deadline: float | None = None, compile: str | None = None, deterministic: bool = False,
+            trackers: list[str] | None = None, nproc: int = 1) -> str:
     """Train and evaluate one run under its lock; returns 'done', 'skipped' (already done), 'busy',
     'stopped' (a compute budget ended it: trained up to `stop_after_epoch`, or `deadline` (a
     `time.time()` value) passed; not evaluated yet) or 'failed'. Past the deadline a run is
@@ -202,7 +202,8 @@ def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=Non
         if deadline is not None and time.time() >= deadline:
             return "stopped"
         options = dict(resume=True, data_root=data_root, device=device, progress=progress,
-                       stop_after_epoch=stop_after_epoch, deadline=deadline, compile=compile, trackers=trackers)
+                       stop_after_epoch=stop_after_epoch, deadline=deadline, compile=compile,
+                       deterministic=deterministic, trackers=trackers)
         summary = (train_group(spec.config, out, nproc, **options) if nproc > 1
                    else train(spec.config, out, log=log, **options))
         if not summary.get("done", True) or (deadline is not None and time.time() >= deadline):
@@ -220,7 +221,7 @@ def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=Non
 def run_local(results: Path, specs: Sequence[RunSpec], *, device: torch.device, data_root=None,
               progress: bool = True, log: Callable[[str], None] = print,
               stop_after_epoch: int | None = None, deadline: float | None = None, compile: str | None = None,
-              trackers: list[str] | None = None, nproc: int = 1) -> dict[str, str]:
+              deterministic: bool = False, trackers: list[str] | None = None, nproc: int = 1) -> dict[str, str]:
     """Run jobs one after another (each on `nproc` data-parallel processes); runs held by another
     process are waited for last, unless the deadline has passed."""
     outcome: dict[str, str] = {}
@@ -234,7 +235,8 @@ def run_local(results: Path, specs: Sequence[RunSpec], *, device: torch.device, 
                 log(f"run {spec.name} ({spec.config['method']}, {', '.join(spec.labels) or 'no label'})")
                 outcome[spec.name] = run_job(results, spec, device=device, data_root=data_root, progress=progress,
                                              log=log, wait=wait, stop_after_epoch=stop_after_epoch,
-                                             deadline=deadline, compile=compile, trackers=trackers, nproc=nproc)
+                                             deadline=deadline, compile=compile, deterministic=deterministic,
+                                             trackers=trackers, nproc=nproc)
                 if outcome[spec.name] != "busy":
                     advance()
     return outcome
@@ -263,7 +265,8 @@ def run_parallel(results: Path, specs: Sequence[RunSpec], devices: Sequence[str]
                  **options) -> dict[str, str]:
     """One worker process per entry of `devices` (a GPU named K times packs K runs on it), all walking
     the job list (rotated) under the per-run locks; each run is trained by exactly one of them.
-    `options`: run_local's budget, speed and tracker options (stop_after_epoch, deadline, compile, trackers)."""
+    `options`: run_local's budget, speed and tracker options (stop_after_epoch, deadline, compile,
+    deterministic, trackers)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")

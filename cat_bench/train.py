@@ -30,7 +30,7 @@ from cat_bench.lazy import torch
 from cat_bench.methods import Method, default_arch, get_method, protocol_for, resolve_hparams
 from cat_bench.methods.base import lr_at
 from cat_bench.models import check_arch
-from cat_bench.networks import Networks, precision_context, resolve_device
+from cat_bench.networks import Networks, compiled, precision_context, resolve_device
 from cat_bench.presets import PIXEL_PROTOCOLS, PRECISIONS, SELECTION, clips
 from cat_bench.progress import progress_bar
 from cat_bench.rundir import RunLock, check_writable, claim
@@ -254,7 +254,7 @@ def _prepare_run_dir(out: Path, config: dict, resume: bool) -> dict | None:
 def train(config: dict, out: Path, *, resume: bool = False, data_root=None, device: torch.device | str | None = None,
           compile: str | None = None, progress: bool = True, log=print, stop_after_epoch: int | None = None,
           deadline: float | None = None, trace_every: int = 10, group: Group | None = None,
-          trackers: list[str] | None = None) -> dict:
+          trackers: list[str] | None = None, deterministic: bool = False) -> dict:
     """Train a resolved config into `out`; returns the `done` summary. Resumes from checkpoints/last.pt.
 
     `group`: this process's rank in a data-parallel group (default: the one RANK/WORLD_SIZE
@@ -267,7 +267,9 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
     `deadline` (a `time.time()` value; `--stop-after-minutes`): a wall-clock budget of the same
     kind: training stops at the first epoch boundary after it, with that epoch checkpointed.
     `compile`: None (eager) or a torch.compile mode for f (COMPILE_MODES; "reduce-overhead"
-    replays CUDA graphs, for launch-bound small networks). `trackers`: views of the records for
+    replays CUDA graphs, for launch-bound small networks). `deterministic`: on CUDA, kernels that
+    give the same bits every time (`cuda_kernels`), so a resumed run equals an uninterrupted one
+    there too; without it cuDNN picks its fastest kernels. `trackers`: views of the records for
     TensorBoard (cat_bench.tracking), written by rank 0.
     `trace_every`: a method's traced values (`Method.trace`: CAT's mask and losses) go to trace.jsonl
     on the first batch of each epoch and every `trace_every` batches after it.
@@ -276,7 +278,7 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
     group = group or distributed.from_env()
     options = dict(resume=resume, data_root=data_root, device=device, compile=compile, progress=progress, log=log,
                    stop_after_epoch=stop_after_epoch, deadline=deadline, trace_every=trace_every, group=group,
-                   trackers=trackers)
+                   trackers=trackers, deterministic=deterministic)
     if not group.main:  # the other ranks write nothing
         return _train(config, out, **options)
     with RunLock(out):  # the writer holds the run's lock and writes only into a run directory
@@ -285,9 +287,22 @@ def train(config: dict, out: Path, *, resume: bool = False, data_root=None, devi
         return _train(config, out, **options)
 
 
+def cuda_kernels(deterministic: bool) -> None:
+    """Choose CUDA's kernels for a run. Fast (the default): cuDNN benchmarks its algorithms and keeps
+    the fastest, which may differ from call to call and sum in another order. Deterministic: cuDNN's
+    deterministic algorithms, no benchmarking, and torch's deterministic implementations (a warning
+    where an operation has none), with cuBLAS on a fixed workspace (CUBLAS_WORKSPACE_CONFIG, set
+    here unless the environment sets it); torch's reproducibility notes list what this costs."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
 def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.device | str | None,
            compile: str | None, progress: bool, log, stop_after_epoch: int | None, deadline: float | None,
-           trace_every: int, group: Group, trackers: list[str] | None) -> dict:
+           trace_every: int, group: Group, trackers: list[str] | None, deterministic: bool) -> dict:
     """`train`'s work, with the run directory claimed and locked by its writer: open the run
     directory, load the data, build the networks and the method, start or resume, train epoch by
     epoch (each one trained, scored, recorded), then write `done`."""
@@ -303,7 +318,7 @@ def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.de
             progress, log = False, lambda message: None
     torch.manual_seed(config["seed"])
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        cuda_kernels(deterministic)
     run = _Session(config, out, group, device, log, progress, trace_every)
     run.load_data(data_root)
     run.build(compile)
@@ -387,7 +402,7 @@ class _Session:
         if self.group.world > 1:
             self.nets.sync_batchnorm()
         self.autocast = precision_context(config["precision"], device)
-        f_run = self.nets.f if compile is None else torch.compile(self.nets.f, mode=compile)
+        f_run = compiled(self.nets.f, compile)
         self.method = self.nets.adapter(f_run, self.autocast)
         self.optimizers = self.method.configure_optimizers(self.schedule)
         self.average = WeightAverage(self.nets.f, config["ema"]) if "ema" in config else None

@@ -36,16 +36,55 @@ def test_a_loader_that_drops_a_batch_fails_its_check_and_the_doctor_exits_1(monk
     assert "| loader on device | FAIL |" in out and "every image exactly once" in out and "FAILED: loader" in out
 
 
-def test_an_update_that_differs_from_the_reference_fails(monkeypatch):
-    """One update against another that starts from different random starts: outside the fp32 bound."""
-    config = doctor._config("at", "mnist-mini")
+def _ulp_moved(state: dict) -> dict:
+    """The weights moved by about one ulp: the rounding another device's kernels could give."""
+    gen = doctor.torch.Generator().manual_seed(1)
+    return {k: {n: t * (1 + 1e-7 * doctor.torch.randn(t.shape, generator=gen)) if t.is_floating_point() else t
+                for n, t in s.items()} for k, s in state.items()}
+
+
+def test_rounding_makes_the_update_chaotic_and_the_replayed_attack_removes_it():
+    """AT on PreAct ResNet-18 at initialisation: one ulp moves the update past the bound; with the
+    reference's attack replayed, the same ulp stays far inside it."""
+    config = doctor._config("at", "cifar10")
+    state, before = doctor._initial(config)
+    x, y = doctor._batch("cifar10", 4)
+    cpu = doctor.torch.device("cpu")
+    tape = doctor.AttackTape()
+    reference = doctor.one_update(config, state, x, y, cpu, tape=tape)
+    _, free = doctor.update_difference(reference, doctor.one_update(config, _ulp_moved(state), x, y, cpu), before)
+    replay = tape.replayed()
+    _, replayed = doctor.update_difference(
+        reference, doctor.one_update(config, _ulp_moved(state), x, y, cpu, tape=replay), before)
+    assert free > doctor.UPDATE_RTOL > 10 * replayed
+    assert replay.moved and max(replay.moved) > 0  # the attack itself ran and went elsewhere
+
+
+@pytest.mark.parametrize("method", ["at", "trades", "cat-cent"])
+def test_an_update_in_the_wrong_precision_fails(method):
+    """bf16 where fp32 was asked, the attacks replayed: outside the fp32 bound."""
+    config = doctor._config(method, "mnist-mini")
     state, before = doctor._initial(config)
     x, y = doctor._batch("mnist-mini", 16)
-    reference = doctor.one_update(config, state, x, y, doctor.torch.device("cpu"))
-    monkeypatch.setattr(doctor.torch, "manual_seed", lambda seed: doctor.torch.random.manual_seed(seed + 1))
-    other = doctor.one_update(config, state, x, y, doctor.torch.device("cpu"))
-    loss, update = doctor.update_difference(reference, other, before)
-    assert loss > doctor.LOSS_RTOL or update > doctor.UPDATE_RTOL
+    cpu = doctor.torch.device("cpu")
+    tape = doctor.AttackTape()
+    reference = doctor.one_update(config, state, x, y, cpu, tape=tape)
+    other = doctor.one_update(doctor._config(method, "mnist-mini", "bf16"), state, x, y, cpu, tape=tape.replayed())
+    _, update = doctor.update_difference(reference, other, before)
+    assert update > doctor.UPDATE_RTOL
+
+
+def test_an_attack_that_leaves_the_eps_ball_fails_the_update_check(monkeypatch):
+    config = doctor._config("at", "mnist-mini")
+    state, _ = doctor._initial(config)
+    x, y = doctor._batch("mnist-mini", 16)
+    cpu = doctor.torch.device("cpu")
+    tape = doctor.AttackTape()
+    doctor.one_update(config, state, x, y, cpu, tape=tape)
+    pgd = doctor.attacks_module.PGD.__call__
+    monkeypatch.setattr(doctor.attacks_module.PGD, "__call__", lambda self, f, x, y: pgd(self, f, x, y) + self.eps)
+    with pytest.raises(doctor.Failed, match="left the eps-ball"):
+        doctor.one_update(config, state, x, y, cpu, tape=tape.replayed())
 
 
 @pytest.mark.parametrize("args, message", [
