@@ -15,11 +15,12 @@ from pathlib import Path
 
 from cat_bench import distributed
 from cat_bench.errors import CorruptRecord, Diverged, GroupFailed, UsageError
+from cat_bench.options import RUN_OPTIONS, add_flags, schema
 from cat_bench.presets import parse_eps
 from cat_bench.shell import command
 from cat_bench.tracking import check_trackers
 
-LISTABLE = ("methods", "datasets", "attacks", "architectures")
+LISTABLE = ("methods", "datasets", "attacks", "architectures", "options")
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:
@@ -59,25 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--method", required=True, help="see `cat-bench list methods`")
     t.add_argument("--dataset", required=True, help="mnist, mnist-mini, cifar10, cifar100")
     t.add_argument("--eps", required=True, help="training eps in [0,1] pixels, e.g. 0.3 or 8/255")
-    t.add_argument("--arch", help="classifier (default: the method's official script's; see `cat-bench list methods`)")
-    t.add_argument("--schedule", default="official",
-                   help="official (default: the method's authors' protocol) or uniform (CAT's protocol for every method)")
-    t.add_argument("--protocol", default="paper",
-                   help="paper (default: each official script's pixel domain; CAT on MNIST never clips to [0,1]) "
-                        "or valid (inputs always in [0,1], RobustBench's convention)")
-    t.add_argument("--precision", default="fp32",
-                   help="fp32 (default: the official scripts'), tf32 (CUDA TF32 math) or bf16 (autocast); "
-                        "part of the run's identity")
-    t.add_argument("--ema", type=float, metavar="DECAY",
-                   help="evaluate an exponential moving average of f's weights with this decay per step, e.g. "
-                        "0.999 (default: off); part of the run's identity")
-    t.add_argument("--epochs", type=int, help="override the protocol's number of epochs")
-    t.add_argument("--batch-size", type=int, help="override the protocol's batch size")
     t.add_argument("--seed", type=int, default=0, help="seeds torch and the batch order (default 0)")
-    t.add_argument("--n-train", type=int, help="train on the first N training examples (quick runs)")
+    add_flags(t)  # the run options (cat_bench.options): every one part of the run's identity
     t.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="method hyperparameters, e.g. beta=5 b=0.05")
-    t.add_argument("--select-on", default="test", help="split for per-epoch checkpoint selection: test (paper) or val")
-    t.add_argument("--select-n", type=int, help="examples used by the selection metric (default: the whole split)")
     t.add_argument("--out", type=Path, help="run directory (default: runs/METHOD-DATASET-HASH)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     t.add_argument("--stop-after-epoch", type=positive_int, metavar="K",
@@ -210,7 +195,7 @@ def _parser() -> argparse.ArgumentParser:
     dr.add_argument("--keep", type=Path, metavar="DIR",
                     help="work in DIR (an empty or new folder) and keep what the checks wrote there")
 
-    li = sub.add_parser("list", help="list methods, datasets, attacks or architectures")
+    li = sub.add_parser("list", help="list methods, datasets, attacks, architectures or run options")
     li.add_argument("what", choices=LISTABLE, help="what to list")
     return p
 
@@ -305,10 +290,8 @@ def _train(args) -> None:
     from cat_bench import records
     from cat_bench.train import resolve_config, train, train_group
 
-    config = resolve_config(args.method, args.dataset, parse_eps(args.eps), arch=args.arch, epochs=args.epochs,
-                            seed=args.seed, overrides=parse_sets(args.set), select_on=args.select_on,
-                            select_n=args.select_n, batch_size=args.batch_size, n_train=args.n_train,
-                            protocol=args.protocol, schedule=args.schedule, precision=args.precision, ema=args.ema)
+    config = resolve_config(args.method, args.dataset, parse_eps(args.eps), seed=args.seed,
+                            overrides=parse_sets(args.set), **{o.name: getattr(args, o.name) for o in RUN_OPTIONS})
     out = args.out or Path("runs") / records.run_name(config)
     if args.n_train is not None and config["n_train"] != args.n_train:
         print(f"note: --n-train {args.n_train} is more than the {config['n_train']} training images {args.dataset} "
@@ -778,6 +761,10 @@ def _list(args) -> None:
         for family, presets in EVAL_ATTACKS.items():
             for name, p in presets.items():
                 print(f"{family:<6} {name:<11} {p.source}")
+    elif args.what == "options":
+        print("run options (a suite block's key, `cat-bench train`'s flag, what is allowed: what it does); "
+              "each is part of the run's identity")
+        print("\n".join(schema()))
     else:
         from cat_bench.models import ARCHITECTURES
         for name, desc in ARCHITECTURES.items():

@@ -194,7 +194,7 @@ def _evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps
         log(f"note: --n-examples {n_examples} is more than the {len(y)} test examples; evaluating (and "
             f"recording) all {len(y)}")
     test_eps = eps if eps is not None else info.test_eps
-    clip = clips(info.family, config.get("protocol", "valid"))  # runs from before protocols always clipped
+    clip = clips(info.family, config["protocol"])
     key = {"checkpoint": records.BEST, "epoch": best_epoch, "n_examples": len(y), "eps": test_eps}
     return attack_all(run_dir, model, x, y, names, key=key, dataset=config["dataset"], seed=config["seed"], clip=clip,
                       eps_override=eps is not None, batch_size=batch_size, device=device, progress=progress, log=log,

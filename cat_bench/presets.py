@@ -20,6 +20,10 @@ from cat_bench.errors import UsageError
 PIXEL_PROTOCOLS = ("paper", "valid")
 
 
+# Training schedules: "official", each method's own authors' protocol (the default); "uniform": CAT's
+# protocol for every method, for controlled comparisons (the methods keep their own losses and attacks).
+SCHEDULES = ("official", "uniform")
+
 # Numeric precision of training (part of a run's identity). "fp32": what every official script
 # does (CAT's Train_CIFAR10.py comments apex out; it and Rice et al.'s train_cifar.py declare
 # --half but never read it, and their Batches yield .float(); TRADES, MART and FAT have no half

@@ -156,8 +156,19 @@ def config_hash(config: dict) -> str:
 RUN_NAME = re.compile(r"[a-z0-9-]+-[0-9a-f]{12}")  # METHOD-DATASET-HASH
 
 
+def normalised(identity: dict) -> dict:
+    """An identity as any record holds it, with every key that older records lack filled in with the
+    value those runs had, so that no reader guesses a default: LATER_KEYS; "protocol" "valid"
+    (before pixel protocols, inputs were always clipped to [0,1]); the schedule's "name" "official"
+    (before `--schedule`, every method trained with its authors' protocol)."""
+    out = {**LATER_KEYS, "protocol": "valid", **identity}
+    if isinstance(out.get("schedule"), dict):
+        out["schedule"] = {"name": "official", **out["schedule"]}
+    return out
+
+
 def read_identity(run_dir: Path) -> dict:
-    """The resolved config a run directory was trained with (config.json's identity), LATER_KEYS filled in.
+    """The resolved config a run directory was trained with (config.json's identity), `normalised`.
 
     A directory named like a run (METHOD-DATASET-HASH) must hold the identity that hashes to its name:
     an edited or damaged config.json is a CorruptRecord, never a run that claims settings it did not train with.
@@ -166,11 +177,10 @@ def read_identity(run_dir: Path) -> dict:
     identity = read_json(run_dir / CONFIG).get("identity")
     if not isinstance(identity, dict) or not {"method", "dataset"} <= set(identity):
         raise CorruptRecord(f"corrupt record {run_dir / CONFIG}: no run identity (method, dataset, ...) in it")
-    identity = {**LATER_KEYS, **identity}
     if RUN_NAME.fullmatch(run_dir.name) and run_name(identity) != run_dir.name:
         raise CorruptRecord(f"corrupt record {run_dir / CONFIG}: its identity hashes to {run_name(identity)}, not to "
                             f"the directory's name {run_dir.name} (edited by hand?)")
-    return identity
+    return normalised(identity)
 
 
 def verify_run(run_dir: Path) -> None:

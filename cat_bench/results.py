@@ -51,7 +51,7 @@ def run_row(run_dir: Path) -> dict | None:
     if "external" in config:  # a model cat-bench did not train (cat_bench.external): named by what was loaded
         method = f"external:{config['external']['label']}"
     row = {"method": method, "dataset": config["dataset"], "arch": config["arch"],
-           "protocol": config.get("protocol", "valid"), "schedule": config["schedule"].get("name", "official"),
+           "protocol": config["protocol"], "schedule": config["schedule"]["name"],
            "eps": config["eps"], "seed": config["seed"], "epochs": config["schedule"]["epochs"],
            "n_train": config["n_train"]}
     row.update({HP_PREFIX + k: v for k, v in config["hparams"].items()})

@@ -166,7 +166,7 @@ def model_card(run_dir: Path, name: str, ckpt: dict, digest: str, size: int, tra
         "sources": config.get("sources", {}),
         "inputs": {"shape": list(info.shape), "range": "[0, 1] pixels; f normalises inside where its protocol says so",
                    "num_classes": info.num_classes, "test_eps": info.test_eps,
-                   "clip": clips(info.family, identity.get("protocol", "valid"))},
+                   "clip": clips(info.family, identity["protocol"])},
         "weights": {"file": WEIGHTS, "sha256": digest, "bytes": size, "networks": sorted(ckpt["nets"]),
                     "checkpoint": records.BEST, "epoch": int(ckpt["epoch"]), "score": ckpt.get("score")},
         "training": {"trained_with": trained_with, **training(run_dir, identity, config, done, history, sessions)},
@@ -216,8 +216,8 @@ def train_command(identity: dict, out: str) -> tuple[str | None, str]:
 
     method, dataset, eps = identity["method"], identity["dataset"], identity["eps"]
     argv = ["cat-bench", "train", "--method", method, "--dataset", dataset, "--eps", format_eps(eps)]
-    kwargs = {"schedule": identity["schedule"]["name"], "protocol": identity.get("protocol", "valid"),
-              "precision": identity.get("precision", "fp32")}
+    kwargs = {"schedule": identity["schedule"]["name"], "protocol": identity["protocol"],
+              "precision": identity["precision"]}
     if resolve_config(method, dataset, eps, schedule=kwargs["schedule"])["arch"] != identity["arch"]:
         argv += ["--arch", identity["arch"]]
     kwargs["arch"] = identity["arch"]
@@ -287,7 +287,7 @@ def read_card(folder: Path) -> dict:
     card = records.read_json(folder / CARD)
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         raise CorruptRecord(f"{folder / CARD} is not a {CARD_FORMAT!r}")
-    return card
+    return {**card, "identity": records.normalised(card["identity"])}
 
 
 def verify(folder: Path, card: dict) -> str:
@@ -332,7 +332,7 @@ def measure_folder(folder: Path, card: dict, attacks: list[str], *, n_examples: 
     model = load_networks(folder, card, device).f
     x, y = load_test_examples(identity["dataset"], n_examples, data_root, device)
     test_eps = eps if eps is not None else info.test_eps
-    clip = clips(info.family, identity.get("protocol", "valid"))
+    clip = clips(info.family, identity["protocol"])
     out = {"key": {"n_examples": len(y), "eps": test_eps}, "attacks": {}}
     for name in attacks:
         preset = eval_attack(info.family, name, test_eps, override=eps is not None)

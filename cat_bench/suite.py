@@ -13,17 +13,11 @@ Schema (smoke.toml carries the same description):
       label = "Table 2"               the paper table or figure served (default: "<file> block <n>")
       methods = ["natural", "at"]     required: method names (`cat-bench list methods`)
       dataset = "cifar10"             required
-      arch = "wrn-34-10"              optional: default, the dataset's (docs/method.md s2)
       eps = ["8/255", 0.3]            required: training eps, numbers or fractions
       seeds = [0, 1, 2, 3, 4]         optional: default [0]
       hparams = {beta = 5, b = [0.05, 0.1]}   optional: value or list of values (a list is a grid axis)
-      epochs, batch_size, n_train, select_n   optional ints: default, the preset (docs/method.md s3)
-      select_on = "test"              optional: "test" (the paper, Appendix C) or "val"
-      protocol = "paper"              optional: "paper" (default) or "valid" (inputs always in [0,1])
-      schedule = "official"           optional: "official" (default: each method's authors' protocol)
-                                      or "uniform" (CAT's protocol for every method)
-      precision = "fp32"              optional: "fp32" (default: the official scripts'), "tf32" or "bf16"
-      ema = 0.999                     optional: evaluate an average of f's weights (decay in (0, 1)); default off
+      precision = "bf16", epochs = 2  optional: any run option (cat_bench.options; `cat-bench list
+                                      options` prints each with what it allows and its default)
       attacks = ["natural", "pgd20"]  required: evaluation attacks, in order (docs/method.md s4)
       n_examples = 500                optional: first N test examples; default, the full test set
 
@@ -46,6 +40,7 @@ from cat_bench import records
 from cat_bench.data import dataset_info
 from cat_bench.errors import CorruptRecord, UsageError
 from cat_bench.methods import METHODS, get_method
+from cat_bench.options import OPTIONS, RUN_OPTIONS
 from cat_bench.presets import EVAL_ATTACKS, format_eps, parse_eps
 from cat_bench.train import resolve_config
 
@@ -105,7 +100,6 @@ def _is_str(v: Any) -> bool:
     return isinstance(v, str)
 
 
-_INT = (_is_int, "an integer")
 _BLOCK_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "label": (_is_str, 'a string, e.g. "Table 2"'),
     "methods": (_list_of(_is_str), 'a non-empty list of method names, e.g. ["natural", "at"]'),
@@ -114,12 +108,7 @@ _BLOCK_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eps": (_list_of(_is_scalar), 'a non-empty list of numbers or fractions, e.g. [0.3] or ["8/255"]'),
     "seeds": (_list_of(_is_int), "a non-empty list of integers, e.g. [0, 1, 2, 3, 4]"),
     "hparams": (_hparam_table, "a table of hyperparameter = value or [values], e.g. {beta = 5, b = [0.05, 0.1]}"),
-    "epochs": _INT, "batch_size": _INT, "n_train": _INT, "select_n": _INT,
-    "select_on": (_is_str, '"test" or "val"'),
-    "protocol": (_is_str, '"paper" or "valid"'),
-    "schedule": (_is_str, '"official" or "uniform"'),
-    "precision": (_is_str, '"fp32" (default), "tf32" or "bf16"'),
-    "ema": (lambda v: isinstance(v, float), "a decay in (0, 1), e.g. 0.999"),
+    **{o.name: (o.suite_shape, o.allowed()) for o in RUN_OPTIONS},
     "attacks": (_list_of(_is_str), 'a non-empty list of attack names, e.g. ["natural", "pgd20"]'),
     "n_examples": (lambda v: _is_int(v) and v > 0, "a positive integer"),
 }
@@ -285,13 +274,8 @@ def _expand(path: Path, where: str, block: dict) -> list[RunSpec]:
                                                        itertools.product(*axes)):
         overrides = {k: str(v) for k, v in zip(hparams, values)}
         try:
-            config = resolve_config(method, block["dataset"], eps, arch=block.get("arch"),
-                                    epochs=block.get("epochs"), seed=seed, overrides=overrides,
-                                    select_on=block.get("select_on", "test"), select_n=block.get("select_n"),
-                                    batch_size=block.get("batch_size"), n_train=block.get("n_train"),
-                                    protocol=block.get("protocol", "paper"),
-                                    schedule=block.get("schedule", "official"),
-                                    precision=block.get("precision", "fp32"), ema=block.get("ema"))
+            config = resolve_config(method, block["dataset"], eps, seed=seed, overrides=overrides,
+                                    **{k: v for k, v in block.items() if k in OPTIONS})
         except UsageError as err:
             run = " ".join(f"{k}={v}" for k, v in {"method": method, "eps": eps, "seed": seed, **overrides}.items())
             raise UsageError(f"{path}: {where}: run {run}: {err}") from None
@@ -302,8 +286,8 @@ def _expand(path: Path, where: str, block: dict) -> list[RunSpec]:
 _FIELDS: dict[str, Callable[[dict], Any]] = {
     "method": lambda c: c["method"], "dataset": lambda c: c["dataset"], "arch": lambda c: c["arch"],
     "eps": lambda c: c["eps"], "seed": lambda c: c["seed"], "epochs": lambda c: c["schedule"]["epochs"],
-    "protocol": lambda c: c.get("protocol", "valid"), "schedule": lambda c: c["schedule"].get("name", "official"),
-    "precision": lambda c: c.get("precision", "fp32"), "ema": lambda c: c.get("ema"),
+    "protocol": lambda c: c["protocol"], "schedule": lambda c: c["schedule"]["name"],
+    "precision": lambda c: c["precision"], "ema": lambda c: c.get("ema"),
 }
 _HPARAM_NAMES = tuple(dict.fromkeys(k for m in METHODS.values() for k in m.HPARAMS))
 _NUMERIC = ("eps", "seed", "epochs", "ema")

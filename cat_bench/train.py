@@ -21,7 +21,7 @@ from typing import Any
 
 from cat_bench import distributed, records
 from cat_bench.attacks import PGD
-from cat_bench.averaging import WeightAverage, check_decay
+from cat_bench.averaging import WeightAverage
 from cat_bench.data import TensorLoader, dataset_info, load_split, resolve_data_root, split_train_val
 from cat_bench.distributed import Group
 from cat_bench.errors import CorruptRecord, Diverged, UsageError
@@ -31,48 +31,34 @@ from cat_bench.methods import Method, default_arch, get_method, protocol_for, re
 from cat_bench.methods.base import lr_at
 from cat_bench.models import check_arch
 from cat_bench.networks import Networks, compiled, precision_context, resolve_device
-from cat_bench.presets import PIXEL_PROTOCOLS, PRECISIONS, SELECTION, clips
+from cat_bench.options import resolve_options
+from cat_bench.presets import SELECTION, clips
 from cat_bench.progress import progress_bar
 from cat_bench.rundir import RunLock, check_writable, claim
 from cat_bench.tracking import Trackers
 
-SELECT_ON = ("test", "val")
 SEED_LIMIT = 2 ** 32  # numpy's seeds (the batch order) are below 2**32
 CPU_TFLOPS = 0.2  # a CPU's assumed sustained rate, for the warning before a training of hours (costs.py)
 
 
-def resolve_config(method: str, dataset: str, eps: float, *, arch: str | None = None, epochs: int | None = None,
-                   seed: int = 0, overrides: dict[str, str] | None = None, select_on: str = "test",
-                   select_n: int | None = None, batch_size: int | None = None,
-                   n_train: int | None = None, protocol: str = "paper", schedule: str = "official",
-                   precision: str = "fp32", ema: float | None = None) -> dict[str, Any]:
+def resolve_config(method: str, dataset: str, eps: float, *, seed: int = 0, overrides: dict[str, str] | None = None,
+                   **options: Any) -> dict[str, Any]:
     """The fully resolved config of a training run: every constant the run depends on, with defaults filled.
 
-    `schedule`: "official" (the method's authors' protocol) or "uniform" (CAT's, for every method).
-    `protocol`: "paper" (each official script's pixel domain: CAT's MNIST code never clips to
-    [0,1], docs/method.md s4) or "valid" (inputs always in [0,1]). `precision`: "fp32" (the official
-    scripts'), "tf32" or "bf16" (speed options; presets.PRECISIONS). `ema`: the decay of an average
-    of f's weights evaluated instead of f (cat_bench.averaging; a key of the config only when given,
-    so runs without it keep their names). Raises UsageError for unknown names and out-of-range
-    values, naming what is allowed.
+    `options`: the run options (cat_bench.options.RUN_OPTIONS: arch, schedule, protocol, precision,
+    ema, epochs, batch_size, n_train, select_on, select_n), each checked and defaulted there.
+    `ema` is a key of the config only when given, so runs without it keep their names. Raises
+    UsageError for unknown names and out-of-range values, naming what is allowed.
     """
     info = dataset_info(dataset)
     cls = get_method(method)
     if not 0 < eps <= 1:
         raise UsageError(f"eps {eps!r} is outside (0, 1]; give it in [0,1] pixel units, e.g. 0.3 or 0.0314 (8/255)")
-    if select_on not in SELECT_ON:
-        raise UsageError(f"--select-on {select_on!r}; allowed: {', '.join(SELECT_ON)}")
-    if protocol not in PIXEL_PROTOCOLS:
-        raise UsageError(f"--protocol {protocol!r}; allowed: {', '.join(PIXEL_PROTOCOLS)}")
-    if precision not in PRECISIONS:
-        raise UsageError(f"--precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
-    for name, value in (("epochs", epochs), ("select-n", select_n), ("batch-size", batch_size),
-                        ("n-train", n_train)):
-        if value is not None and value < 1:
-            raise UsageError(f"--{name} {value!r} must be a positive integer")
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:
         raise UsageError(f"seed {seed!r} is out of range; allowed: a whole number from 0 to {SEED_LIMIT - 1} "
                          f"(numpy's and torch's seed range)")
+    o = resolve_options(options)
+    arch, schedule, protocol, n_train = o["arch"], o["schedule"], o["protocol"], o["n_train"]
     arch = arch or default_arch(method, info.family, schedule)
     check_arch(arch, info.shape)
     proto = protocol_for(method, dataset, arch, schedule)
@@ -83,12 +69,12 @@ def resolve_config(method: str, dataset: str, eps: float, *, arch: str | None = 
     sched["train_skip"] = proto.train_skip if dataset == "mnist" else 0  # the script's own dataset only
     if n_train is not None:  # what training uses and records: never more than the split holds
         n_train = min(n_train, info.n_train - sched["train_skip"])
-    if epochs is not None:
-        if proto.milestones_follow_epochs and epochs != proto.epochs:
-            sched["milestones"] = [m * epochs / proto.epochs for m in proto.milestones]
-        sched["epochs"] = epochs
-    if batch_size is not None:
-        sched["batch_size"] = batch_size
+    if o["epochs"] is not None:
+        if proto.milestones_follow_epochs and o["epochs"] != proto.epochs:
+            sched["milestones"] = [m * o["epochs"] / proto.epochs for m in proto.milestones]
+        sched["epochs"] = o["epochs"]
+    if o["batch_size"] is not None:
+        sched["batch_size"] = o["batch_size"]
     train_clip = clips(info.family, protocol) or cls.clips_on_mnist
     train_attack = proto.train_attack(eps, train_clip)
     selection = SELECTION[info.family].as_dict()
@@ -97,14 +83,14 @@ def resolve_config(method: str, dataset: str, eps: float, *, arch: str | None = 
     selection["clip"] = clips(info.family, protocol)
     config = {
         "method": cls.name, "dataset": dataset, "n_train": n_train, "arch": arch, "eps": eps, "seed": seed,
-        "protocol": protocol, "precision": precision,
+        "protocol": protocol, "precision": o["precision"],
         "hparams": resolve_hparams(method, info.family, overrides or {}, proto),
         "schedule": sched,
         "train_attack": train_attack,
-        "selection": {"on": select_on, "n": select_n, "rule": proto.selection, "attack": selection},
+        "selection": {"on": o["select_on"], "n": o["select_n"], "rule": proto.selection, "attack": selection},
     }
-    if ema is not None:
-        config["ema"] = check_decay(ema)
+    if o["ema"] is not None:
+        config["ema"] = o["ema"]
     return json.loads(json.dumps(config))  # the form it has once stored (tuples become lists)
 
 

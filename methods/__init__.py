@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from cat_bench.errors import UsageError
+from cat_bench.presets import SCHEDULES
 from cat_bench.methods.base import Hparam, Method, Protocol, TrainAttack
 from cat_bench.methods.cat import CATcent, CATcw
 from cat_bench.methods.fat import FAT
@@ -34,9 +35,6 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (
 __all__ = ["METHODS", "SCHEDULES", "Hparam", "Method", "Protocol", "TrainAttack", "default_arch", "get_method",
            "protocol_for", "resolve_hparams"]
 
-# "official": each method's own authors' protocol (the default); "uniform": CAT's protocol for
-# every method, for controlled comparisons (the methods keep their own losses and attacks).
-SCHEDULES = ("official", "uniform")
 UNIFORM = CATcent
 # The roles `cat-bench doctor` checks methods in: plain training (the model its attack checks break)
 # and the one-network adversarial training beside UNIFORM's two networks.

@@ -68,3 +68,21 @@ def test_a_truncated_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[:50])
     with pytest.raises(records.CorruptRecord, match=f"corrupt checkpoint {path}"):
         records.load_checkpoint(path)
+
+
+def test_an_identity_recorded_before_later_keys_reads_with_the_values_those_runs_had(tmp_path):
+    """A config.json from before precision, pixel protocols and schedules: its directory name still
+    verifies, and every reader gets the keys filled in with what those runs did."""
+    old = {"method": "at", "dataset": "mnist-mini", "arch": "smallcnn", "eps": 0.3, "seed": 0, "n_train": 100,
+           "hparams": {}, "schedule": {"epochs": 1, "batch_size": 50}}
+    run = tmp_path / records.run_name(old)
+    run.mkdir()
+    records.write_json(run / records.CONFIG, {"identity": old})
+    identity = records.read_identity(run)
+    assert (identity["precision"], identity["protocol"], identity["schedule"]["name"]) == ("fp32", "valid", "official")
+    assert {k: v for k, v in identity.items() if k in old and k != "schedule"} == {k: v for k, v in old.items()
+                                                                                  if k != "schedule"}
+    assert identity["schedule"]["epochs"] == 1
+    recorded = {**old, "protocol": "paper", "schedule": {**old["schedule"], "name": "uniform"}}
+    assert records.normalised(recorded)["protocol"] == "paper"  # a recorded value is never replaced
+    assert records.normalised(recorded)["schedule"]["name"] == "uniform"

@@ -219,7 +219,7 @@ def figure2_panels(identity: dict, checkpoint: Path, device: str, data_root):
     idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:5]
     x, y = x[idx].float().div(255).to(dev), y[idx].to(dev)
     p = eval_attack("mnist", "pgd20", 0.3)
-    clip = clips("mnist", identity.get("protocol", "valid"))
+    clip = clips("mnist", identity["protocol"])
     attack = PGD(eps=p.eps, alpha=p.alpha, steps=p.steps, loss=p.loss, random_start=p.random_start, kappa=p.kappa,
                  clip=clip)
     torch.manual_seed(0)

@@ -61,7 +61,7 @@ def load_runs(suite: Suite, results: Path) -> tuple[list[RunRecord], pd.DataFram
         rec = RunRecord(spec, path, state(results, spec))
         if rec.state != "failed" and all((path / name).is_file() for name in (records.DONE, records.EVAL, records.CONFIG)):
             config = records.read_json(path / records.CONFIG)
-            rec.identity, rec.provenance = config["identity"], config.get("provenance", {})
+            rec.identity, rec.provenance = records.normalised(config["identity"]), config.get("provenance", {})
             rec.done = records.read_json(path / records.DONE)
             rec.evaluation = records.read_json(path / records.EVAL)
             rec.history = records.read_jsonl(path / records.HISTORY)
@@ -78,8 +78,9 @@ def external_records(results: Path, datasets: set[str]) -> list[RunRecord]:
             continue
         config = records.read_json(path / records.CONFIG)
         evaluation = records.read_json(path / records.EVAL)
-        spec = RunSpec(config["identity"], tuple(evaluation["attacks"]), evaluation["key"]["n_examples"], ("external",))
-        out.append(RunRecord(spec, path, "done", identity=config["identity"], provenance=evaluation.get("provenance"),
+        identity = records.normalised(config["identity"])
+        spec = RunSpec(identity, tuple(evaluation["attacks"]), evaluation["key"]["n_examples"], ("external",))
+        out.append(RunRecord(spec, path, "done", identity=identity, provenance=evaluation.get("provenance"),
                              done=records.read_json(path / records.DONE), evaluation=evaluation))
     return out
 

@@ -172,7 +172,7 @@ class Target:
         """Whether a resolved config (RunSpec.config / config.json's identity) is a run of this row."""
         if (config["method"], config["dataset"], config["arch"]) != (self.method, self.dataset, self.arch):
             return False
-        if (config.get("protocol", "valid"), config["schedule"].get("name", "official")) != ("paper", "official"):
+        if (config["protocol"], config["schedule"]["name"]) != ("paper", "official"):
             return False  # the published numbers are the paper protocol with each method's own schedule
         if abs(config["eps"] - self.eps_value) > EPS_TOL:
             return False
@@ -598,8 +598,8 @@ def _settings(identity: dict) -> dict[str, str]:
     """The run settings a reader compares runs by, beside method, network, eps and seed (their own columns)."""
     schedule = identity["schedule"]
     return {"epochs": str(schedule["epochs"]), "batch_size": str(schedule.get("batch_size")),
-            "n_train": str(identity.get("n_train")), "schedule": str(schedule.get("name", "official")),
-            "precision": str(identity.get("precision", "fp32")),
+            "n_train": str(identity.get("n_train")), "schedule": str(schedule["name"]),
+            "precision": str(identity["precision"]),
             "select_on": str(identity.get("selection", {}).get("on"))}
 
 
