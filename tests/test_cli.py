@@ -165,7 +165,7 @@ def test_results_is_concise_and_says_what_is_missing(capsys, tmp_path):
     assert main(["results", "--suite", "smoke", "--results", str(tmp_path)]) == 0
     out, err = capsys.readouterr()
     assert out.splitlines()[0].split("|")[1:-1] == [" method   ", "   seeds ", " natural   ", " fgsm   ", " pgd20   ",
-                                                    " avg   ", "   mask flags "]
+                                                    " avg   ", " worst-case   ", "   mask flags "]
     assert "nan" not in out and len(out.splitlines()) == 2 + 2
     assert "not in the table: 1 partial, 0 failed, 4 not started, of 7 runs" in err
     assert main(["results", "--suite", "smoke", "--results", str(tmp_path), "--wide"]) == 0
