@@ -14,7 +14,7 @@ to `UPDATE_RTOL` of the step's own size (||theta_D - theta_CPU|| / ||theta_CPU -
 the training attacks' outputs replayed from the reference (`AttackTape`: PGD's sign steps make
 the update chaotic). Measured on the CPU with the attacks replayed, weights moved by one ulp move
 an update by at most 6e-4 of its size, and a wrong precision (bf16 in place of fp32) by 12-39%
-(tests/test_doctor.py). tf32 and bf16 updates are recorded (their differences are the
+(scripts/doctor_bounds.py; tests/test_doctor.py holds the bound between the two). tf32 and bf16 updates are recorded (their differences are the
 precisions', not errors) and fail only when not finite.
 """
 
@@ -117,7 +117,7 @@ class AttackTape:
     PGD steps by the sign of the input gradient, and the weights see the attack's output, so the
     update is chaotic: where a pixel's gradient is about zero another device's rounding sends it
     the other way, and on PreAct ResNet-18 at initialisation weights moved by one ulp on the CPU
-    move AT's update by 60% of its size (tests/test_doctor.py). Replaying the reference's
+    move AT's update by 64% of its size (scripts/doctor_bounds.py). Replaying the reference's
     adversarial examples on the device leaves the rest of the update (forwards, losses, backward,
     the optimiser, BatchNorm) to be compared tightly. The device's own attack still runs in full:
     it must stay inside the eps-ball and the box, and the share of its pixels that ended elsewhere
