@@ -396,8 +396,8 @@ def _eval_model_folder(args) -> None:
     n, test_eps = result["key"]["n_examples"], result["key"]["eps"]
     recorded = card_numbers(card, n, test_eps)
     width = max(map(len, names))
-    print(f"{card['name']}: {n} test examples, eps {test_eps:g}; measured here, then the card's number for the "
-          f"same examples")
+    print(f"{card['name']}: {n} test examples ({result['examples']}), eps {test_eps:g}; measured here, then the "
+          f"card's number for the same examples")
     for name, entry in result["attacks"].items():
         mine = 100 * entry["accuracy"]
         if name in recorded:

@@ -116,6 +116,11 @@ def load_test_examples(dataset: str, n_examples: int | None, data_root, device: 
     x, y = load_split(dataset, "test", data_root)
     if n_examples is not None:
         x, y = x[:n_examples], y[:n_examples]
+    return examples_on(x, y, device)
+
+
+def examples_on(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 examples as the evaluation reads them: on the device, pixels in [0,1], channels-last on CUDA."""
     x, y = x.to(device).float().div_(255), y.to(device)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)

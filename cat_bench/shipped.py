@@ -6,20 +6,23 @@
     weights.pt          {"f": state dict, "g": state dict (CAT's mask net)} of the run's
                         checkpoints/best.pt: tensors only, `torch.load(..., weights_only=True)`
     weights.pt.sha256   its SHA-256 in `sha256sum` format (`sha256sum -c weights.pt.sha256`)
+    check-examples.npz  the first 500 test examples of the dataset (x uint8 [N, C, H, W], y int64),
+                        as cat_bench.data.load_split reads them, so that the check runs offline
     card.json           the model card for programs: what it is, the run's identity and the sources
                         of its protocol, how it was trained (command, machine, wall time, sessions),
                         its evaluation (eval.json), and the check below
     README.md           the same card for people
 
 The check: natural and PGD-20 accuracy on the first 500 test examples at the dataset's test eps
-(the paper protocol's clip setting), measured at export time from the written weights file.
-`cat-bench eval results/models/NAME --attacks natural,pgd20 --n-examples 500` verifies the SHA-256
-(a mismatch exits 2), builds the networks from the card's identity, evaluates with the same code
-as `cat-bench eval RUN_DIR` (cat_bench.evaluate.measure) and prints each number beside the card's
-for the same examples. It only reads the folder and writes nothing.
+(the paper protocol's clip setting), measured at export time from the written weights and
+examples files. `cat-bench eval results/models/NAME --attacks natural,pgd20 --n-examples 500`
+verifies both SHA-256s (a mismatch exits 2), builds the networks from the card's identity,
+evaluates with the same code as `cat-bench eval RUN_DIR` (cat_bench.evaluate.measure) and prints
+each number beside the card's for the same examples. It only reads the folder and writes nothing.
 
-MNIST models need the MNIST test file: `mnist-mini`'s test digits are a class-balanced random draw
-from MNIST's test set (scripts/make_mnist_mini.py), not its first 500 digits.
+Up to 500 examples come from the folder, so the check needs neither the dataset nor a network;
+more examples, or `--data-root`, read the dataset's test split instead (the same first examples:
+`mnist-mini`'s test digits are a class-balanced draw from MNIST's test set, not its first 500).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from cat_bench.presets import clips, eval_attack, format_eps
 
 WEIGHTS = "weights.pt"
 SHA256 = "weights.pt.sha256"
+EXAMPLES = "check-examples.npz"
 CARD = "card.json"
 README = "README.md"
 CARD_FORMAT = "cat-bench model card 1"
@@ -104,8 +108,10 @@ def export(run_dir: Path, name: str, out: Path | None = None, *, trained_with: s
         digest = sha256(tmp / WEIGHTS)
         (tmp / SHA256).write_text(f"{digest}  {WEIGHTS}\n")
         card = model_card(run_dir, name, ckpt, digest, (tmp / WEIGHTS).stat().st_size, trained_with)
+        examples = _write_examples(tmp / EXAMPLES, card["identity"]["dataset"], data_root)
         log(f"measuring the check ({', '.join(CHECK_ATTACKS)} on the first {CHECK_N} test examples)")
-        card["check"] = _check(tmp, card, out, device, batch_size, data_root, progress)
+        card["check"] = {"examples": examples,
+                         **_check(tmp, {**card, "check": {"examples": examples}}, out, device, batch_size, progress)}
         records.write_json(tmp / CARD, card)
         (tmp / README).write_text(readme(card))
         _readable(tmp)
@@ -146,6 +152,20 @@ def _write_weights(path: Path, ckpt: dict, run_dir: Path) -> None:
         raise CorruptRecord(f"corrupt checkpoint {run_dir / records.BEST}: {type(err).__name__}: {err}") from None
     with open(path, "wb") as fh:
         torch.save(nets, fh)
+
+
+def _write_examples(path: Path, dataset: str, data_root) -> dict:
+    """The first CHECK_N test examples of `dataset`, uint8 as load_split reads them, compressed; their record."""
+    import numpy as np
+
+    from cat_bench.data import load_split
+
+    x, y = load_split(dataset, "test", data_root)
+    x, y = x[:CHECK_N].numpy(), y[:CHECK_N].numpy()
+    with open(path, "wb") as fh:
+        np.savez_compressed(fh, x=x, y=y)
+    return {"file": path.name, "sha256": sha256(path), "n_examples": len(y),
+            "source": f"the first {len(y)} examples of {dataset}'s test split (cat_bench.data.load_split)"}
 
 
 def model_card(run_dir: Path, name: str, ckpt: dict, digest: str, size: int, trained_with: str | None = None) -> dict:
@@ -319,10 +339,37 @@ def load_networks(folder: Path, card: dict, device):
     return nets
 
 
+def folder_examples(folder: Path, card: dict, n_examples: int | None, device):
+    """The first `n_examples` of the folder's check examples on the device, pixels in [0,1], or None when the
+    folder has fewer (or none, or all are asked for). UsageError when the file is not the card's."""
+    record = card.get("check", {}).get("examples")
+    if record is None or n_examples is None or n_examples > record["n_examples"]:
+        return None
+    import numpy as np
+
+    from cat_bench.evaluate import examples_on
+    from cat_bench.lazy import torch
+
+    path = Path(folder) / record["file"]
+    if not path.is_file():
+        raise UsageError(f"{path} is missing; the model folder is incomplete")
+    digest = sha256(path)
+    if digest != record["sha256"]:
+        raise UsageError(f"{path} has SHA-256 {digest}, but the card records {record['sha256']}: "
+                         f"the check examples are not the exported ones; export the run again")
+    with np.load(path, allow_pickle=False) as data:
+        x, y = torch.from_numpy(data["x"][:n_examples]), torch.from_numpy(data["y"][:n_examples])
+    return examples_on(x, y, device)
+
+
 def measure_folder(folder: Path, card: dict, attacks: list[str], *, n_examples: int | None, eps: float | None,
                    batch_size: int, device, data_root=None, progress: bool = True, log=print) -> dict:
-    """Evaluate the folder's f on the first `n_examples` test examples: {"key", "attacks": {name: {"accuracy",
-    "correct", "settings"}}}. The same presets, settings and seeding as `cat-bench eval RUN_DIR`."""
+    """Evaluate the folder's f on the first `n_examples` test examples: {"key", "examples", "attacks": {name:
+    {"accuracy", "correct", "settings"}}}. The same presets, settings and seeding as `cat-bench eval RUN_DIR`.
+
+    The examples are the folder's own (`folder_examples`) unless there are too few or `data_root` is given;
+    then the dataset's test split. "examples" says which.
+    """
     from cat_bench.evaluate import _settings, load_test_examples, measure
     from cat_bench.networks import precision_context
 
@@ -330,10 +377,13 @@ def measure_folder(folder: Path, card: dict, attacks: list[str], *, n_examples: 
     info = dataset_info(identity["dataset"])
     precision_context("fp32", device)  # the paper's evaluation: fp32, TF32 off
     model = load_networks(folder, card, device).f
-    x, y = load_test_examples(identity["dataset"], n_examples, data_root, device)
+    found = None if data_root is not None else folder_examples(folder, card, n_examples, device)
+    x, y = found if found is not None else load_test_examples(identity["dataset"], n_examples, data_root, device)
+    source = (f"{card['check']['examples']['file']} (the model folder's)" if found is not None
+              else f"{identity['dataset']}'s test split")
     test_eps = eps if eps is not None else info.test_eps
     clip = clips(info.family, identity["protocol"])
-    out = {"key": {"n_examples": len(y), "eps": test_eps}, "attacks": {}}
+    out = {"key": {"n_examples": len(y), "eps": test_eps}, "examples": source, "attacks": {}}
     for name in attacks:
         preset = eval_attack(info.family, name, test_eps, override=eps is not None)
         settings = _settings(name, preset, identity["seed"], clip)
@@ -344,11 +394,12 @@ def measure_folder(folder: Path, card: dict, attacks: list[str], *, n_examples: 
     return out
 
 
-def _check(folder: Path, card: dict, final: Path, device, batch_size: int, data_root, progress: bool) -> dict:
-    """The card's check, measured from the weights written to `folder` (renamed to `final` afterwards):
-    natural and PGD-20 on the first CHECK_N examples, with the command that repeats it."""
+def _check(folder: Path, card: dict, final: Path, device, batch_size: int, progress: bool) -> dict:
+    """The card's check, measured from the weights and examples written to `folder` (renamed to `final`
+    afterwards): natural and PGD-20 on the first CHECK_N examples, with the command that repeats it."""
     result = measure_folder(folder, card, list(CHECK_ATTACKS), n_examples=CHECK_N, eps=None, batch_size=batch_size,
-                            device=device, data_root=data_root, progress=progress, log=lambda m: None)
+                            device=device, progress=progress, log=lambda m: None)
+    del result["examples"]
     return {**result, "batch_size": batch_size, "provenance": records.provenance(device),
             "command": f"cat-bench eval {shlex.quote(str(final))} --attacks {','.join(CHECK_ATTACKS)} "
                        f"--n-examples {CHECK_N}"}
@@ -382,6 +433,8 @@ def readme(card: dict) -> str:
              f"- `{WEIGHTS}`: the state dicts of {' and '.join(card['weights']['networks'])} "
              f"({card['weights']['bytes']:,} bytes), tensors only: `torch.load(path, weights_only=True)`",
              f"- `{SHA256}`: SHA-256 `{card['weights']['sha256']}` (`sha256sum -c {SHA256}`)",
+             f"- `{check['examples']['file']}`: {check['examples']['source']}, SHA-256 "
+             f"`{check['examples']['sha256']}`: the check below runs on them, offline",
              f"- `{CARD}`, `{README}`: this card", "",
              "## Use", "",
              "```python",

@@ -1,11 +1,13 @@
 """Shipped models (cat_bench.shipped): `cat-bench export` of a real tiny CATcw run on mnist-mini, `cat-bench eval`
-of the folder, refusals, and the check of every model folder committed under results/models/."""
+of the folder, refusals, and the check of every model folder committed under results/models/ (offline: on the
+folder's own check examples)."""
 
 import hashlib
 import json
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,7 +23,8 @@ TRAINED_WITH = "cat-bench train --method cat-cw --dataset mnist-mini --eps 0.3 -
 
 def assert_card_check(folder: Path, data_root=None) -> None:
     """A shipped model folder's weights are the card's (SHA-256), and natural and PGD-20 accuracy on the first
-    500 test examples, measured here from the card's identity and the weights, are the numbers its card records."""
+    500 test examples (the folder's own; the dataset's under `data_root`), measured here from the card's identity
+    and the weights, are the numbers its card records."""
     card = shipped.read_card(folder)
     digest = shipped.sha256(folder / card["weights"]["file"])
     assert digest == card["weights"]["sha256"], f"{folder}: the weights' SHA-256 is not the card's"
@@ -42,11 +45,28 @@ def committed_models() -> list[Path]:
 
 
 @pytest.mark.parametrize("folder", committed_models(), ids=lambda p: p.name)
-def test_committed_model_gives_its_card_numbers(folder, request):
-    """Every committed model folder: its weights are the card's and give the card's check numbers."""
-    dataset = shipped.read_card(folder)["identity"]["dataset"]
-    root = None if dataset == "mnist-mini" else request.getfixturevalue("mnist_root") if dataset == "mnist" else None
-    assert_card_check(folder, data_root=root)
+def test_committed_model_gives_its_card_numbers(folder):
+    """Every committed model folder: its weights are the card's and give the card's check numbers on its own
+    check examples (no dataset needed)."""
+    assert_card_check(folder)
+
+
+@pytest.mark.parametrize("folder", [p for p in committed_models()
+                                    if shipped.read_card(p)["identity"]["dataset"] == "mnist"], ids=lambda p: p.name)
+def test_committed_mnist_model_examples_are_the_first_test_digits(folder, mnist_root):
+    """A committed MNIST model's check examples are MNIST's first 500 test digits, byte for byte."""
+    assert_examples_are_the_datasets(folder, mnist_root)
+
+
+def assert_examples_are_the_datasets(folder: Path, data_root) -> None:
+    from cat_bench.data import load_split
+
+    card = shipped.read_card(folder)
+    x, y = load_split(card["identity"]["dataset"], "test", data_root, download=False)
+    with np.load(folder / card["check"]["examples"]["file"], allow_pickle=False) as data:
+        assert data["x"].dtype == np.uint8 and data["y"].dtype == np.int64
+        assert np.array_equal(data["x"], x[:shipped.CHECK_N].numpy())
+        assert np.array_equal(data["y"], y[:shipped.CHECK_N].numpy())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,7 +102,8 @@ def _snapshot(folder: Path) -> dict:
 
 
 def test_export_writes_weights_sha256_and_card(run, model):
-    assert sorted(p.name for p in model.iterdir()) == ["README.md", "card.json", "weights.pt", "weights.pt.sha256"]
+    assert sorted(p.name for p in model.iterdir()) == ["README.md", "card.json", "check-examples.npz", "weights.pt",
+                                                       "weights.pt.sha256"]
     weights = torch.load(model / "weights.pt", weights_only=True)
     best = records.load_checkpoint(run / records.BEST)
     assert set(weights) == {"f", "g"}
@@ -103,6 +124,9 @@ def test_export_writes_weights_sha256_and_card(run, model):
     assert card["training"]["provenance"] == records.read_json(run / records.CONFIG)["provenance"]
     assert card["training"]["trained_with"] == TRAINED_WITH
     assert card["check"]["key"] == {"n_examples": 500, "eps": 0.3}
+    examples = card["check"]["examples"]
+    assert examples["sha256"] == hashlib.sha256((model / examples["file"]).read_bytes()).hexdigest()
+    assert_examples_are_the_datasets(model, None)
     assert card["check"]["attacks"]["pgd20"]["settings"]["clip"] is False  # the paper protocol: CAT's MNIST code
     readme = (model / "README.md").read_text()
     assert digest in readme and card["training"]["command"] in readme and "## Identity" in readme
@@ -133,11 +157,33 @@ def test_eval_of_the_folder_prints_the_cards_numbers_and_writes_nothing(run, mod
     for name in ("natural", "pgd20"):
         acc = 100 * evaluation[name]["accuracy"]
         assert f"{name:<7}  {acc:6.2f}%  card {acc:6.2f}%  same" in out
+    assert "(check-examples.npz (the model folder's))" in out
     assert _snapshot(model) == before
 
 
 def test_the_folder_gives_its_check_numbers(model):
     assert_card_check(model)
+
+
+def test_the_dataset_gives_the_same_check_numbers(model, capsys):
+    """--data-root reads the dataset's test split instead of the folder's examples: the same numbers."""
+    assert_card_check(model, data_root="unused-by-mnist-mini")
+    code, out, err = run_cli(["eval", model, "--attacks", "natural", "--n-examples", 500, "--no-progress",
+                              "--data-root", "unused-by-mnist-mini"], capsys)
+    assert code == 0 and "(mnist-mini's test split)" in out and "same" in out, err
+
+
+def test_tampered_examples_exit_2(model, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for p in model.iterdir():
+        (bad / p.name).write_bytes(p.read_bytes())
+    with np.load(bad / "check-examples.npz", allow_pickle=False) as data:
+        x, y = data["x"].copy(), data["y"].copy()
+    x[0, 0, 0, 0] ^= 1
+    np.savez_compressed(bad / "check-examples.npz", x=x, y=y)
+    code, out, err = run_cli(["eval", bad, "--attacks", "natural", "--n-examples", 10], capsys)
+    assert code == 2 and "check-examples.npz has SHA-256" in err and out == ""
 
 
 def test_tampered_weights_exit_2_before_evaluating(model, tmp_path, capsys):
@@ -176,9 +222,9 @@ def test_export_refusals_exit_2_and_write_nothing(run, model, tmp_path, capsys):
 
 
 def test_mnist_mini_test_digits_are_not_the_first_of_mnist():
-    """Why a model trained on `mnist` needs the MNIST test file for its check: mnist-mini's test digits are a
-    class-balanced draw from MNIST's test set, not its first 500 (the shipped asset's own index says so)."""
-    import numpy as np
+    """Why a model folder ships its own check examples, and a check on more of them reads the MNIST test file:
+    mnist-mini's test digits are a class-balanced draw from MNIST's test set, not its first 500 (the shipped
+    asset's own index says so)."""
     from importlib import resources
 
     with resources.as_file(resources.files("cat_bench") / "assets" / "mnist_mini.npz") as path, np.load(path) as npz:
