@@ -36,7 +36,7 @@ from cat_bench.suite import SUITES_DIR, Suite, folder_suite, load_suite
 
 from .fidelity import TOLERANCE, accuracy_plot, fidelity_runs, fmt, log_epochs, mask_plot
 from .figures import draw_figure2, figure2_panels, paper_figures, run_curves
-from .runs import RunRecord, format_value, load_runs
+from .runs import RunRecord, format_value, in_progress, load_runs
 from .tables import (ARCH_LABELS, DATASET_LABELS, METRIC_LABELS, Table, build_tables, leaderboard, mask_flags)
 
 __all__ = ["render_report", "read_cells", "suite_reference"]
@@ -175,7 +175,7 @@ def _render(suite: Suite, results: Path, out: Path, *, device: str, data_root, r
 
         published = load_published()
     runs, collected = load_runs(suite, results)
-    tables = build_tables(published, collected, suite.runs, ref, results=str(results))
+    tables = build_tables(published, collected, suite.runs, ref, results=str(results), in_progress=in_progress(runs))
     figures = paper_figures(runs, out / "figures", ref, device=device, data_root=data_root, results_dir=str(results))
     boards = leaderboard(runs)
     env = _env()

@@ -6,6 +6,7 @@ so that tables, figures, the leaderboard and the run pages all work from the sam
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,17 @@ def load_runs(suite: Suite, results: Path) -> tuple[list[RunRecord], pd.DataFram
         runs.append(rec)
     table = collect([r.path for r in runs if r.finished])
     return runs + external_records(results, {s.config["dataset"] for s in suite.runs}), table
+
+
+def in_progress(runs: Sequence[RunRecord]) -> dict[str, list[dict]]:
+    """The history rows of the unfinished runs that have trained an epoch, by run name."""
+    out = {}
+    for run in runs:
+        if run.state == "partial" and not run.finished:
+            history = records.read_jsonl(run.path / records.HISTORY)
+            if history:
+                out[run.name] = history
+    return out
 
 
 def external_records(results: Path, datasets: set[str]) -> list[RunRecord]:

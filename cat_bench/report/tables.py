@@ -17,8 +17,9 @@ row's verdict is "reproduced" when every published cell is within, "not reproduc
 run but a cell is outside or not evaluated, else "not run". "Avg" is the paper's: the mean of
 natural and every robust accuracy of the row (the table's other columns), per run, then over
 seeds, and only when every run was evaluated on all of them. A published row without a finished
-run shows "not run yet" and the exact `cat-bench run --suite ... --only ...` command that trains
-and evaluates it.
+run shows "not run yet" (or "training", with how far its unfinished runs have trained and the best
+epoch so far on the selection measurement) and the exact `cat-bench run --suite ... --only ...`
+command that trains (or resumes) and evaluates it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -264,7 +265,8 @@ class Cell:
     id: str  # data-cell attribute: "table1/<row>/<metric>" (+ "@<arch>" in tables with several architectures)
     metric: str
     arch: str
-    status: str  # "reproduced", "not-run", "not-evaluated", "absent" (no published value and no run)
+    status: str  # "reproduced", "not-run", "training" (no finished run yet), "not-evaluated", "absent" (no
+    # published value and no run)
     n_group: int = 0  # seeds in the reproduced group
     rep: Stat | None = None
     pub_mean: float = math.nan
@@ -275,8 +277,8 @@ class Cell:
 
     @property
     def rep_text(self) -> str:
-        if self.status == "not-run":
-            return "not run yet"
+        if self.status in ("not-run", "training"):
+            return "not run yet" if self.status == "not-run" else "training"
         if self.rep is None:
             return "not evaluated" if self.status == "not-evaluated" else "—"
         text = fmt_num(self.rep.mean)
@@ -325,6 +327,7 @@ class RowTarget:
     note: str | None = None
     other_groups: int = 0  # further schedules that matched but are not shown
     in_suite: bool = False  # the suite has runs for it (finished or not)
+    training: list[str] = field(default_factory=list)  # how far the row's unfinished runs have trained
 
     @property
     def seeds_text(self) -> str:
@@ -345,10 +348,15 @@ class Row:
         return any(rt.in_suite for rt in self.targets)
 
     @property
+    def training(self) -> bool:
+        """Some of the row's runs have trained epochs but are not finished."""
+        return any(rt.training for rt in self.targets)
+
+    @property
     def status(self) -> str:
         if any(c.status == "reproduced" for c in self.cells):
             return "reproduced"
-        return "not-run" if any(c.status == "not-run" for c in self.cells) else "other"
+        return "not-run" if any(c.status in ("not-run", "training") for c in self.cells) else "other"
 
     @property
     def verdict(self) -> str:
@@ -436,14 +444,16 @@ def _choose_group(matched: list[RunSpec], collected: pd.DataFrame) -> tuple[pd.D
 
 def build_tables(published: pd.DataFrame, collected: pd.DataFrame, specs: Sequence[RunSpec], suite_ref: str | None,
                  locate: Callable[[Target], tuple[str, Sequence[RunSpec]] | None] = locate_shipped,
-                 results: str | None = None) -> list[Table]:
+                 results: str | None = None, in_progress: Mapping[str, Sequence[dict]] | None = None) -> list[Table]:
     """Every published table with the suite's reproduction.
 
     published: load_published()'s long format; collected: cat_bench.results.collect of the suite's run
     directories (finished runs); specs: the suite's RunSpecs (their configs identify the runs);
     suite_ref: how commands name the suite (None: a folder of runs); locate: finds a shipped suite for rows
-    this one lacks; results: the results directory the printed commands name.
+    this one lacks; results: the results directory the printed commands name; in_progress: the history
+    rows of unfinished runs, by run name (`training_text` says how far each has come).
     """
+    in_progress = in_progress or {}
     if "run" not in collected.columns:
         collected = collected.assign(run=pd.Series(dtype=str))
     finished = set(collected["run"])
@@ -476,6 +486,8 @@ def build_tables(published: pd.DataFrame, collected: pd.DataFrame, specs: Sequen
                 rt = RowTarget(target.arch, target, runs=names, seeds=[seed_of[n] for n in names], other_groups=others,
                                in_suite=bool(matched))
                 rt.pending = sum(s.name not in finished for s in matched)
+                rt.training = [training_text(s.config, in_progress[s.name]) for s in matched
+                               if s.name not in finished and in_progress.get(s.name)]
                 if group.empty or rt.pending:
                     rt.command, rt.note = command_for(target, specs, suite_ref, locate, results)
                 row_targets[col] = rt
@@ -492,7 +504,8 @@ def build_tables(published: pd.DataFrame, collected: pd.DataFrame, specs: Sequen
                     continue
                 group, summary = stats[arch]
                 if group.empty:
-                    cells.append(Cell(cid, metric, arch, "not-run", pub_mean=pub_mean, pub_std=pub_std))
+                    cells.append(Cell(cid, metric, arch, "training" if row_targets[arch].training else "not-run",
+                                      pub_mean=pub_mean, pub_std=pub_std))
                     continue
                 row_metrics = [m for a, m, _ in columns if a == arch and m != "avg"]
                 rep = _stat(group, summary, metric, row_metrics)
@@ -507,6 +520,20 @@ def build_tables(published: pd.DataFrame, collected: pd.DataFrame, specs: Sequen
         tables.append(Table(table_id, f"Table {table_id}", caption(table_id, pub["dataset"].iloc[0]), columns, rows,
                             bar))
     return tables
+
+
+def training_text(config: dict, history: Sequence[dict]) -> str:
+    """How far an unfinished run has trained, e.g. "seed 0: epoch 7 of 40 trained; selected so far: epoch 6,
+    natural 98.44, PGD-20 94.07 (the per-epoch selection measurement)"."""
+    last = history[-1]
+    best = next((h for h in history if h["epoch"] == last.get("best_epoch")), last)
+    selection = config["selection"]
+    steps = selection.get("attack", {}).get("steps")
+    attack = f"PGD-{steps}" if steps else "robust"
+    return (f"seed {config['seed']}: epoch {last['epoch']} of {config['schedule']['epochs']} trained; selected so "
+            f"far: epoch {best['epoch']}, natural {100 * best['nat_acc']:.2f}, {attack} {100 * best['rob_acc']:.2f} "
+            f"(the per-epoch selection measurement on {selection.get('n') or 'all'} {selection.get('on', 'test')} "
+            f"examples)")
 
 
 def _stat(group: pd.DataFrame, summary: pd.Series, metric: str, row_metrics: list[str]) -> Stat | None:
