@@ -35,6 +35,10 @@ def _run(rows):
     ([EpochRow(1, 98.0, 60.0, 0.9999, "saturated", 96.2, 78.5)], "mask saturated"),
     ([EpochRow(1, 96.0, 80.0, 0.9999, "saturated", 96.2, 78.5)], "reproduced, mask saturated"),
     ([EpochRow(3, 98.0, 60.0, 0.5, None, None, None)], "no log"),
+    ([EpochRow(1, 95.4, 72.8, 0.3, None, 96.2, 78.5), EpochRow(2, 97.7, 84.8, 0.4, None, 97.6, 87.9),
+      EpochRow(10, 98.8, 94.6, 0.8, None, 98.7, 94.8)], "reproduced at epoch 10, not at epochs 1 and 2"),
+    ([EpochRow(1, 95.4, 72.8, 0.3, None, 96.2, 78.5), EpochRow(10, 98.8, 94.6, 0.9999, "saturated", 98.7, 94.8)],
+     "reproduced at epoch 10, not at epoch 1, mask saturated"),
 ])
 def test_verdicts_follow_the_numbers(rows, kind):
     fr = _run(rows)
@@ -130,7 +134,7 @@ def test_committed_mask_variant_table_matches_the_records():
 def test_a_twelve_epoch_history_shows_epoch_10_beside_the_log(tmp_path, write_run_records, epoch10, within):
     """A fabricated 12-epoch history of the fidelity suite's CATcw run (still training: no `done`): the page
     and the README table list the log's epochs 1, 2, 10, the selected epoch 11 and the last epoch 12, not
-    every epoch; epoch 10 stands beside the log's 98.7 / 94.8 with its own verdict, which decides the run's."""
+    every epoch; epoch 10 stands beside the log's 98.7 / 94.8 with its own verdict, which the run's names."""
     suite = load_suite("mnist-fidelity")
     (spec,) = [s for s in suite.runs if s.name == "cat-cw-mnist-a213ca5433a6"]
     accs = {1: (96.2, 78.5), 2: (97.6, 87.9), 10: epoch10, 11: (99.0, 95.5), 12: (98.9, 95.0)}
@@ -152,7 +156,7 @@ def test_a_twelve_epoch_history_shows_epoch_10_beside_the_log(tmp_path, write_ru
     assert re.search(r'<tr data-epoch="12"[^>]*><td class="num">12</td><td>last</td>', section)
     text = " ".join(unescape(section).split())
     assert "the last one trained (5 of 12 epochs; the accuracy plot above draws every epoch)" in text
-    kind = "reproduced" if within else "not reproduced"
+    kind = "reproduced" if within else "reproduced at epochs 1 and 2, not at epoch 10"
     assert f'data-verdict="{kind}"' in section
     assert (f"epoch 10 {'within' if within else 'outside'}: natural {epoch10[0]:.1f}% vs 98.7%"
             f" ({epoch10[0] - 98.7:+.1f}), PGD-20 {epoch10[1]:.1f}% vs the log's 94.8%") in text

@@ -118,13 +118,17 @@ def verdict(fr: FidelityRun, has_log: bool) -> tuple[str, str]:
     parts = []
     kind = "no log"
     if fr.compared:
-        off = [r for r in fr.rows if r.within is False]
-        kind = "not reproduced" if off else "reproduced"
-        epochs = [f"epoch {r.epoch} {'outside' if r in off else 'within'}: natural {r.natural:.1f}% vs "
+        off = [r.epoch for r in fr.rows if r.within is False]
+        on = [e for e in fr.compared if e not in off]
+        kind = ("reproduced" if not off else "not reproduced" if not on
+                else f"reproduced at {_epochs(on)}, not at {_epochs(off)}")
+        epochs = [f"epoch {r.epoch} {'outside' if r.epoch in off else 'within'}: natural {r.natural:.1f}% vs "
                   f"{r.log_natural:.1f}% ({fmt(r.d_natural, True)}), PGD-20 {r.pgd20:.1f}% vs the log's "
                   f"{r.log_pgd20:.1f}% ({fmt(r.d_pgd20, True)})" for r in fr.rows if r.epoch in fr.compared]
-        parts.append(f"{'Not reproduced' if off else 'Reproduced within tolerance'} (±{TOLERANCE['natural']:g} point "
-                     f"natural, ±{TOLERANCE['pgd20']:g} points PGD-20): {'; '.join(epochs)}.")
+        head = ("Reproduced within tolerance" if not off else "Not reproduced" if not on
+                else f"Within tolerance at {_epochs(on)}, outside at {_epochs(off)}")
+        parts.append(f"{head} (±{TOLERANCE['natural']:g} point natural, ±{TOLERANCE['pgd20']:g} points PGD-20): "
+                     f"{'; '.join(epochs)}.")
     elif not has_log:
         parts.append("The authors published no log for this configuration; nothing to compare with.")
     else:
@@ -132,7 +136,7 @@ def verdict(fr: FidelityRun, has_log: bool) -> tuple[str, str]:
     means = ", ".join(f"{r.mask_mean:.2g}" for r in fr.rows if r.mask_mean is not None)
     if flags:
         fate = flags[0].mask_flag
-        kind = f"mask {fate}" if kind != "reproduced" else f"reproduced, mask {fate}"
+        kind = (f"mask {fate}" if kind == "not reproduced" or not fr.compared else f"{kind}, mask {fate}")
         what = "x_cal = x: f trains on natural images" if fate == "collapsed" else "x_cal = x + delta: plain adversarial training"
         parts.append(f"The mask {fate} from epoch {flags[0].epoch} (mean mask per epoch {means}): {what}.")
     elif means:
@@ -142,6 +146,13 @@ def verdict(fr: FidelityRun, has_log: bool) -> tuple[str, str]:
         parts.append(f"The traced mask {fate} from epoch {e1}, batch {b1} to {until}"
                      f"{', then recovered' if recovered else ' (the last traced batch)'}.")
     return kind, " ".join(parts)
+
+
+def _epochs(epochs: Sequence[int]) -> str:
+    """"epoch 10", "epochs 1 and 2", "epochs 1, 2 and 10"."""
+    if len(epochs) == 1:
+        return f"epoch {epochs[0]}"
+    return f"epochs {', '.join(map(str, epochs[:-1]))} and {epochs[-1]}"
 
 
 def excursions(trace: Sequence[dict]) -> list[tuple[str, tuple[int, int], tuple[int, int], bool]]:
