@@ -245,7 +245,7 @@ def test_rows_of_this_suite_not_run_yet_name_this_suite(tmp_path):
 
 
 def test_a_row_whose_run_is_training_says_how_far_it_has_come(tmp_path):
-    """An unfinished run with trained epochs: the cells say "training", the row counts as not run, and the
+    """An unfinished run with trained epochs: the cells say "in progress", the row counts as not run, and the
     target says the epoch reached of the schedule's and the best epoch so far with its selection numbers."""
     path = tmp_path / "more.toml"
     path.write_text(SUITE.read_text() + '\n[[runs]]\nmethods = ["trades"]\nseeds = [0, 1]\n')
@@ -258,11 +258,11 @@ def test_a_row_whose_run_is_training_says_how_far_it_has_come(tmp_path):
                {"epoch": 2, "best_epoch": 1, "nat_acc": 0.8, "rob_acc": 0.4}]
     (table,) = build_tables(pub, collected, suite.runs, "more.toml", in_progress={seed0.name: history})
     (row,) = table.rows
-    assert row.cells[0].status == "training" and row.cells[0].rep_text == "training"
+    assert row.cells[0].status == "in-progress" and row.cells[0].rep_text == "in progress"
     assert row.training and row.verdict == "not run" and table.counts()["not run"] == 1
     (rt,) = row.targets
     epochs = seed0.config["schedule"]["epochs"]
-    assert rt.training == [f"seed 0: epoch 2 of {epochs} trained; selected so far: epoch 1, natural 90.00, PGD-20 "
+    assert rt.training == [f"seed 0: 2 of {epochs} epochs trained; selected so far: epoch 1, natural 90.00, PGD-20 "
                            f"50.00 (the per-epoch selection measurement on {seed0.config['selection']['n'] or 'all'} "
                            f"{seed0.config['selection']['on']} examples)"]
     assert rt.command is not None and rt.pending == 2

@@ -17,7 +17,7 @@ row's verdict is "reproduced" when every published cell is within, "not reproduc
 run but a cell is outside or not evaluated, else "not run". "Avg" is the paper's: the mean of
 natural and every robust accuracy of the row (the table's other columns), per run, then over
 seeds, and only when every run was evaluated on all of them. A published row without a finished
-run shows "not run yet" (or "training", with how far its unfinished runs have trained and the best
+run shows "not run yet" (or "in progress", with how far its unfinished runs have trained and the best
 epoch so far on the selection measurement) and the exact `cat-bench run --suite ... --only ...`
 command that trains (or resumes) and evaluates it.
 """
@@ -265,7 +265,7 @@ class Cell:
     id: str  # data-cell attribute: "table1/<row>/<metric>" (+ "@<arch>" in tables with several architectures)
     metric: str
     arch: str
-    status: str  # "reproduced", "not-run", "training" (no finished run yet), "not-evaluated", "absent" (no
+    status: str  # "reproduced", "not-run", "in-progress" (no finished run yet), "not-evaluated", "absent" (no
     # published value and no run)
     n_group: int = 0  # seeds in the reproduced group
     rep: Stat | None = None
@@ -277,8 +277,8 @@ class Cell:
 
     @property
     def rep_text(self) -> str:
-        if self.status in ("not-run", "training"):
-            return "not run yet" if self.status == "not-run" else "training"
+        if self.status in ("not-run", "in-progress"):
+            return "not run yet" if self.status == "not-run" else "in progress"
         if self.rep is None:
             return "not evaluated" if self.status == "not-evaluated" else "—"
         text = fmt_num(self.rep.mean)
@@ -356,7 +356,7 @@ class Row:
     def status(self) -> str:
         if any(c.status == "reproduced" for c in self.cells):
             return "reproduced"
-        return "not-run" if any(c.status in ("not-run", "training") for c in self.cells) else "other"
+        return "not-run" if any(c.status in ("not-run", "in-progress") for c in self.cells) else "other"
 
     @property
     def verdict(self) -> str:
@@ -504,7 +504,7 @@ def build_tables(published: pd.DataFrame, collected: pd.DataFrame, specs: Sequen
                     continue
                 group, summary = stats[arch]
                 if group.empty:
-                    cells.append(Cell(cid, metric, arch, "training" if row_targets[arch].training else "not-run",
+                    cells.append(Cell(cid, metric, arch, "in-progress" if row_targets[arch].training else "not-run",
                                       pub_mean=pub_mean, pub_std=pub_std))
                     continue
                 row_metrics = [m for a, m, _ in columns if a == arch and m != "avg"]
@@ -523,14 +523,14 @@ def build_tables(published: pd.DataFrame, collected: pd.DataFrame, specs: Sequen
 
 
 def training_text(config: dict, history: Sequence[dict]) -> str:
-    """How far an unfinished run has trained, e.g. "seed 0: epoch 7 of 40 trained; selected so far: epoch 6,
-    natural 98.44, PGD-20 94.07 (the per-epoch selection measurement)"."""
+    """How far an unfinished run has trained, e.g. "seed 0: 7 of 40 epochs trained; selected so far: epoch 6,
+    natural 98.44, PGD-20 94.07 (the per-epoch selection measurement on all test examples)"."""
     last = history[-1]
     best = next((h for h in history if h["epoch"] == last.get("best_epoch")), last)
     selection = config["selection"]
     steps = selection.get("attack", {}).get("steps")
     attack = f"PGD-{steps}" if steps else "robust"
-    return (f"seed {config['seed']}: epoch {last['epoch']} of {config['schedule']['epochs']} trained; selected so "
+    return (f"seed {config['seed']}: {last['epoch']} of {config['schedule']['epochs']} epochs trained; selected so "
             f"far: epoch {best['epoch']}, natural {100 * best['nat_acc']:.2f}, {attack} {100 * best['rob_acc']:.2f} "
             f"(the per-epoch selection measurement on {selection.get('n') or 'all'} {selection.get('on', 'test')} "
             f"examples)")
