@@ -259,10 +259,10 @@ def test_a_row_whose_run_is_training_says_how_far_it_has_come(tmp_path):
     (table,) = build_tables(pub, collected, suite.runs, "more.toml", in_progress={seed0.name: history})
     (row,) = table.rows
     assert row.cells[0].status == "in-progress" and row.cells[0].rep_text == "in progress"
-    assert row.training and row.verdict == "not run" and table.counts()["not run"] == 1
+    assert row.in_progress and row.verdict == "not run" and table.counts()["not run"] == 1
     (rt,) = row.targets
     epochs = seed0.config["schedule"]["epochs"]
-    assert rt.training == [f"seed 0: 2 of {epochs} epochs trained; selected so far: epoch 1, natural 90.00, PGD-20 "
+    assert rt.progress == [f"seed 0: 2 of {epochs} epochs trained; selected so far: epoch 1, natural 90.00, PGD-20 "
                            f"50.00 (the per-epoch selection measurement on {seed0.config['selection']['n'] or 'all'} "
                            f"{seed0.config['selection']['on']} examples)"]
     assert rt.command is not None and rt.pending == 2

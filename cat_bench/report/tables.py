@@ -277,8 +277,10 @@ class Cell:
 
     @property
     def rep_text(self) -> str:
-        if self.status in ("not-run", "in-progress"):
-            return "not run yet" if self.status == "not-run" else "in progress"
+        if self.status == "not-run":
+            return "not run yet"
+        if self.status == "in-progress":
+            return "in progress"
         if self.rep is None:
             return "not evaluated" if self.status == "not-evaluated" else "—"
         text = fmt_num(self.rep.mean)
@@ -327,7 +329,7 @@ class RowTarget:
     note: str | None = None
     other_groups: int = 0  # further schedules that matched but are not shown
     in_suite: bool = False  # the suite has runs for it (finished or not)
-    training: list[str] = field(default_factory=list)  # how far the row's unfinished runs have trained
+    progress: list[str] = field(default_factory=list)  # how far the row's unfinished runs have trained
 
     @property
     def seeds_text(self) -> str:
@@ -348,9 +350,9 @@ class Row:
         return any(rt.in_suite for rt in self.targets)
 
     @property
-    def training(self) -> bool:
+    def in_progress(self) -> bool:
         """Some of the row's runs have trained epochs but are not finished."""
-        return any(rt.training for rt in self.targets)
+        return any(rt.progress for rt in self.targets)
 
     @property
     def status(self) -> str:
@@ -451,7 +453,7 @@ def build_tables(published: pd.DataFrame, collected: pd.DataFrame, specs: Sequen
     directories (finished runs); specs: the suite's RunSpecs (their configs identify the runs);
     suite_ref: how commands name the suite (None: a folder of runs); locate: finds a shipped suite for rows
     this one lacks; results: the results directory the printed commands name; in_progress: the history
-    rows of unfinished runs, by run name (`training_text` says how far each has come).
+    rows of unfinished runs, by run name (`progress_text` says how far each has come).
     """
     in_progress = in_progress or {}
     if "run" not in collected.columns:
@@ -486,7 +488,7 @@ def build_tables(published: pd.DataFrame, collected: pd.DataFrame, specs: Sequen
                 rt = RowTarget(target.arch, target, runs=names, seeds=[seed_of[n] for n in names], other_groups=others,
                                in_suite=bool(matched))
                 rt.pending = sum(s.name not in finished for s in matched)
-                rt.training = [training_text(s.config, in_progress[s.name]) for s in matched
+                rt.progress = [progress_text(s.config, in_progress[s.name]) for s in matched
                                if s.name not in finished and in_progress.get(s.name)]
                 if group.empty or rt.pending:
                     rt.command, rt.note = command_for(target, specs, suite_ref, locate, results)
@@ -504,7 +506,7 @@ def build_tables(published: pd.DataFrame, collected: pd.DataFrame, specs: Sequen
                     continue
                 group, summary = stats[arch]
                 if group.empty:
-                    cells.append(Cell(cid, metric, arch, "in-progress" if row_targets[arch].training else "not-run",
+                    cells.append(Cell(cid, metric, arch, "in-progress" if row_targets[arch].progress else "not-run",
                                       pub_mean=pub_mean, pub_std=pub_std))
                     continue
                 row_metrics = [m for a, m, _ in columns if a == arch and m != "avg"]
@@ -522,7 +524,7 @@ def build_tables(published: pd.DataFrame, collected: pd.DataFrame, specs: Sequen
     return tables
 
 
-def training_text(config: dict, history: Sequence[dict]) -> str:
+def progress_text(config: dict, history: Sequence[dict]) -> str:
     """How far an unfinished run has trained, e.g. "seed 0: 7 of 40 epochs trained; selected so far: epoch 6,
     natural 98.44, PGD-20 94.07 (the per-epoch selection measurement on all test examples)"."""
     last = history[-1]
