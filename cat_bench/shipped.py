@@ -108,10 +108,9 @@ def export(run_dir: Path, name: str, out: Path | None = None, *, trained_with: s
         digest = sha256(tmp / WEIGHTS)
         (tmp / SHA256).write_text(f"{digest}  {WEIGHTS}\n")
         card = model_card(run_dir, name, ckpt, digest, (tmp / WEIGHTS).stat().st_size, trained_with)
-        examples = _write_examples(tmp / EXAMPLES, card["identity"]["dataset"], data_root)
+        card["check"] = {"examples": _write_examples(tmp / EXAMPLES, card["identity"]["dataset"], data_root)}
         log(f"measuring the check ({', '.join(CHECK_ATTACKS)} on the first {CHECK_N} test examples)")
-        card["check"] = {"examples": examples,
-                         **_check(tmp, {**card, "check": {"examples": examples}}, out, device, batch_size, progress)}
+        card["check"].update(_check(tmp, card, out, device, batch_size, progress))
         records.write_json(tmp / CARD, card)
         (tmp / README).write_text(readme(card))
         _readable(tmp)
@@ -399,7 +398,7 @@ def _check(folder: Path, card: dict, final: Path, device, batch_size: int, progr
     afterwards): natural and PGD-20 on the first CHECK_N examples, with the command that repeats it."""
     result = measure_folder(folder, card, list(CHECK_ATTACKS), n_examples=CHECK_N, eps=None, batch_size=batch_size,
                             device=device, progress=progress, log=lambda m: None)
-    del result["examples"]
+    result.pop("examples")  # the card's check records its examples file instead
     return {**result, "batch_size": batch_size, "provenance": records.provenance(device),
             "command": f"cat-bench eval {shlex.quote(str(final))} --attacks {','.join(CHECK_ATTACKS)} "
                        f"--n-examples {CHECK_N}"}

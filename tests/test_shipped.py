@@ -97,6 +97,13 @@ def model(run):
     return folder
 
 
+def _copy(folder: Path, to: Path) -> Path:
+    to.mkdir()
+    for p in folder.iterdir():
+        (to / p.name).write_bytes(p.read_bytes())
+    return to
+
+
 def _snapshot(folder: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
@@ -174,10 +181,7 @@ def test_the_dataset_gives_the_same_check_numbers(model, capsys):
 
 
 def test_tampered_examples_exit_2(model, tmp_path, capsys):
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for p in model.iterdir():
-        (bad / p.name).write_bytes(p.read_bytes())
+    bad = _copy(model, tmp_path / "bad")
     with np.load(bad / "check-examples.npz", allow_pickle=False) as data:
         x, y = data["x"].copy(), data["y"].copy()
     x[0, 0, 0, 0] ^= 1
@@ -187,10 +191,7 @@ def test_tampered_examples_exit_2(model, tmp_path, capsys):
 
 
 def test_tampered_weights_exit_2_before_evaluating(model, tmp_path, capsys):
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for p in model.iterdir():
-        (bad / p.name).write_bytes(p.read_bytes())
+    bad = _copy(model, tmp_path / "bad")
     data = bytearray((bad / "weights.pt").read_bytes())
     data[-200] ^= 1
     (bad / "weights.pt").write_bytes(bytes(data))
