@@ -173,7 +173,7 @@ def model_card(run_dir: Path, name: str, ckpt: dict, digest: str, size: int, tra
     identity = records.read_identity(run_dir)
     done = records.read_json(run_dir / records.DONE)
     history = records.read_jsonl(run_dir / records.HISTORY)
-    sessions = records.read_jsonl(run_dir / records.SESSIONS)
+    sessions, earlier = records.training_sessions(run_dir)
     evaluation = records.read_json(run_dir / records.EVAL)
     info = dataset_info(identity["dataset"])
     return {
@@ -188,7 +188,8 @@ def model_card(run_dir: Path, name: str, ckpt: dict, digest: str, size: int, tra
                    "clip": clips(info.family, identity["protocol"])},
         "weights": {"file": WEIGHTS, "sha256": digest, "bytes": size, "networks": sorted(ckpt["nets"]),
                     "checkpoint": records.BEST, "epoch": int(ckpt["epoch"]), "score": ckpt.get("score")},
-        "training": {"trained_with": trained_with, **training(run_dir, identity, config, done, history, sessions)},
+        "training": {"trained_with": trained_with,
+                     **training(run_dir, identity, config, done, history, sessions, earlier)},
         "evaluation": evaluation,
         "published": published_rows(identity),
     }
@@ -206,8 +207,9 @@ def summary(identity: dict, epoch: int, epochs: int) -> str:
 
 
 def training(run_dir: Path, identity: dict, config: dict, done: dict, history: list[dict],
-             sessions: list[dict]) -> dict:
-    """How the run was trained: the command, where and how long (history, sessions, config.json provenance)."""
+             sessions: list[dict], earlier: int) -> dict:
+    """How the run was trained: the command, where and how long (history, the sessions from its last start
+    at epoch 0 and the number before it, config.json provenance)."""
     command, note = train_command(identity, str(run_dir))
     return {
         "command": command, "command_note": note, "suites": suites_with(run_dir.name),
@@ -215,7 +217,7 @@ def training(run_dir: Path, identity: dict, config: dict, done: dict, history: l
         "selection_rule": done.get("selection"), "mask_flag_epochs": done.get("mask_flag_epochs", []),
         "train_seconds": sum(h.get("train_seconds", 0.0) for h in history),
         "wall_seconds": sum(h.get("seconds", 0.0) for h in history),
-        "sessions": sessions,
+        "sessions": sessions, "sessions_before_restart": earlier,
         "started": _utc(sessions[0]["started"]) if sessions else None,
     }
 
@@ -472,7 +474,9 @@ def readme(card: dict) -> str:
              + (f"; mask flagged in epochs {tr['mask_flag_epochs']}" if tr["mask_flag_epochs"] else ""),
              f"- Time: {_duration(tr['train_seconds'])} of training, {_duration(tr['wall_seconds'])} with the "
              f"per-epoch selection measurement (history.jsonl), in {len(tr['sessions'])} training session(s) "
-             f"(sessions.jsonl), the first started {tr['started']}",
+             f"(sessions.jsonl), the first started {tr['started']}"
+             + (f"; {tr['sessions_before_restart']} earlier session(s), before the run started again from epoch 0, "
+                f"trained nothing it holds" if tr.get("sessions_before_restart") else ""),
              f"- Machine (config.json): {hw.get('device', '?')}, {hw.get('gpu') or hw.get('cpu', '?')}, "
              f"{hw.get('threads', '?')} threads; torch {prov.get('torch', '?')}, cat-bench {prov.get('cat_bench', '?')}, "
              f"git {prov.get('git_commit', '?')}", "",

@@ -86,3 +86,13 @@ def test_an_identity_recorded_before_later_keys_reads_with_the_values_those_runs
     recorded = {**old, "protocol": "paper", "schedule": {**old["schedule"], "name": "uniform"}}
     assert records.normalised(recorded)["protocol"] == "paper"  # a recorded value is never replaced
     assert records.normalised(recorded)["schedule"]["name"] == "uniform"
+
+
+def test_training_sessions_start_at_the_last_start_from_epoch_0(tmp_path):
+    """Sessions before a start from scratch trained nothing the run holds: they are counted, not listed."""
+    starts = [0, 2, 0, 0, 3, 5]  # a first attempt, a resume, a start killed before its checkpoint, the run
+    for n, start in enumerate(starts):
+        records.append_jsonl(tmp_path / records.SESSIONS, {"pid": n, "start_epoch": start})
+    sessions, earlier = records.training_sessions(tmp_path)
+    assert [s["pid"] for s in sessions] == [3, 4, 5] and earlier == 3
+    assert records.training_sessions(tmp_path / "none") == ([], 0)

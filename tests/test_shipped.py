@@ -5,6 +5,7 @@ folder's own check examples)."""
 import hashlib
 import json
 import shlex
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,21 @@ def test_export_writes_weights_sha256_and_card(run, model):
     assert card["check"]["attacks"]["pgd20"]["settings"]["clip"] is False  # the paper protocol: CAT's MNIST code
     readme = (model / "README.md").read_text()
     assert digest in readme and card["training"]["command"] in readme and "## Identity" in readme
+
+
+def test_the_card_counts_only_the_sessions_since_the_last_start_from_scratch(run, model, tmp_path):
+    """Sessions before the run started again from epoch 0 (a killed first start, lost checkpoints) trained
+    nothing the weights hold: the card lists the sessions from the last start, and says how many came before."""
+    copy = Path(shutil.copytree(run, tmp_path / run.name))
+    sessions = records.read_jsonl(run / records.SESSIONS)
+    (copy / records.SESSIONS).write_text("".join(json.dumps(s) + "\n" for s in (
+        {"pid": 1, "start_epoch": 0, "started": 1.0}, {"pid": 2, "start_epoch": 1, "started": 2.0}, *sessions)))
+    ckpt = records.load_checkpoint(copy / records.BEST)
+    card = shipped.model_card(copy, "tiny-cw", ckpt, "0" * 64, 1)
+    assert card["training"]["sessions"] == sessions and card["training"]["sessions_before_restart"] == 2
+    assert card["training"]["started"] == shipped._utc(sessions[0]["started"])
+    card["check"] = json.loads((model / "card.json").read_text())["check"]
+    assert "1 training session(s)" in shipped.readme(card) and "; 2 earlier session(s)" in shipped.readme(card)
 
 
 def test_the_cards_command_trains_the_same_run(run, model):

@@ -124,7 +124,7 @@ def _run_page(run: RunRecord, tables: list[Table], curves: bool) -> dict:
                      "settings": "correct under every attack above (per-example records)"})
     train_s = sum(h.get("seconds", 0.0) for h in run.history)
     eval_s = sum(a.get("seconds") or 0.0 for a in attacks.values())
-    sessions = records.read_jsonl(run.path / records.SESSIONS)
+    sessions, _ = records.training_sessions(run.path)
     loss_keys = list(dict.fromkeys(k for h in run.history for k in h.get("train", {})))
     serves = [{"table": t.title, "anchor": t.key, "row": r.label}
               for t in tables for r in t.rows if any(run.name in rt.runs for rt in r.targets)]
