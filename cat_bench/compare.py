@@ -125,10 +125,9 @@ def compare_runs(run_a: Path, run_b: Path, attacks: list[str] | None = None, *, 
     if n_boot < 100:
         raise UsageError(f"--n-boot {n_boot!r} is too few resamples for a 95% interval; allowed: 100 or more")
     ev_a, ev_b = _evaluation(run_a), _evaluation(run_b)
-    from cat_bench.results import ATTACK_ORDER
+    from cat_bench.results import in_attack_order
 
-    common = sorted((a for a in ev_a["attacks"] if a in ev_b["attacks"]),
-                    key=lambda a: (ATTACK_ORDER.index(a) if a in ATTACK_ORDER else len(ATTACK_ORDER), a))
+    common = in_attack_order(a for a in ev_a["attacks"] if a in ev_b["attacks"])
     if attacks is not None:
         unknown = [a for a in attacks if a not in common]
         if unknown:

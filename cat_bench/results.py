@@ -76,6 +76,12 @@ def _attack_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in ATTACK_ORDER if c in df.columns] + others + ([WORST] if WORST in df.columns else [])
 
 
+def in_attack_order(names: Iterable[str]) -> list[str]:
+    """The attacks in the paper's column order (ATTACK_ORDER), any others after them by name."""
+    names = set(names)
+    return [a for a in ATTACK_ORDER if a in names] + sorted(names - set(ATTACK_ORDER))
+
+
 def collect(run_dirs: Iterable[Path]) -> pd.DataFrame:
     """One row per finished run (unfinished ones are skipped), sorted by the config columns.
 

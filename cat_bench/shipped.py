@@ -492,5 +492,9 @@ def _duration(seconds: float) -> str:
 
 
 def _accuracy_table(attacks: dict, n: int, eps: float) -> list[str]:
+    """A markdown table of the attacks' accuracies in the paper's column order."""
+    from cat_bench.results import in_attack_order
+
     lines = ["| attack | accuracy (%) | test examples | eps |", "|---|---|---|---|"]
-    return lines + [f"| {name} | {100 * a['accuracy']:.2f} | {n} | {format_eps(eps)} |" for name, a in attacks.items()]
+    return lines + [f"| {name} | {100 * attacks[name]['accuracy']:.2f} | {n} | {format_eps(eps)} |"
+                    for name in in_attack_order(attacks)]

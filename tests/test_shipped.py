@@ -155,6 +155,15 @@ def test_the_card_counts_only_the_sessions_since_the_last_start_from_scratch(run
     assert "1 training session(s)" in shipped.readme(card) and "; 2 earlier session(s)" in shipped.readme(card)
 
 
+def test_the_readme_lists_attacks_in_the_papers_column_order(model):
+    """eval.json keeps its attacks by name (pgd100 before pgd20); the card for people shows Table 1's order."""
+    card = json.loads((model / "card.json").read_text())
+    attacks = card["evaluation"]["attacks"]
+    card["evaluation"]["attacks"] = {name: attacks["pgd20"] for name in ("natural", "pgd100", "pgd20", "my-attack")}
+    evaluation = shipped.readme(card).split("## Evaluation")[1].split("Attacks as")[0]
+    rows = [line.split(" | ")[0].lstrip("| ") for line in evaluation.splitlines() if line.startswith("| ")][1:]
+    assert rows == ["natural", "pgd20", "pgd100", "my-attack"]
+
 def test_the_cards_command_trains_the_same_run(run, model):
     """card.json's `cat-bench train` command, parsed by the CLI, resolves to the run's config hash."""
     command = json.loads((model / "card.json").read_text())["training"]["command"]

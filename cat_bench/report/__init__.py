@@ -27,7 +27,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from cat_bench import __version__, records
 from cat_bench.data import dataset_info
-from cat_bench.results import ATTACK_ORDER, concise, summarize
+from cat_bench.results import concise, in_attack_order, summarize
 from cat_bench.paper import load_authors_log
 from cat_bench.presets import format_eps
 from cat_bench.rundir import RunLock, claim
@@ -114,7 +114,7 @@ def _run_page(run: RunRecord, tables: list[Table], curves: bool) -> dict:
     """The context of one run page."""
     ev = run.evaluation
     attacks = ev.get("attacks", {})
-    order = [a for a in ATTACK_ORDER if a in attacks] + sorted(set(attacks) - set(ATTACK_ORDER))
+    order = in_attack_order(attacks)
     rows = [{"name": a, "label": METRIC_LABELS.get(a, a), "accuracy": 100 * attacks[a]["accuracy"],
              "settings": _attack_settings(attacks[a].get("settings", {})), "seconds": attacks[a].get("seconds")}
             for a in order]

@@ -37,7 +37,7 @@ from cat_bench.data import dataset_info
 from cat_bench.errors import UsageError
 from cat_bench.methods import METHODS, protocol_for, resolve_hparams
 from cat_bench.presets import EVALUATION_NOTE, format_eps
-from cat_bench.results import ATTACK_ORDER, WORST, summarize
+from cat_bench.results import ATTACK_ORDER, WORST, in_attack_order, summarize
 from cat_bench.suite import SUITES, RunSpec, filter_runs, load_suite
 from cat_bench.shell import command
 
@@ -678,7 +678,7 @@ def leaderboard(runs: Sequence[RunRecord]) -> list[Board]:
             scored.append((run, score, by, acc))
         scored.sort(key=lambda s: (s[1] is None, -(s[1] or 0.0), -(s[3].get("natural") or 0.0), s[0].name))
         present = {k for _, _, _, acc in scored for k in acc if k != "natural"}
-        attacks = [a for a in ATTACK_ORDER if a in present] + sorted(present - set(ATTACK_ORDER))
+        attacks = in_attack_order(present)
         settings = differing_settings([run for run, *_ in scored])
         entries = [Entry(i, run, score, by, acc, run.evaluation.get("flags", []) + as_flags(run.evaluation.get("checks", []))
                          + mask_flags(run.history), settings[run.name])
