@@ -478,7 +478,8 @@ def readme(card: dict) -> str:
              + (f"; {tr['sessions_before_restart']} earlier session(s), before the run started again from epoch 0, "
                 f"trained nothing it holds" if tr.get("sessions_before_restart") else ""),
              f"- Machine (config.json): {hw.get('device', '?')}, {hw.get('gpu') or hw.get('cpu', '?')}, "
-             f"{hw.get('threads', '?')} threads; torch {prov.get('torch', '?')}, cat-bench {prov.get('cat_bench', '?')}, "
+             f"{hw.get('threads', '?')} threads" + (f", kernels {hw['kernels']}" if hw.get("kernels") else "")
+             + f"; torch {prov.get('torch', '?')}, cat-bench {prov.get('cat_bench', '?')}, "
              f"git {prov.get('git_commit', '?')}", "",
              "Hyperparameters and their sources:", ""]
     for key, value in sorted(ident["hparams"].items()):

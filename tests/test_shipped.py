@@ -138,6 +138,8 @@ def test_export_writes_weights_sha256_and_card(run, model):
     assert card["check"]["attacks"]["pgd20"]["settings"]["clip"] is False  # the paper protocol: CAT's MNIST code
     readme = (model / "README.md").read_text()
     assert digest in readme and card["training"]["command"] in readme and "## Identity" in readme
+    hardware = card["training"]["provenance"]["hardware"]
+    assert f"{hardware['threads']} threads, kernels {hardware['kernels']};" in readme  # what a repeat must match
 
 
 def test_the_card_counts_only_the_sessions_since_the_last_start_from_scratch(run, model, tmp_path):
