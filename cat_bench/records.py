@@ -141,7 +141,6 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-
 def training_sessions(run_dir: Path) -> tuple[list[dict], int]:
     """The sessions that trained the weights and history a run holds, and how many came before them:
     `sessions.jsonl` from its last start at epoch 0 on (a start from scratch, after a kill before the
@@ -150,6 +149,7 @@ def training_sessions(run_dir: Path) -> tuple[list[dict], int]:
     starts = [i for i, s in enumerate(sessions) if s.get("start_epoch") == 0]
     first = starts[-1] if starts else 0
     return sessions[first:], first
+
 
 # Identity keys added after runs were recorded, with the value every earlier run had. The hash
 # leaves such a key out at that value, so earlier run directories keep their names; an earlier
