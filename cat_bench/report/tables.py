@@ -687,7 +687,6 @@ def leaderboard(runs: Sequence[RunRecord]) -> list[Board]:
         if dataset == REFERENCE_DATASET and references:
             board.references = references
             if "autoattack" not in board.attacks:  # where the references' robust accuracy goes
-                board.attacks = [a for a in ATTACK_ORDER if a in present or a == "autoattack"] + \
-                                sorted(present - set(ATTACK_ORDER))
+                board.attacks = in_attack_order(present | {"autoattack"})
         boards.append(board)
     return boards
