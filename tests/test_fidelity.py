@@ -64,6 +64,13 @@ def test_excursions_name_where_the_mask_left_the_healthy_band():
     assert "saturated from epoch 1, batch 41 to epoch 2, batch 1 (the last traced batch)" in text
 
 
+def test_a_one_batch_excursion_is_named_once():
+    fr = _run([EpochRow(1, 96.1, 75.0, 0.49, None, 96.2, 78.5)])
+    fr.trace = [{"epoch": 1, "batch": b, "mask_mean": m} for b, m in [(171, 0.9), (181, 0.995), (191, 0.9)]]
+    _, text = verdict(fr, has_log=True)
+    assert "The traced mask saturated at epoch 1, batch 181 (one traced batch), then recovered." in text
+
+
 def test_fidelity_section_renders_from_records(tmp_path):
     """A tiny fidelity-labelled CATcw run on mnist-mini, stopped after epoch 1: the index gets a Fidelity
     section and fidelity.html a per-epoch table, the mask trajectory and Figure 2 from last.pt."""

@@ -141,11 +141,18 @@ def verdict(fr: FidelityRun, has_log: bool) -> tuple[str, str]:
         parts.append(f"The mask {fate} from epoch {flags[0].epoch} (mean mask per epoch {means}): {what}.")
     elif means:
         parts.append(f"Mean mask per epoch {means}.")
-    for fate, (e1, b1), (e2, b2), recovered in excursions(fr.trace):
-        until = f"batch {b2}" if e2 == e1 else f"epoch {e2}, batch {b2}"
-        parts.append(f"The traced mask {fate} from epoch {e1}, batch {b1} to {until}"
-                     f"{', then recovered' if recovered else ' (the last traced batch)'}.")
+    parts += [_excursion_text(*ex) for ex in excursions(fr.trace)]
     return kind, " ".join(parts)
+
+
+def _excursion_text(fate: str, start: tuple[int, int], end: tuple[int, int], recovered: bool) -> str:
+    """One excursion of `excursions`, in words: where it began and ended, and whether the mask came back."""
+    (e1, b1), (e2, b2) = start, end
+    if start == end:
+        where = f"at epoch {e1}, batch {b1} (one traced batch)"
+    else:
+        where = f"from epoch {e1}, batch {b1} to {f'batch {b2}' if e2 == e1 else f'epoch {e2}, batch {b2}'}"
+    return f"The traced mask {fate} {where}{', then recovered' if recovered else ' (the last traced batch)'}."
 
 
 def _epochs(epochs: Sequence[int]) -> str:
