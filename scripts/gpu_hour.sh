@@ -10,7 +10,8 @@
 #
 # Before (here, with a package index): bash scripts/fetch_wheels.sh  (fills wheelhouse/), and copy
 # genuine MNIST into data-cache/MNIST/raw. Carry wheelhouse/ and data-cache/ with the working tree.
-# Settings (environment): SUITE (mnist), ONLY (seed=0: one seed per row first), JOBS_PER_GPU (4),
+# Settings (environment): BENCH_ARCHS (preact-resnet18 wrn-34-10: the networks (c) measures),
+# BENCH_ARGS (more options of benchmarks/throughput.py), SUITE (mnist), ONLY (seed=0: one seed per row first), JOBS_PER_GPU (4),
 # SUITE_MINUTES (40: the suite's wall-clock budget; rerun `start` or next.sh to continue),
 # CAT_BENCH_DATA (data-cache), RUNS (gpu-runs: the suite's results, kept between calls).
 # OUT_DIR gets at most five files: doctor.md, doctor.json, throughput.md, records.tar.gz, next.sh.
@@ -92,17 +93,18 @@ case "$step" in
     doctor || log "the doctor reports failures (doctor.md); the hour goes on"
     log "doctor: $(tail -1 "$out/doctor.md")"
     rm -f "$runs/.finished"
-    export PYTHONPATH SUITE="$suite" ONLY="$only" JOBS_PER_GPU="$jobs" SUITE_MINUTES="$minutes" RUNS="$runs" \
+    export PYTHONPATH BENCH_ARCHS="${BENCH_ARCHS:-preact-resnet18 wrn-34-10}" SUITE="$suite" ONLY="$only" JOBS_PER_GPU="$jobs" SUITE_MINUTES="$minutes" RUNS="$runs" \
       CAT_BENCH_DATA="$data"
     setsid nohup bash "$0" "$out" background > "$runs/background.log" 2>&1 < /dev/null &
     log "benchmarks and suite started detached (log $runs/background.log); collect with: $0 $out collect"
     ;;
   background)  # started by `start`, in a session of its own so it outlives the call
-    benchmarks preact-resnet18 wrn-34-10
+    benchmarks ${BENCH_ARCHS:-preact-resnet18 wrn-34-10}
     suite_run
     touch "$runs/.finished"
     ;;
   collect)
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONSAFEPATH=1  # the copy `start` installed
     waited=0
     while [ ! -e "$runs/.finished" ] && [ "$waited" -lt "$((60 * ${COLLECT_MINUTES:-8}))" ]; do
       sleep 15; waited=$((waited + 15))
