@@ -224,14 +224,15 @@ def run_name(config: dict) -> str:
 
 
 def git_commit() -> str | None:
-    """The git commit of the cat-bench checkout, if it is one (None for an installed wheel)."""
+    """The git commit of the cat-bench checkout; else $CAT_BENCH_GIT_COMMIT, which a copy without
+    .git (an offline GPU machine, an installed wheel) is given by whoever sent it; else None."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
                              text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
-        return None
+        return os.environ.get("CAT_BENCH_GIT_COMMIT")
     if out.returncode != 0:
-        return None
+        return os.environ.get("CAT_BENCH_GIT_COMMIT")
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
                            capture_output=True, text=True, timeout=10).stdout.strip()
     return out.stdout.strip() + ("-dirty" if dirty else "")

@@ -96,3 +96,12 @@ def test_training_sessions_start_at_the_last_start_from_epoch_0(tmp_path):
     sessions, earlier = records.training_sessions(tmp_path)
     assert [s["pid"] for s in sessions] == [3, 4, 5] and earlier == 3
     assert records.training_sessions(tmp_path / "none") == ([], 0)
+
+
+def test_a_copy_without_git_records_the_commit_it_was_sent_with(tmp_path, monkeypatch):
+    """An offline GPU machine runs a copy of the tree without .git: the sender names the commit."""
+    monkeypatch.setattr(records, "__file__", str(tmp_path / "records.py"))  # git finds no repository here
+    monkeypatch.delenv("CAT_BENCH_GIT_COMMIT", raising=False)
+    assert records.git_commit() is None
+    monkeypatch.setenv("CAT_BENCH_GIT_COMMIT", "4d86886")
+    assert records.git_commit() == "4d86886"
