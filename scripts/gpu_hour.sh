@@ -10,7 +10,8 @@
 #
 # Before (here, with a package index): bash scripts/fetch_wheels.sh  (fills wheelhouse/), and copy
 # genuine MNIST into data-cache/MNIST/raw. Carry wheelhouse/ and data-cache/ with the working tree.
-# Settings (environment): BENCH_ARCHS (preact-resnet18 wrn-34-10: the networks (c) measures),
+# Settings (environment): BENCH_ARCHS (preact-resnet18 wrn-34-10 smallcnn:mnist: the networks (c) measures,
+# ARCH or ARCH:DATASET; the suite's plan prices each measured network at its rate),
 # BENCH_ARGS (more options of benchmarks/throughput.py), SUITE (mnist), ONLY (seed=0: one seed per row first), JOBS_PER_GPU (4),
 # SUITE_MINUTES (40: the suite's wall-clock budget; rerun `start` or next.sh to continue),
 # CAT_BENCH_DATA (data-cache), RUNS (gpu-runs: the suite's results, kept between calls).
@@ -56,8 +57,10 @@ doctor() {  # (b)
 
 benchmarks() {  # (c) cat-bench against the authors-style eager loop, every precision and compile mode
   : > "$out/throughput.md"
-  for arch in "$@"; do
-    python3 benchmarks/throughput.py --dataset "${BENCH_DATASET:-cifar10}" --synthetic --arch "$arch" ${BENCH_ARGS:-} \
+  for entry in "$@"; do  # ARCH or ARCH:DATASET (default dataset: BENCH_DATASET, else cifar10)
+    arch=${entry%%:*}; dataset=${BENCH_DATASET:-cifar10}
+    [ "$entry" = "$arch" ] || dataset=${entry#*:}
+    python3 benchmarks/throughput.py --dataset "$dataset" --synthetic --arch "$arch" ${BENCH_ARGS:-} \
       --record "$runs/throughput-$arch.json" >> "$out/throughput.md"
   done
 }
@@ -93,13 +96,13 @@ case "$step" in
     doctor || log "the doctor reports failures (doctor.md); the hour goes on"
     log "doctor: $(tail -1 "$out/doctor.md")"
     rm -f "$runs/.finished"
-    export PYTHONPATH BENCH_ARCHS="${BENCH_ARCHS:-preact-resnet18 wrn-34-10}" SUITE="$suite" ONLY="$only" JOBS_PER_GPU="$jobs" SUITE_MINUTES="$minutes" RUNS="$runs" \
+    export PYTHONPATH BENCH_ARCHS="${BENCH_ARCHS:-preact-resnet18 wrn-34-10 smallcnn:mnist}" SUITE="$suite" ONLY="$only" JOBS_PER_GPU="$jobs" SUITE_MINUTES="$minutes" RUNS="$runs" \
       CAT_BENCH_DATA="$data"
     setsid nohup bash "$0" "$out" background > "$runs/background.log" 2>&1 < /dev/null &
     log "benchmarks and suite started detached (log $runs/background.log); collect with: $0 $out collect"
     ;;
   background)  # started by `start`, in a session of its own so it outlives the call
-    benchmarks ${BENCH_ARCHS:-preact-resnet18 wrn-34-10}
+    benchmarks ${BENCH_ARCHS:-preact-resnet18 wrn-34-10 smallcnn:mnist}
     suite_run
     touch "$runs/.finished"
     ;;
