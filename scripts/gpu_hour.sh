@@ -10,9 +10,10 @@
 #
 # Before (here, with a package index): bash scripts/fetch_wheels.sh  (fills wheelhouse/), and copy
 # genuine MNIST into data-cache/MNIST/raw. Carry wheelhouse/ and data-cache/ with the working tree.
-# Settings (environment): BENCH_ARCHS (preact-resnet18 wrn-34-10 smallcnn:mnist: the networks (c) measures,
-# ARCH or ARCH:DATASET; the suite's plan prices each measured network at its rate),
-# BENCH_ARGS (more options of benchmarks/throughput.py), SUITE (mnist), ONLY (seed=0: one seed per row first), JOBS_PER_GPU (4),
+# Settings (environment): BENCH_ARCHS (preact-resnet18 wrn-34-10 smallcnn:mnist: the networks (c)
+# measures, ARCH or ARCH:DATASET; the suite's plan prices each measured network at its rate),
+# BENCH_ARGS (more options of benchmarks/throughput.py), SUITE (mnist), ONLY (seed=0: one seed per
+# row first), JOBS_PER_GPU (4),
 # SUITE_MINUTES (40: the suite's wall-clock budget; rerun `start` or next.sh to continue),
 # CAT_BENCH_DATA (data-cache), RUNS (gpu-runs: the suite's results, kept between calls).
 # OUT_DIR gets at most five files: doctor.md, doctor.json, throughput.md, records.tar.gz, next.sh.
