@@ -230,8 +230,8 @@ def git_commit() -> str | None:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
                              text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
-        return os.environ.get("CAT_BENCH_GIT_COMMIT")
-    if out.returncode != 0:
+        out = None
+    if out is None or out.returncode != 0:
         return os.environ.get("CAT_BENCH_GIT_COMMIT")
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
                            capture_output=True, text=True, timeout=10).stdout.strip()

@@ -28,8 +28,14 @@ minutes=${SUITE_MINUTES:-40}
 runs=${RUNS:-gpu-runs}
 data=${CAT_BENCH_DATA:-data-cache}
 site=${SITE:-/tmp/cat-bench-site}
+bench_archs=${BENCH_ARCHS:-preact-resnet18 wrn-34-10 smallcnn:mnist}
 mkdir -p "$out" "$runs"
 log() { echo "[gpu_hour $(date +%H:%M:%S)] $*" >&2; }
+
+use_site() {  # import the copy installed in $site first
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+  export PYTHONSAFEPATH=1  # the checkout's cat_bench/ (without methods/, which installs into it) must not shadow it
+}
 
 install() {  # (a) offline: the wheels and cat-bench itself into $site, first on PYTHONPATH
   if [ ! -d wheelhouse ]; then
@@ -38,8 +44,7 @@ install() {  # (a) offline: the wheels and cat-bench itself into $site, first on
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" wheelhouse/*.whl
   PYTHONPATH="$site" python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
     --upgrade --target "$site" .
-  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-  export PYTHONSAFEPATH=1  # the checkout's cat_bench/ (without methods/, which installs into it) must not shadow it
+  use_site
   # the copy in $site imports on its own (an editable install of a development checkout would shadow it)
   python3 - "$site" <<'PY'
 import sys
@@ -97,18 +102,18 @@ case "$step" in
     doctor || log "the doctor reports failures (doctor.md); the hour goes on"
     log "doctor: $(tail -1 "$out/doctor.md")"
     rm -f "$runs/.finished"
-    export PYTHONPATH BENCH_ARCHS="${BENCH_ARCHS:-preact-resnet18 wrn-34-10 smallcnn:mnist}" SUITE="$suite" ONLY="$only" JOBS_PER_GPU="$jobs" SUITE_MINUTES="$minutes" RUNS="$runs" \
+    export PYTHONPATH BENCH_ARCHS="$bench_archs" SUITE="$suite" ONLY="$only" JOBS_PER_GPU="$jobs" SUITE_MINUTES="$minutes" RUNS="$runs" \
       CAT_BENCH_DATA="$data"
     setsid nohup bash "$0" "$out" background > "$runs/background.log" 2>&1 < /dev/null &
     log "benchmarks and suite started detached (log $runs/background.log); collect with: $0 $out collect"
     ;;
   background)  # started by `start`, in a session of its own so it outlives the call
-    benchmarks ${BENCH_ARCHS:-preact-resnet18 wrn-34-10 smallcnn:mnist}
+    benchmarks $bench_archs
     suite_run
     touch "$runs/.finished"
     ;;
   collect)
-    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONSAFEPATH=1  # the copy `start` installed
+    use_site  # the copy `start` installed
     waited=0
     while [ ! -e "$runs/.finished" ] && [ "$waited" -lt "$((60 * ${COLLECT_MINUTES:-8}))" ]; do
       sleep 15; waited=$((waited + 15))
