@@ -129,7 +129,8 @@ case "$step" in
     suite=smoke; only=seed=0; jobs=2; minutes=1
     suite_run --device cpu
     collect
-    tar tzf "$out/records.tar.gz" | grep -q 'history.jsonl' || { log "no training records were packed"; exit 1; }
+    packed=$(tar tzf "$out/records.tar.gz")  # listed whole: `| grep -q` would end tar with SIGPIPE under pipefail
+    grep -q 'history.jsonl' <<< "$packed" || { log "no training records were packed"; exit 1; }
     ;;
   *)
     echo "usage: scripts/gpu_hour.sh OUT_DIR start|collect|tiny" >&2; exit 2 ;;
