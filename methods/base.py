@@ -165,6 +165,12 @@ class Method:
         return cls(f, extra.get("g"), hparams, attack, autocast)
 
     @classmethod
+    def variant_label(cls, hparams: dict[str, Any]) -> str:
+        """A run's name in a figure's legend: the method's `label` unless its hparams make it a variant
+        the paper names otherwise (CAT's ablations A1, A2 in Figure 4)."""
+        return cls.label
+
+    @classmethod
     def extra_networks(cls, family: str, in_channels: int) -> dict[str, nn.Module]:
         """The networks besides f this method trains (CAT's mask net g), built for a dataset family;
         they are saved in the checkpoints beside f."""

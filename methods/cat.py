@@ -151,6 +151,12 @@ class CATcent(Method):
         return "mixed" if hparams["g_kl_reduction"] == "sum" else "mean"  # "sum": Eq. 14's KL summed, its CE a mean
 
     @classmethod
+    def variant_label(cls, hparams):
+        """Figure 4's legend (Sec. 5.2.3): A1 and A2 by name, the full method by its label."""
+        ablation = hparams.get("ablation", "none")
+        return cls.label if ablation == "none" else ablation
+
+    @classmethod
     def extra_networks(cls, family, in_channels):
         return {"g": build_mask_net(family, in_channels)}  # built under A1 too: its initialisation draws from the RNG
 

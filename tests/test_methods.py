@@ -155,6 +155,14 @@ def test_cat_ablations(ablation, weighted, mask):
     assert set(m.modules()) == ({"f", "g"} if mask else {"f"})
 
 
+def test_figure_legends_name_the_ablations_and_the_methods():
+    """Figure 4's legend comes from the method: A1 and A2 by name, the full CAT and every other method by label."""
+    cat = get_method("cat-cent")
+    assert [cat.variant_label({"ablation": a}) for a in ("none", "A1", "A2")] == ["CATcent", "A1", "A2"]
+    assert get_method("cat-cw").variant_label({"ablation": "none"}) == "CATcw"
+    assert all(cls.variant_label(resolve_hparams(name, "mnist", {})) == cls.label for name, cls in METHODS.items())
+
+
 def test_defaults_follow_the_dataset_family():
     assert resolve_hparams("cat-cent", "cifar", {})["beta"] == 5.0
     assert resolve_hparams("cat-cent", "mnist", {})["b"] == 0.3

@@ -288,13 +288,12 @@ def figure4(done: Sequence[RunRecord], out: Path) -> bool:
         return False
     sel = _selection_name(next(iter(groups.values()))[0])
     fig, axes = _new(2, width=3.8)
-    names = {"none": "CATcent", "A1": "A1", "A2": "A2"}
-    for i, ab in enumerate(sorted(groups, key=lambda a: ("A1", "A2", "none").index(a) if a in names else 9)):
+    for i, ab in enumerate(sorted(groups, key=lambda a: (a == "none", a))):  # the ablations, then the full method
         rs = groups[ab]
+        label = METHODS[rs[0].identity["method"]].variant_label(rs[0].identity["hparams"])
         for ax, value in zip(axes, (lambda h: 100 * h["nat_acc"], lambda h: 100 * (h["nat_acc"] + h["rob_acc"]))):
             xs, ys = _per_epoch(rs, value)
-            ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, markersize=3, color=PALETTE[i],
-                    label=names.get(ab, ab))
+            ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, markersize=3, color=PALETTE[i], label=label)
     _finish_axes(axes[0], "Natural", "epoch", "accuracy (%)")
     _finish_axes(axes[1], f"Natural + {sel}", "epoch")
     save_png(fig, out)
