@@ -154,10 +154,11 @@ def figure2(runs: Sequence[RunRecord], out: Path, *, device: str = "cpu", data_r
     cands = [r for r in runs if r.finished and r.identity["method"] in METHODS
              and METHODS[r.identity["method"]].mask_figure and dataset_info(r.identity["dataset"]).family == "mnist"]
     if not cands:
-        return None, "no finished CATcent or CATcw run on MNIST in this suite"
+        masked = " or ".join(cls.label for cls in METHODS.values() if cls.mask_figure)
+        return None, f"no finished {masked} run on MNIST in this suite"
     with_ckpt = [r for r in cands if (r.path / records.BEST).is_file()]
     if not with_ckpt:
-        return None, (f"{len(cands)} finished CAT run(s) on MNIST, but none has its checkpoint "
+        return None, (f"{len(cands)} finished mask-net run(s) on MNIST, but none has its checkpoint "
                       f"({records.BEST}) on disk")
     run = min(with_ckpt, key=lambda r: ("Figure 2" not in r.spec.labels, r.identity["dataset"] != "mnist",
                                         method_order(r.identity["method"]), r.identity["seed"], r.name))
