@@ -427,13 +427,17 @@ def _export(args) -> None:
     out = export(args.run_dir, args.name, args.out, trained_with=args.trained_with, device=args.device,
                  batch_size=args.batch_size,
                  data_root=args.data_root, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
-    from cat_bench.shipped import read_card
+    from cat_bench.shipped import git_ignored, read_card
 
     check = read_card(out)["check"]
     print(f"written: {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
     print(f"check on the first {check['key']['n_examples']} test examples: "
           + ", ".join(f"{k} {100 * v['accuracy']:.2f}%" for k, v in check["attacks"].items()))
     print(f"verify anywhere with: {check['command']}")
+    ignored = git_ignored(out)
+    if ignored:
+        print(f"warning: git ignores {', '.join(ignored)} in {out}: commit with `git add -f`, or the model "
+              "exists only on this machine", file=sys.stderr)
 
 
 def _progress(results: Path, spec) -> dict:

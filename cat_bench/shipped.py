@@ -33,6 +33,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -73,6 +74,21 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def git_ignored(folder: Path, names: tuple[str, ...] = (WEIGHTS, SHA256, EXAMPLES, CARD, README)) -> list[str]:
+    """The files of a model folder that the git work tree holding it ignores (`git check-ignore`): they would
+    never be committed, and a model's weights exist nowhere else. Empty outside a work tree or without git."""
+    folder = Path(folder).resolve()
+    root = next((p for p in (folder, *folder.parents) if p.is_dir()), None)
+    try:
+        done = subprocess.run(["git", "-C", str(root), "check-ignore", "--no-index", *(str(folder / n) for n in names)],
+                              capture_output=True, text=True, check=False)
+    except OSError:  # no git on this machine
+        return []
+    if done.returncode not in (0, 1):  # 128: not a work tree
+        return []
+    return sorted(Path(line).name for line in done.stdout.splitlines())
 
 
 # ---------------------------------------------------------------------------------------------

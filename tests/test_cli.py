@@ -173,17 +173,27 @@ def test_results_is_concise_and_says_what_is_missing(capsys, tmp_path):
 
 
 def test_status_shows_epochs_and_eta_and_distinguishing_hparams(capsys):
-    """status has epochs done/total, an ETA for partial runs, the hparams that differ."""
+    """status has epochs done/total, an ETA for partial runs only, the hparams that differ."""
     from pathlib import Path
 
     results = Path(__file__).resolve().parents[1] / "results" / "fidelity"
     assert main(["status", "--suite", "mnist-fidelity", "--results", str(results)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    header, first = lines[0].split(), lines[1].split()
+    header, rows = lines[0].split(), [line.split() for line in lines[1:-1]]
     assert header[-3:] == ["labels", "epochs", "eta"] and "hparams" in header
-    assert first[header.index("hparams")] == "g_kl_reduction=batchmean"
-    done, total = map(int, first[-3].split("/"))
-    assert done >= 1 and total == 40 and first[-1] == "h"  # e.g. "18.7 h"
+    assert {row[header.index("hparams")] for row in rows} == {
+        "g_kl_reduction=batchmean", "g_kl_reduction=sum"}
+    states = set()
+    for row in rows:
+        state, epochs = row[1], next(t for t in row if t.count("/") == 1 and "=" not in t)
+        done, total = map(int, epochs.split("/"))
+        assert total == 40 and 0 <= done <= total
+        if state == "partial":  # an ETA such as "18.7 h"
+            assert done >= 1 and row[-1] == "h" and float(row[-2]) > 0
+        else:
+            assert row[-1] == "-" and done == (total if state == "done" else 0)
+        states.add(state)
+    assert {"done", "partial"} <= states
 
 
 def test_every_command_and_flag_has_help(capsys):

@@ -6,6 +6,7 @@ import hashlib
 import json
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -247,6 +248,23 @@ def test_export_refusals_exit_2_and_write_nothing(run, model, tmp_path, capsys):
         code, _, err = run_cli(["export", *argv], capsys)
         assert code == 2 and needle in err, (argv, err)
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_export_warns_when_git_would_not_commit_the_weights(run, tmp_path, capsys):
+    """An export into a git work tree that ignores *.pt says so, naming the file: a model's weights exist nowhere
+    else."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("*.pt\n")
+    code, _, err = run_cli(["export", run, "--name", "m", "--out", tmp_path / "models" / "m", "--device", "cpu",
+                            "--no-progress"], capsys)
+    assert code == 0 and "warning: git ignores weights.pt in" in err
+
+
+@pytest.mark.skipif(not (REPO / ".git").exists(), reason="not a git checkout")
+def test_this_repository_commits_every_file_of_a_model_folder():
+    """.gitignore ignores checkpoints (*.pt) but no file of a folder under results/models/."""
+    assert shipped.git_ignored(MODELS / "any-model") == []
+    assert shipped.git_ignored(REPO / "results" / "fidelity" / "runs" / "r", ("checkpoints/best.pt",)) == ["best.pt"]
 
 
 def test_mnist_mini_test_digits_are_not_the_first_of_mnist():
