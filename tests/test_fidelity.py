@@ -109,6 +109,20 @@ def test_committed_fidelity_readme_matches_the_records():
     assert table in readme.read_text()
 
 
+def test_committed_epoch_tables_match_the_records():
+    """The per-epoch tables of results/fidelity/README.md (the Table 1 run) and results/fidelity-rerun/README.md
+    (the same run on another machine, beside the first) are `fidelity_table.py --epochs`' output."""
+    from pathlib import Path
+
+    fidelity = Path(__file__).resolve().parents[1] / "results" / "fidelity"
+    rerun, run = fidelity.with_name("fidelity-rerun"), "cat-cw-mnist-a213ca5433a6"
+    epoch_table = _script("fidelity_table").epoch_table
+    first = epoch_table(run, fidelity)
+    assert first.count("\n") == 2 + 40 and first in (fidelity / "README.md").read_text()
+    if (rerun / "runs" / run).is_dir():
+        assert epoch_table(run, rerun, beside=fidelity) in (rerun / "README.md").read_text()
+
+
 def _script(name: str):
     import importlib.util
     from pathlib import Path
