@@ -80,7 +80,7 @@ def git_ignored(folder: Path, names: tuple[str, ...] = (WEIGHTS, SHA256, EXAMPLE
     """The files of a model folder that the git work tree holding it ignores (`git check-ignore`): they would
     never be committed, and a model's weights exist nowhere else. Empty outside a work tree or without git."""
     folder = Path(folder).resolve()
-    root = next((p for p in (folder, *folder.parents) if p.is_dir()), None)
+    root = next(p for p in (folder, *folder.parents) if p.is_dir())  # the folder, or where it would go
     try:
         done = subprocess.run(["git", "-C", str(root), "check-ignore", "--no-index", *(str(folder / n) for n in names)],
                               capture_output=True, text=True, check=False)
