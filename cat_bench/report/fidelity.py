@@ -133,7 +133,7 @@ def verdict(fr: FidelityRun, has_log: bool) -> tuple[str, str]:
         parts.append("The authors published no log for this configuration; nothing to compare with.")
     else:
         parts.append(f"The log's epochs ({', '.join(map(str, log_epochs()))}) are not trained yet.")
-    means = ", ".join(f"{r.mask_mean:.2g}" for r in fr.rows if r.mask_mean is not None)
+    means = ", ".join(f"{r.mask_mean:.2f}" for r in fr.rows if r.mask_mean is not None)
     if flags:
         fate = flags[0].mask_flag
         kind = (f"mask {fate}" if kind == "not reproduced" or not fr.compared else f"{kind}, mask {fate}")
