@@ -167,6 +167,9 @@ def _parser() -> argparse.ArgumentParser:
     _suite_args(rp, required=False)
     rp.add_argument("--out", type=Path, help="report folder (default: RESULTS/reports/SUITE beside the records; "
                                              "without --suite, RESULTS/report)")
+    rp.add_argument("--models", type=Path, default=Path("results/models"),
+                    help="model folders (cat-bench export) that Figure 2 draws from when a run's checkpoint is not "
+                         "on disk (default: results/models)")
     _common(rp)
 
     sb = sub.add_parser("submit", help="export a finished, AutoAttack-evaluated run in RobustBench's format")
@@ -662,7 +665,7 @@ def _report(args) -> None:
     out = args.out or (args.results / "report" if suite is None else args.results / "reports" / suite.name)
     t0 = time.time()
     index = render_report(suite, args.results, out, device=args.device or "cpu", data_root=args.data_root,
-                          suite_ref=args.suite)
+                          suite_ref=args.suite, models=args.models)
     print(f"report: {index} ({time.time() - t0:.1f} s); open it in a browser, no server needed")
 
 

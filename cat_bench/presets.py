@@ -141,3 +141,10 @@ def format_eps(eps: float) -> str:
     if abs(k - round(k)) < 1e-6:
         return f"{round(k)}/255"
     return f"{eps:.6g}"
+
+
+def format_value(v) -> str:
+    """A hyperparameter value for an `--only` filter or a label: 5.0 -> 5, 0.05 -> 0.05."""
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from cat_bench.errors import UsageError
-from cat_bench.paper import read_data_csv
+from cat_bench.paper import EPS_TOL, read_data_csv
 from cat_bench.presets import parse_eps
 
 if TYPE_CHECKING:  # importlib.abc.Traversable moved to importlib.resources.abc in 3.11
@@ -29,8 +29,6 @@ COLUMNS = ("model", "paper", "venue", "link", "architecture", "arch", "additiona
            "clean_acc", "autoattack_acc", "reported", "footnote", "source", "commit", "blob")
 # RobustBench's architecture label -> cat-bench's network name.
 ROBUSTBENCH_ARCH = {"PreActResNet-18": "preact-resnet18", "WideResNet-34-10": "wrn-34-10"}
-# Two eps closer than this are the same threat model; 0.031 and 8/255 (0.0314) are not.
-EPS_TOL = 1e-6
 
 # Used only when the data package is not importable (a source tree that was never installed).
 _SOURCE_TREE_DIR = Path(__file__).resolve().parents[1] / "results" / "robustbench"

@@ -41,7 +41,7 @@ from pathlib import Path
 from cat_bench import records
 from cat_bench.data import dataset_info
 from cat_bench.errors import CorruptRecord, UsageError
-from cat_bench.presets import clips, eval_attack, format_eps
+from cat_bench.presets import clips, eval_attack, format_eps, format_value
 
 WEIGHTS = "weights.pt"
 SHA256 = "weights.pt.sha256"
@@ -248,7 +248,6 @@ def train_command(identity: dict, out: str) -> tuple[str | None, str]:
     Options are given only where they differ from what the method, dataset and eps resolve to; the
     command is resolved again and kept only if it gives the run's config hash (its directory name).
     """
-    from cat_bench.report.runs import format_value
     from cat_bench.train import resolve_config
 
     method, dataset, eps = identity["method"], identity["dataset"], identity["eps"]
@@ -297,8 +296,7 @@ def published_rows(identity: dict) -> list[dict]:
     official schedule), each with its published numbers, as the report matches them."""
     import math
 
-    from cat_bench.paper import load_published
-    from cat_bench.report.tables import Target
+    from cat_bench.paper import Target, load_published
 
     pub = load_published()
     rows = []
@@ -339,6 +337,17 @@ def verify(folder: Path, card: dict) -> str:
         raise UsageError(f"{path} has SHA-256 {digest}, but the card records {card['weights']['sha256']} and "
                          f"{SHA256} {recorded}: the weights are not the exported ones; export the run again")
     return digest
+
+
+def exported_from(run_name: str, identity: dict, models: Path) -> list[Path]:
+    """The model folders under `models` exported from a run of this name and identity (its configuration:
+    the run's name is its identity's hash), by name."""
+    models = Path(models)
+    if not models.is_dir():
+        return []
+    wanted = records.normalised(identity)
+    return [folder for folder in sorted(models.iterdir()) if is_model_folder(folder)
+            and (card := read_card(folder))["run"] == run_name and card["identity"] == wanted]
 
 
 def load_networks(folder: Path, card: dict, device):

@@ -13,9 +13,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cat_bench.paper import Target
 from cat_bench.report import read_cells, render_report
 from cat_bench.report.runs import load_runs
-from cat_bench.report.tables import Target, build_tables, cells_frame, exact_filters, leaderboard
+from cat_bench.report.tables import build_tables, cells_frame, exact_filters, leaderboard
 from cat_bench.suite import filter_runs, load_suite
 
 REPO = Path(__file__).resolve().parents[1]

@@ -229,6 +229,41 @@ def test_tampered_weights_exit_2_before_evaluating(model, tmp_path, capsys):
         assert_card_check(bad)
 
 
+def test_figure2_draws_from_the_model_folder_when_the_checkpoint_is_not_on_disk(run, model, tmp_path):
+    """Checkpoints are not committed, model folders are: a copy of the run without its checkpoints draws the
+    report's Figure 2 from the folder exported from its configuration, with the folder's weights; another
+    configuration finds no folder, and a folder whose weights are not the card's is refused."""
+    from cat_bench.errors import UsageError
+    from cat_bench.report.figures import figure2, figure2_networks
+    from cat_bench.report.runs import RunRecord
+    from cat_bench.suite import RunSpec
+
+    bare = tmp_path / run.name
+    shutil.copytree(run, bare, ignore=shutil.ignore_patterns("checkpoints"))
+    identity = records.read_identity(bare)
+    rec = RunRecord(RunSpec(identity, ("natural",), 100, ("Figure 2",)), bare, "done", identity=identity,
+                    provenance={}, done=records.read_json(bare / records.DONE),
+                    evaluation=records.read_json(bare / records.EVAL))
+    name, text = figure2([rec], tmp_path / "figure2.png", models=model.parent)
+    assert name == run.name and str(model) in text and (tmp_path / "figure2.png").is_file()
+
+    nets, source = figure2_networks(bare / records.BEST, run.name, identity, model.parent, "cpu")
+    weights = torch.load(model / "weights.pt", weights_only=True)
+    assert all(torch.equal(v, weights["g"][k]) for k, v in nets.extra["g"].state_dict().items())
+    assert f"the shipped model {model}, epoch {shipped.read_card(model)['weights']['epoch']}" in source
+    assert figure2_networks(bare / records.BEST, run.name, {**identity, "seed": 1}, model.parent, "cpu") is None
+    assert figure2([rec], tmp_path / "none.png", models=tmp_path / "no-models")[0] is None
+
+    models = tmp_path / "models"
+    models.mkdir()
+    bad = _copy(model, models / model.name)
+    state = torch.load(bad / "weights.pt", weights_only=True)
+    state["g"] = {k: v + 1 for k, v in state["g"].items()}
+    torch.save(state, bad / "weights.pt")
+    with pytest.raises(UsageError, match="not the exported ones"):
+        figure2_networks(bare / records.BEST, run.name, identity, models, "cpu")
+
+
 def test_export_refusals_exit_2_and_write_nothing(run, model, tmp_path, capsys):
     out = tmp_path / "m"
     unfinished = tmp_path / "unfinished"

@@ -29,14 +29,15 @@ from cat_bench import __version__, records
 from cat_bench.data import dataset_info
 from cat_bench.results import concise, in_attack_order, summarize
 from cat_bench.paper import load_authors_log
-from cat_bench.presets import format_eps
+from cat_bench.presets import format_eps, format_value
 from cat_bench.rundir import RunLock, claim
 from cat_bench.shell import command
+from cat_bench.shipped import MODELS
 from cat_bench.suite import SUITES_DIR, Suite, folder_suite, load_suite
 
 from .fidelity import TOLERANCE, accuracy_plot, fidelity_runs, fmt, log_epochs, mask_plot
-from .figures import draw_figure2, figure2_panels, paper_figures, run_curves
-from .runs import RunRecord, format_value, in_progress, load_runs
+from .figures import draw_figure2, figure2_networks, figure2_panels, paper_figures, run_curves
+from .runs import RunRecord, in_progress, load_runs
 from .tables import (ARCH_LABELS, DATASET_LABELS, METRIC_LABELS, Table, build_tables, leaderboard, mask_flags)
 
 __all__ = ["render_report", "read_cells", "suite_reference"]
@@ -146,7 +147,7 @@ def _run_page(run: RunRecord, tables: list[Table], curves: bool) -> dict:
 
 
 def render_report(suite: Suite | str | None, results: Path, out: Path, *, device: str = "cpu", data_root=None,
-                  suite_ref: str | None = None, published=None) -> Path:
+                  suite_ref: str | None = None, published=None, models: Path = MODELS) -> Path:
     """Render the suite's report from its results directory into `out`; returns out/index.html.
 
     suite: a loaded Suite, a shipped suite name / .toml path, or None for every run in `results`
@@ -155,6 +156,7 @@ def render_report(suite: Suite | str | None, results: Path, out: Path, *, device
     data_root: dataset root for Figure 2's test images (default: $CAT_BENCH_DATA / the user cache).
     suite_ref: how the printed commands name the suite (default: its name if shipped, else its path).
     published: the published numbers (default: cat_bench.paper.load_published()).
+    models: the model folders (`cat-bench export`) Figure 2 draws from when a run's checkpoint is not on disk.
     """
     results, out = Path(results), Path(out)
     folder = suite is None
@@ -164,11 +166,12 @@ def render_report(suite: Suite | str | None, results: Path, out: Path, *, device
         suite = load_suite(str(suite))
     with RunLock(out):  # one writer of the folder at a time; it removes the temp files of a killed one
         claim(out, "report")  # never over a folder of someone else's files
-        return _render(suite, results, out, device=device, data_root=data_root,
+        return _render(suite, results, out, device=device, data_root=data_root, models=Path(models),
                        ref=None if folder else suite_ref or suite_reference(suite), published=published)
 
 
-def _render(suite: Suite, results: Path, out: Path, *, device: str, data_root, ref: str | None, published) -> Path:
+def _render(suite: Suite, results: Path, out: Path, *, device: str, data_root, models: Path, ref: str | None,
+            published) -> Path:
     """`render_report`'s work, into a claimed and locked folder."""
     if published is None:
         from cat_bench.paper import load_published
@@ -176,7 +179,8 @@ def _render(suite: Suite, results: Path, out: Path, *, device: str, data_root, r
         published = load_published()
     runs, collected = load_runs(suite, results)
     tables = build_tables(published, collected, suite.runs, ref, results=str(results), in_progress=in_progress(runs))
-    figures = paper_figures(runs, out / "figures", ref, device=device, data_root=data_root, results_dir=str(results))
+    figures = paper_figures(runs, out / "figures", ref, device=device, data_root=data_root, results_dir=str(results),
+                            models=models)
     boards = leaderboard(runs)
     env = _env()
 
@@ -188,7 +192,7 @@ def _render(suite: Suite, results: Path, out: Path, *, device: str, data_root, r
             _write(out / "runs" / f"{run.name}.html",
                    run_tpl.render(suite=suite, suite_ref=ref, **_run_page(run, tables, curves)))
 
-    fidelity = _fidelity(runs, out, device, data_root)
+    fidelity = _fidelity(runs, out, device, data_root, models)
     if fidelity:
         _write(out / "fidelity.html", env.get_template("fidelity.html").render(suite=suite, suite_ref=ref, fidelity=fidelity))
 
@@ -226,9 +230,10 @@ def at_chance(runs: list[RunRecord]) -> float | None:
     return None
 
 
-def _fidelity(runs: list[RunRecord], out: Path, device: str, data_root) -> dict | None:
+def _fidelity(runs: list[RunRecord], out: Path, device: str, data_root, models: Path) -> dict | None:
     """The Fidelity section's context (None without fidelity runs): runs beside the authors' log, plots,
-    and Figure 2 from each run's latest checkpoint (when on disk)."""
+    and Figure 2 from each run's latest checkpoint when on disk, else from a model folder under `models`
+    exported from its configuration."""
     frs = fidelity_runs(runs)
     if not frs:
         return None
@@ -238,11 +243,13 @@ def _fidelity(runs: list[RunRecord], out: Path, device: str, data_root) -> dict 
     fig2 = {}
     for fr in frs:
         path = folder / f"fidelity_figure2_{fr.run.name}.png"
-        ckpt = fr.run.path / records.LAST
         try:
-            draw_figure2(figure2_panels(fr.identity, ckpt, device, data_root), path)
-            fig2[fr.run.name] = (f"figures/{path.name}", f"epoch {records.load_checkpoint(ckpt)['epoch']}, "
-                                                         f"{records.LAST}")
+            found = figure2_networks(fr.run.path / records.LAST, fr.run.name, fr.identity, models, device)
+            if found is None:
+                raise FileNotFoundError(f"no {records.LAST} on disk and no model folder under {models} "
+                                        f"exported from this configuration")
+            draw_figure2(figure2_panels(fr.identity, found[0], device, data_root), path)
+            fig2[fr.run.name] = (f"figures/{path.name}", found[1])
         except Exception as err:  # no checkpoint on disk (committed records only), no dataset
             path.unlink(missing_ok=True)
             fig2[fr.run.name] = (None, f"not drawn: {type(err).__name__}: {err}")

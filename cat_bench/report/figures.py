@@ -2,8 +2,9 @@
 
 Figures 3-6 use the suite's finished runs labelled "Figure N" (the shipped suites label them so);
 Figure 2 needs a finished run of a method with a mask net (`Method.mask_figure`: CATcent, CATcw)
-on the MNIST family whose checkpoints/best.pt is on disk. Each method's label and colour are its
-adapter's (`Method.label`, `Method.color`). A figure without data is not drawn: its `FigureResult`
+on the MNIST family whose checkpoints/best.pt is on disk, or a model folder exported from a run of
+the same configuration (`cat-bench export`; checkpoints are not committed, model folders are).
+Each method's label and colour are its adapter's (`Method.label`, `Method.color`). A figure without data is not drawn: its `FigureResult`
 carries a note naming the runs it needs and the `cat-bench run --suite ... --only 'label=Figure N'`
 command that makes them.
 """
@@ -21,15 +22,15 @@ matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from cat_bench import records  # noqa: E402
+from cat_bench import records, shipped  # noqa: E402
 from cat_bench.data import dataset_info  # noqa: E402
 from cat_bench.methods import METHODS  # noqa: E402
 from cat_bench.suite import SUITES, RunSpec  # noqa: E402
 
-from cat_bench.presets import format_eps  # noqa: E402
+from cat_bench.presets import format_eps, format_value  # noqa: E402
 from cat_bench.shell import command  # noqa: E402
 
-from .runs import RunRecord, format_value  # noqa: E402
+from .runs import RunRecord  # noqa: E402
 
 DPI = 100
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
@@ -37,7 +38,8 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 FIGURES = {
     "2": ("MNIST: five test digits (columns); rows: the natural image, its PGD-20 adversarial example (eps 0.3), "
           "the mask M = g(x + δ) and the calibrated example clip(x + M δ, 0, 1); f's prediction under each.",
-          "a finished CATcent or CATcw run on MNIST with its checkpoint (checkpoints/best.pt)"),
+          "a finished CATcent or CATcw run on MNIST with its checkpoint (checkpoints/best.pt) or its exported "
+          "model folder"),
     "3": ("Natural and PGD-20 accuracy (and their sum) against the training eps, for AT, TRADES and CATcent.",
           "the runs labelled 'Figure 3' (AT, TRADES and CATcent trained at several eps)"),
     "4": ("Ablation: natural accuracy and natural + robust accuracy (the selection attack) per epoch for "
@@ -149,28 +151,55 @@ def _finish_axes(ax, title: str, xlabel: str, ylabel: str | None = None) -> None
 # Figure 2: natural / adversarial / mask / calibrated examples from a trained CAT model
 
 
-def figure2(runs: Sequence[RunRecord], out: Path, *, device: str = "cpu", data_root=None) -> tuple[str | None, str]:
-    """Draw Figure 2 into `out` from the best-suited run with a mask net; returns (run name or None, note or source)."""
+def figure2(runs: Sequence[RunRecord], out: Path, *, device: str = "cpu", data_root=None,
+            models: Path = shipped.MODELS) -> tuple[str | None, str]:
+    """Draw Figure 2 into `out` from the best-suited run with a mask net; returns (run name or None, note or source).
+
+    The run's checkpoints/best.pt when on disk, else a model folder under `models` exported from its configuration.
+    """
     cands = [r for r in runs if r.finished and r.identity["method"] in METHODS
              and METHODS[r.identity["method"]].mask_figure and dataset_info(r.identity["dataset"]).family == "mnist"]
     if not cands:
         masked = " or ".join(cls.label for cls in METHODS.values() if cls.mask_figure)
         return None, f"no finished {masked} run on MNIST in this suite"
-    with_ckpt = [r for r in cands if (r.path / records.BEST).is_file()]
-    if not with_ckpt:
-        return None, (f"{len(cands)} finished mask-net run(s) on MNIST, but none has its checkpoint "
-                      f"({records.BEST}) on disk")
-    run = min(with_ckpt, key=lambda r: ("Figure 2" not in r.spec.labels, r.identity["dataset"] != "mnist",
-                                        method_order(r.identity["method"]), r.identity["seed"], r.name))
-    try:
-        panels = figure2_panels(run.identity, run.path / records.BEST, device, data_root)
-    except Exception as err:  # missing dataset, corrupt checkpoint: the report still renders
-        return None, f"could not draw it from {run.name}: {type(err).__name__}: {err}"
-    draw_figure2(panels, out)
-    ident = run.identity
-    return run.name, (f"{run.name}: {method_label(ident['method'])} on {ident['dataset']}, "
-                      f"eps_train {format_eps(ident['eps'])}, seed {ident['seed']}, epoch {run.done['best_epoch']} "
-                      f"(checkpoints/best.pt); five test images drawn with seed 0")
+    cands.sort(key=lambda r: ("Figure 2" not in r.spec.labels, r.identity["dataset"] != "mnist",
+                              method_order(r.identity["method"]), r.identity["seed"], r.name))
+    for run in cands:
+        try:
+            found = figure2_networks(run.path / records.BEST, run.name, run.identity, models, device)
+            if found is None:
+                continue
+            panels = figure2_panels(run.identity, found[0], device, data_root)
+        except Exception as err:  # missing dataset, corrupt checkpoint or model folder: the report still renders
+            return None, f"could not draw it from {run.name}: {type(err).__name__}: {err}"
+        draw_figure2(panels, out)
+        ident = run.identity
+        return run.name, (f"{run.name}: {method_label(ident['method'])} on {ident['dataset']}, "
+                          f"eps_train {format_eps(ident['eps'])}, seed {ident['seed']}, {found[1]}; "
+                          f"five test images drawn with seed 0")
+    return None, (f"{len(cands)} finished mask-net run(s) on MNIST, but none has its checkpoint ({records.BEST}) "
+                  f"on disk or a model folder under {models}")
+
+
+def figure2_networks(checkpoint: Path, run_name: str, identity: dict, models: Path, device):
+    """(networks, where they came from) for Figure 2: the run's `checkpoint` when on disk, else the first model
+    folder under `models` exported from a run of this name and identity (its weights verified against its card);
+    None when there is neither."""
+    from cat_bench.lazy import torch
+    from cat_bench.networks import Networks
+
+    if checkpoint.is_file():
+        ckpt = records.load_checkpoint(checkpoint)
+        nets = Networks(identity, torch.device(device))
+        nets.load(ckpt["nets"])
+        return nets, f"this run's {checkpoint.parent.name}/{checkpoint.name}, epoch {ckpt['epoch']}"
+    for folder in shipped.exported_from(run_name, identity, models):
+        card = shipped.read_card(folder)
+        shipped.verify(folder, card)
+        return (shipped.load_networks(folder, card, torch.device(device)),
+                f"the shipped model {folder}, epoch {card['weights']['epoch']} (this configuration; its card "
+                f"says where and how it trained)")
+    return None
 
 
 def draw_figure2(panels, out: Path) -> None:
@@ -201,20 +230,18 @@ def draw_figure2(panels, out: Path) -> None:
     save_png(fig, out)
 
 
-def figure2_panels(identity: dict, checkpoint: Path, device: str, data_root):
+def figure2_panels(identity: dict, nets, device: str, data_root):
     """Five seeded MNIST test digits, their PGD-20 examples (eps 0.3), g's mask and the calibrated examples,
-    under the run's protocol (the paper protocol clips neither), with f's prediction for each."""
+    under the run's protocol (the paper protocol clips neither), with f's prediction for each (`nets`: the
+    run's networks, cat_bench.networks.Networks)."""
     import torch
 
     from cat_bench.attacks import PGD
     from cat_bench.data import load_split
     from cat_bench.methods.cat import calibrate
-    from cat_bench.networks import Networks
     from cat_bench.presets import clips, eval_attack
 
     dev = torch.device(device)
-    nets = Networks(identity, dev)
-    nets.load(records.load_checkpoint(checkpoint)["nets"])
     f, g = nets.f.eval(), nets.extra["g"].eval()
     x, y = load_split(identity["dataset"], "test", data_root)
     idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:5]
@@ -348,7 +375,7 @@ def figure6(done: Sequence[RunRecord], out: Path) -> bool:
 
 
 def paper_figures(runs: Sequence[RunRecord], folder: Path, suite_ref: str | None, *, device: str = "cpu",
-                  data_root=None, results_dir: str | None = None) -> list[FigureResult]:
+                  data_root=None, results_dir: str | None = None, models: Path = shipped.MODELS) -> list[FigureResult]:
     """Figures 2-6 into `folder` (PNG); each result has its image path relative to folder's parent, or a note
     and the command (into `results_dir`) that fills it."""
     specs = [r.spec for r in runs]
@@ -359,7 +386,7 @@ def paper_figures(runs: Sequence[RunRecord], folder: Path, suite_ref: str | None
         path = folder / f"figure{fid}.png"
         rel = f"{folder.name}/{path.name}"
         if fid == "2":
-            name, text = figure2(runs, path, device=device, data_root=data_root)
+            name, text = figure2(runs, path, device=device, data_root=data_root, models=models)
             if name:
                 res.image, res.source = rel, text
             else:

@@ -95,10 +95,3 @@ def external_records(results: Path, datasets: set[str]) -> list[RunRecord]:
         out.append(RunRecord(spec, path, "done", identity=identity, provenance=evaluation.get("provenance"),
                              done=records.read_json(path / records.DONE), evaluation=evaluation))
     return out
-
-
-def format_value(v) -> str:
-    """A hyperparameter value for an `--only` filter or a label: 5.0 -> 5, 0.05 -> 0.05."""
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)

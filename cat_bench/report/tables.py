@@ -36,12 +36,13 @@ from cat_bench.checks import as_flags
 from cat_bench.data import dataset_info
 from cat_bench.errors import UsageError
 from cat_bench.methods import METHODS, protocol_for, resolve_hparams
-from cat_bench.presets import EVALUATION_NOTE, format_eps
+from cat_bench.paper import Target, isnan, same_value
+from cat_bench.presets import EVALUATION_NOTE, format_eps, format_value
 from cat_bench.results import ATTACK_ORDER, WORST, in_attack_order, summarize
 from cat_bench.suite import SUITES, RunSpec, filter_runs, load_suite
 from cat_bench.shell import command
 
-from .runs import RunRecord, format_value
+from .runs import RunRecord
 
 METRICS = ("natural", "fgsm", "pgd20", "pgd100", "cw", "square", "avg")
 METRIC_LABELS = {"natural": "Natural", "fgsm": "FGSM", "pgd20": "PGD-20", "pgd100": "PGD-100", "cw": "CW∞",
@@ -63,7 +64,6 @@ TABLE_CAPTIONS = {
     "8": "CIFAR-10, PreAct ResNet-18: CAT's a (beta) with b = 0.05, and b with a = 5; natural and PGD-20 "
          "accuracy, single runs (appendix E).",
 }
-EPS_TOL = 1e-6
 
 
 def caption(table_id: str, dataset: str) -> str:
@@ -114,19 +114,6 @@ BARS = {
 VERDICTS = ("reproduced", "not reproduced", "not run")
 
 
-def _isnan(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def _same_value(a, b) -> bool:
-    """Hyperparameter values: None/NaN alike, numbers with a relative tolerance, anything else exactly."""
-    if _isnan(a) or _isnan(b):
-        return _isnan(a) and _isnan(b)
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
-    return a == b
-
-
 def fmt_num(v: float, digits: int = 2) -> str:
     return f"{v:.{digits}f}"
 
@@ -135,55 +122,6 @@ def fmt_published(v: float) -> str:
     """A published number as printed: one decimal at least, two where the paper has them (55.12)."""
     text = f"{v:.2f}"
     return text[:-1] if text.endswith("0") else text
-
-
-# ---------------------------------------------------------------------------------------------
-# Targets: the configuration one published row (for one architecture) names
-
-
-@dataclass(frozen=True)
-class Target:
-    """The configuration a published row names for one architecture."""
-
-    method: str
-    dataset: str
-    arch: str
-    eps: str  # as printed, e.g. "8/255"
-    eps_value: float
-    a: float  # NaN for baselines
-    b: float
-
-    @property
-    def overrides(self) -> dict[str, str]:
-        out = {}
-        if not _isnan(self.a):
-            out["beta"] = format_value(float(self.a))
-        if not _isnan(self.b):
-            out["b"] = format_value(float(self.b))
-        return out
-
-    @functools.cached_property
-    def hparams(self) -> dict:
-        """Every method hyperparameter the row implies: a and b as printed, the rest at the defaults of
-        the method's official protocol for this dataset and network (MART's beta 5 for ResNet-18)."""
-        return resolve_hparams(self.method, dataset_info(self.dataset).family, self.overrides,
-                               protocol_for(self.method, self.dataset, self.arch))
-
-    def matches(self, config: dict) -> bool:
-        """Whether a resolved config (RunSpec.config / config.json's identity) is a run of this row."""
-        if (config["method"], config["dataset"], config["arch"]) != (self.method, self.dataset, self.arch):
-            return False
-        if (config["protocol"], config["schedule"]["name"]) != ("paper", "official"):
-            return False  # the published numbers are the paper protocol with each method's own schedule
-        if abs(config["eps"] - self.eps_value) > EPS_TOL:
-            return False
-        have = config.get("hparams", {})
-        return all(_same_value(have.get(k), v) for k, v in self.hparams.items()) and set(have) <= set(self.hparams)
-
-    def filters(self) -> list[str]:
-        """`--only` filters naming this row (eps as printed)."""
-        out = [f"method={self.method}", f"dataset={self.dataset}", f"arch={self.arch}", f"eps={self.eps}"]
-        return out + [f"{k}={v}" for k, v in self.overrides.items()]
 
 
 def _run_command(suite_ref: str, filters: Sequence[str], results: str | None = None) -> str:
@@ -204,9 +142,9 @@ def exact_filters(target: Target, specs: Sequence[RunSpec]) -> list[str]:
     for key, value in target.hparams.items():
         if not extra:
             break
-        if key in named or _isnan(value):
+        if key in named or isnan(value):
             continue
-        if any(not _same_value(s.config["hparams"].get(key), value) for s in extra):
+        if any(not same_value(s.config["hparams"].get(key), value) for s in extra):
             filters.append(f"{key}={format_value(value)}")
             extra = [s for s in filter_runs(specs, filters) if not target.matches(s.config)]
     return filters
