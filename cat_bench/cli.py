@@ -705,7 +705,6 @@ def _submit(args) -> None:
 
 def _doctor(args) -> int:
     import dataclasses
-    import json
 
     from cat_bench.networks import resolve_device
 

@@ -35,7 +35,7 @@ import pandas as pd
 from cat_bench.checks import as_flags
 from cat_bench.data import dataset_info
 from cat_bench.errors import UsageError
-from cat_bench.methods import METHODS, protocol_for, resolve_hparams
+from cat_bench.methods import METHODS
 from cat_bench.paper import Target, isnan, same_value
 from cat_bench.presets import EVALUATION_NOTE, format_eps, format_value
 from cat_bench.results import ATTACK_ORDER, WORST, in_attack_order, summarize
