@@ -129,7 +129,7 @@ class Method:
     architecture matches any. `DEFAULT_ARCH` is the architecture the script trains per family.
     A method without an entry for a dataset trains with the uniform protocol (CAT's).
     `label` and `color` show the method in the report's figures and fidelity pages; `mask_figure` says
-    that the report can draw Figure 2 (g's mask) from its runs; `PAPER` (title, authors, venue,
+    that the report can draw Figure 2 (the mask) from its runs, with `mask_rows`; `PAPER` (title, authors, venue,
     link) is the paper a RobustBench submission of its runs names by default.
     """
 
@@ -163,6 +163,13 @@ class Method:
               autocast: contextlib.AbstractContextManager | None = None) -> Method:
         """The adapter on a run's networks: f and the `extra_networks` built for it."""
         return cls(f, extra.get("g"), hparams, attack, autocast)
+
+    @classmethod
+    def mask_rows(cls, extra: dict[str, nn.Module], x: torch.Tensor, x_adv: torch.Tensor,
+                  clip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Figure 2's mask and calibrated rows for natural `x` and adversarial `x_adv`, from the trained
+        `extra_networks` (in eval mode); only methods with `mask_figure` have them."""
+        raise NotImplementedError(f"{cls.name} has no mask to draw (mask_figure is False)")
 
     @classmethod
     def variant_label(cls, hparams: dict[str, Any]) -> str:

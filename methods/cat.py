@@ -157,6 +157,12 @@ class CATcent(Method):
         return cls.label if ablation == "none" else ablation
 
     @classmethod
+    def mask_rows(cls, extra, x, x_adv, clip):
+        """Figure 2's rows: the mask M = g(x + delta) (Eq. 10) and x_cal = x + M delta (Eq. 11)."""
+        mask = extra["g"](x_adv)
+        return mask, calibrate(x, x_adv - x, mask, clip)
+
+    @classmethod
     def extra_networks(cls, family, in_channels):
         return {"g": build_mask_net(family, in_channels)}  # built under A1 too: its initialisation draws from the RNG
 

@@ -93,6 +93,21 @@ def test_priced_by_the_planner(name):
     assert math.isfinite(hours) and hours > 0
 
 
+@pytest.mark.parametrize("name", [n for n in NAMES if METHODS[n].mask_figure])
+def test_a_mask_method_gives_figure_2s_rows(name):
+    """A method the report draws Figure 2 for gives a mask in [0, 1] and calibrated examples of the input's
+    shape from its own networks: x_cal = x + M delta (Eq. 11), within the clip when clipping."""
+    cls = METHODS[name]
+    torch.manual_seed(0)
+    extra = {k: net.eval() for k, net in cls.extra_networks("mnist", 1).items()}
+    x = torch.rand(3, 1, 28, 28)
+    x_adv = (x + 0.3 * torch.randn_like(x).sign()).clamp(0, 1)
+    with torch.no_grad():
+        mask, x_cal = cls.mask_rows(extra, x, x_adv, clip=False)
+    assert mask.shape == x.shape and x_cal.shape == x.shape and 0 <= mask.min() and mask.max() <= 1
+    assert torch.allclose(x_cal, x + mask * (x_adv - x))
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_listed_with_its_sources(name):
     from cat_bench.cli import main

@@ -231,18 +231,19 @@ def draw_figure2(panels, out: Path) -> None:
 
 
 def figure2_panels(identity: dict, nets, device: str, data_root):
-    """Five seeded MNIST test digits, their PGD-20 examples (eps 0.3), g's mask and the calibrated examples,
+    """Five seeded MNIST test digits, their PGD-20 examples (eps 0.3), the method's mask and calibrated examples,
     under the run's protocol (the paper protocol clips neither), with f's prediction for each (`nets`: the
     run's networks, cat_bench.networks.Networks)."""
     import torch
 
     from cat_bench.attacks import PGD
     from cat_bench.data import load_split
-    from cat_bench.methods.cat import calibrate
     from cat_bench.presets import clips, eval_attack
 
     dev = torch.device(device)
-    f, g = nets.f.eval(), nets.extra["g"].eval()
+    f = nets.f.eval()
+    for net in nets.extra.values():
+        net.eval()
     x, y = load_split(identity["dataset"], "test", data_root)
     idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:5]
     x, y = x[idx].float().div(255).to(dev), y[idx].to(dev)
@@ -253,8 +254,7 @@ def figure2_panels(identity: dict, nets, device: str, data_root):
     torch.manual_seed(0)
     x_adv = attack(f, x, y)
     with torch.no_grad():
-        mask = g(x_adv)
-        x_cal = calibrate(x, x_adv - x, mask, clip)
+        mask, x_cal = METHODS[identity["method"]].mask_rows(nets.extra, x, x_adv, clip)
         preds = [f(v).argmax(1).tolist() for v in (x, x_adv, x_adv, x_cal)]
     return (x.cpu().numpy(), x_adv.cpu().numpy(), mask.cpu().numpy(), x_cal.cpu().numpy(), y.tolist(), preds)
 
