@@ -339,15 +339,15 @@ def verify(folder: Path, card: dict) -> str:
     return digest
 
 
-def exported_from(run_name: str, identity: dict, models: Path) -> list[Path]:
-    """The model folders under `models` exported from a run of this name and identity (its configuration:
-    the run's name is its identity's hash), by name."""
+def exported_from(run_name: str, identity: dict, models: Path) -> list[tuple[Path, dict]]:
+    """(folder, card) of each model folder under `models` exported from a run of this name and identity (its
+    configuration: the run's name is its identity's hash), by name."""
     models = Path(models)
     if not models.is_dir():
         return []
     wanted = records.normalised(identity)
-    return [folder for folder in sorted(models.iterdir()) if is_model_folder(folder)
-            and (card := read_card(folder))["run"] == run_name and card["identity"] == wanted]
+    cards = [(folder, read_card(folder)) for folder in sorted(models.iterdir()) if is_model_folder(folder)]
+    return [(folder, card) for folder, card in cards if card["run"] == run_name and card["identity"] == wanted]
 
 
 def load_networks(folder: Path, card: dict, device):

@@ -96,7 +96,7 @@ def test_priced_by_the_planner(name):
 @pytest.mark.parametrize("name", [n for n in NAMES if METHODS[n].mask_figure])
 def test_a_mask_method_gives_figure_2s_rows(name):
     """A method the report draws Figure 2 for gives a mask in [0, 1] and calibrated examples of the input's
-    shape from its own networks: x_cal = x + M delta (Eq. 11), within the clip when clipping."""
+    shape from its own networks: x_cal = x + M delta (Eq. 11), unclipped as the paper protocol's MNIST code."""
     cls = METHODS[name]
     torch.manual_seed(0)
     extra = {k: net.eval() for k, net in cls.extra_networks("mnist", 1).items()}
