@@ -14,7 +14,7 @@ from test_orchestrate import TINY, finish, per_seed_table
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # workers of --jobs-per-gpu run 1 thread each: compare like with like
 TRAIN = ["train", "--method", "at", "--dataset", "mnist-mini", "--eps", "0.3", "--epochs", "3", "--n-train", "100",
-         "--batch-size", "50", "--select-n", "20", "--no-progress"]
+         "--batch-size", "50", "--select-n", "20", "--schedule", "uniform", "--no-progress"]
 
 
 @pytest.fixture()
@@ -94,7 +94,9 @@ def test_budget_and_compile_mode_are_checked_by_the_parser(tmp_path):
         assert not (tmp_path / "x").exists()
 
 
-def test_dry_run_prices_with_a_measured_record_and_says_which(tiny, tmp_path):
+def test_dry_run_prices_with_a_measured_record_and_says_which(tmp_path):
+    tiny = tmp_path / "official.toml"  # AT's official protocol trains madry-cnn: two networks to price
+    tiny.write_text(TINY.replace('schedule = "uniform"', 'schedule = "official"'))
     record = {"arch": "smallcnn", "rows": [
         {"method": "at", "precision": "fp32", "compile": None, "images_per_s": 1000.0, "flops_per_image": 1e9},
         {"method": "at", "precision": "fp32", "compile": None, "images_per_s": 10.0, "flops_per_image": 1e9,

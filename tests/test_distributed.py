@@ -114,7 +114,7 @@ def test_a_killed_rank_stops_the_group_and_the_rerun_resumes(one_process, tmp_pa
 def test_cli_nproc_trains_a_group(tmp_path, capsys):
     out = tmp_path / "cli"
     argv = ["train", "--method", "at", "--dataset", "mnist-mini", "--eps", "0.3", "--epochs", "1", "--n-train", "100",
-            "--select-n", "20", "--nproc", "2", "--no-progress", "--out", str(out)]
+            "--select-n", "20", "--schedule", "uniform", "--nproc", "2", "--no-progress", "--out", str(out)]
     assert main(argv) == 0
     assert "done: selected epoch 1" in capsys.readouterr().out
     assert records.read_jsonl(out / records.SESSIONS)[0]["ranks"] == 2
@@ -125,7 +125,8 @@ def test_torchrun_starts_the_same_group(tmp_path):
     out = tmp_path / "torchrun"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "cat_bench.cli",
                            "train", "--method", "at", "--dataset", "mnist-mini", "--eps", "0.3", "--epochs", "1",
-                           "--n-train", "60", "--select-n", "20", "--no-progress", "--out", str(out)],
+                           "--n-train", "60", "--select-n", "20", "--schedule", "uniform", "--no-progress", "--out",
+                           str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("done: selected epoch 1") == 1 and proc.stderr.count("run directory:") == 1

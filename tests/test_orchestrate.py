@@ -28,6 +28,7 @@ select_n = 20
 seeds = [0]
 attacks = ["natural", "fgsm", "pgd20"]
 n_examples = 40
+schedule = "uniform"  # CAT's protocol for both: SmallCNN and PGD-20, half the cost of AT's official one
 
 [[runs]]
 label = "tiny"
