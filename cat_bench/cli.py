@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", type=Path, metavar="SOURCE",
                    help="a run directory (cat-bench train --out, or RESULTS/runs/NAME; writes its eval.json), a model "
                         "folder (cat-bench export; its SHA-256 is verified, the numbers are printed beside its card's, "
-                        "nothing is written), or an external model evaluated into RESULTS/external/NAME: a state-dict "
+                        "nothing is written unless --record), or an external model evaluated into RESULTS/external/NAME: a state-dict "
                         "file with --arch and --dataset, a torch.export .pt2 or TorchScript file, robustbench:NAME "
                         "with --model-dir, or module:function returning an nn.Module (docs/evaluation.md)")
     e.add_argument("--attacks", default="natural,fgsm,pgd20,pgd100,cw",
@@ -97,6 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--results", type=Path, default=Path("results"),
                    help="external models: the results directory whose external/ gets the run (default: ./results)")
     e.add_argument("--seed", type=int, default=0, help="external models: the seed torch gets before each attack")
+    e.add_argument("--record", action="store_true",
+                   help="model folders: add this evaluation to the card (card.json and README.md, beside the "
+                        "export's); AutoAttack and Square keep their finished sub-attacks in the user cache, so a "
+                        "stopped evaluation continues there")
     e.add_argument("--strict", action="store_true",
                    help="a failed setup check (eval mode, eps 0, input range, finite gradients) is an error "
                         "(exit 2) instead of a recorded flag and a warning")
@@ -335,6 +339,9 @@ def _eval(args) -> None:
                          f"model folder, which knows its network and dataset")
     if is_model_folder(args.run_dir):
         return _eval_model_folder(args)
+    if args.record:
+        raise UsageError(f"--record is for model folders; {args.run_dir} is a run directory, whose evaluation "
+                         f"always goes to its eval.json")
     eps = parse_eps(args.eps) if args.eps is not None else None
     result = evaluate(args.run_dir, args.attacks, n_examples=args.n_examples, eps=eps, batch_size=args.batch_size,
                       data_root=args.data_root, device=args.device, progress=not args.no_progress,
@@ -377,7 +384,7 @@ def _eval_model_folder(args) -> None:
     """`cat-bench eval MODEL_FOLDER`: verify the weights' SHA-256, evaluate, print beside the card's numbers."""
     from cat_bench.data import dataset_info
     from cat_bench.evaluate import check_options, default_batch_size, parse_attacks
-    from cat_bench.shipped import card_numbers, measure_folder, read_card, verify
+    from cat_bench.shipped import card_numbers, measure_folder, read_card, record_evaluation, verify
 
     if args.unfinished:
         raise UsageError(f"--unfinished is for run directories; {args.run_dir} is a model folder of a finished run")
@@ -393,9 +400,10 @@ def _eval_model_folder(args) -> None:
 
     device = resolve_device(args.device)
     batch_size = args.batch_size or card.get("check", {}).get("batch_size") or default_batch_size(device)
+    state_dir = _folder_eval_state(digest) if args.record else None
     result = measure_folder(args.run_dir, card, names, n_examples=args.n_examples, eps=eps, batch_size=batch_size,
                             device=device, data_root=args.data_root, progress=not args.no_progress,
-                            log=lambda m: print(m, file=sys.stderr))
+                            log=lambda m: print(m, file=sys.stderr), state_dir=state_dir)
     n, test_eps = result["key"]["n_examples"], result["key"]["eps"]
     recorded = card_numbers(card, n, test_eps)
     width = max(map(len, names))
@@ -409,6 +417,24 @@ def _eval_model_folder(args) -> None:
             print(f"{name:<{width}}  {mine:6.2f}%  card {theirs:6.2f}%  {same}")
         else:
             print(f"{name:<{width}}  {mine:6.2f}%  card has no number for these examples")
+    if args.record:
+        entry = record_evaluation(args.run_dir, card, result, device=device, batch_size=batch_size,
+                                  command=command("eval", str(args.run_dir), "--attacks", ",".join(names),
+                                                  *(["--n-examples", str(n)] if args.n_examples else []),
+                                                  *(["--eps", args.eps] if args.eps is not None else []), "--record"))
+        for flag in entry["flags"]:
+            print(f"flag: {flag['flag']}: {flag['detail']}")
+        print(f"recorded in {args.run_dir / 'card.json'} and README.md", file=sys.stderr)
+
+
+def _folder_eval_state(digest: str) -> Path:
+    """Where `eval FOLDER --record` keeps AutoAttack's finished sub-attacks: the user cache, by the weights'
+    SHA-256 (the model folder itself is written only once, when the evaluation is complete)."""
+    import platformdirs
+
+    state = Path(platformdirs.user_cache_dir("cat-bench")) / "eval-state" / digest[:16]
+    state.mkdir(parents=True, exist_ok=True)
+    return state
 
 
 def _compare(args) -> None:

@@ -50,10 +50,18 @@ def correct_under(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, atta
     return torch.cat(out)
 
 
+PGD_OVERSTATES = 0.02  # AutoAttack this far (a fraction) below PGD-100 flags PGD's number as overstated
+
+
 def masking_flags(acc: dict[str, float]) -> list[dict]:
     """Signs of gradient masking: a multi-step attack weaker than FGSM, PGD-100 weaker than PGD-20,
-    or the black-box Square attack stronger than every white-box attack run."""
+    the black-box Square attack stronger than every white-box attack run, or AutoAttack more than
+    PGD_OVERSTATES (2 points) below PGD-100 (the paper's strongest attack overstates robustness)."""
     flags = []
+    if "autoattack" in acc and "pgd100" in acc and acc["pgd100"] - acc["autoattack"] > PGD_OVERSTATES:
+        flags.append({"flag": "PGD overstates robustness",
+                      "detail": f"autoattack {acc['autoattack']:.4f} < pgd100 {acc['pgd100']:.4f} by more than "
+                                f"{100 * PGD_OVERSTATES:g} points"})
     if "fgsm" in acc:
         for name in MULTI_STEP:
             if name in acc and acc[name] > acc["fgsm"]:

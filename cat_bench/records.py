@@ -66,6 +66,11 @@ def write_json(path: Path, obj: Any) -> None:
     _atomic(Path(path), lambda fh: fh.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write UTF-8 text atomically (temp file + rename)."""
+    _atomic(Path(path), lambda fh: fh.write(text.encode("utf-8")))
+
+
 def read_json(path: Path, kind: type = dict) -> Any:
     """Read a JSON record of type `kind` (every record is an object); anything else in its place (not
     UTF-8, not JSON, another type, a folder) is a CorruptRecord naming the file."""

@@ -18,7 +18,9 @@ The check: natural and PGD-20 accuracy on the first 500 test examples at the dat
 examples files. `cat-bench eval results/models/NAME --attacks natural,pgd20 --n-examples 500`
 verifies both SHA-256s (a mismatch exits 2), builds the networks from the card's identity,
 evaluates with the same code as `cat-bench eval RUN_DIR` (cat_bench.evaluate.measure) and prints
-each number beside the card's for the same examples. It only reads the folder and writes nothing.
+each number beside the card's for the same examples. It only reads the folder and writes nothing,
+unless `--record` is given: then the evaluation joins the card's further evaluations (`record_evaluation`;
+AutoAttack beside PGD-100 is the one the shipped models carry).
 
 Up to 500 examples come from the folder, so the check needs neither the dataset nor a network;
 more examples, or `--data-root`, read the dataset's test split instead (the same first examples:
@@ -52,6 +54,7 @@ CARD_FORMAT = "cat-bench model card 1"
 CHECK_N = 500
 CHECK_ATTACKS = ("natural", "pgd20")
 MODELS = Path("results") / "models"
+EVALUATIONS = "evaluations"  # card.json: evaluations measured after export (`cat-bench eval FOLDER --record`)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -389,9 +392,12 @@ def folder_examples(folder: Path, card: dict, n_examples: int | None, device):
 
 
 def measure_folder(folder: Path, card: dict, attacks: list[str], *, n_examples: int | None, eps: float | None,
-                   batch_size: int, device, data_root=None, progress: bool = True, log=print) -> dict:
+                   batch_size: int, device, data_root=None, progress: bool = True, log=print,
+                   state_dir: Path | None = None) -> dict:
     """Evaluate the folder's f on the first `n_examples` test examples: {"key", "examples", "attacks": {name:
-    {"accuracy", "correct", "settings"}}}. The same presets, settings and seeding as `cat-bench eval RUN_DIR`.
+    {"accuracy", "correct", "settings", "seconds", "wrong": indices of the examples it got wrong}}}. The same
+    presets, settings and seeding as `cat-bench eval RUN_DIR`. AutoAttack and Square keep their finished
+    sub-attacks under `state_dir` (`evaluate.measure`), so a stopped evaluation continues where it was.
 
     The examples are the folder's own (`folder_examples`) unless there are too few or `data_root` is given;
     then the dataset's test split. "examples" says which.
@@ -413,10 +419,12 @@ def measure_folder(folder: Path, card: dict, attacks: list[str], *, n_examples: 
     for name in attacks:
         preset = eval_attack(info.family, name, test_eps, override=eps is not None)
         settings = _settings(name, preset, identity["seed"], clip)
+        began = time.time()
         correct = measure(model, x, y, preset, settings, seed=identity["seed"], batch_size=batch_size, device=device,
-                          progress=progress, log=log)
+                          progress=progress, log=log, state_dir=state_dir, key={**out["key"], "weights": card["weights"]["sha256"]})
         out["attacks"][name] = {"accuracy": correct.sum().item() / len(correct), "correct": int(correct.sum().item()),
-                                "settings": settings}
+                                "settings": settings, "seconds": time.time() - began,
+                                "wrong": (~correct.bool()).nonzero().flatten().tolist()}
     return out
 
 
@@ -426,6 +434,8 @@ def _check(folder: Path, card: dict, final: Path, device, batch_size: int, progr
     result = measure_folder(folder, card, list(CHECK_ATTACKS), n_examples=CHECK_N, eps=None, batch_size=batch_size,
                             device=device, progress=progress, log=lambda m: None)
     result.pop("examples")  # the card's check records its examples file instead
+    for entry in result["attacks"].values():
+        del entry["seconds"], entry["wrong"]
     return {**result, "batch_size": batch_size, "provenance": records.provenance(device),
             "command": f"cat-bench eval {shlex.quote(str(final))} --attacks {','.join(CHECK_ATTACKS)} "
                        f"--n-examples {CHECK_N}"}
@@ -435,12 +445,39 @@ def card_numbers(card: dict, n_examples: int, eps: float) -> dict[str, float]:
     """The card's accuracies (fractions) for these examples and eps: the check's and every evaluation's."""
     found = {}
     evaluation = card.get("evaluation", {})
-    for entry in [card.get("check", {}), evaluation, *evaluation.get("earlier", [])]:
+    for entry in [card.get("check", {}), evaluation, *evaluation.get("earlier", []), *card.get(EVALUATIONS, [])]:
         key = entry.get("key", {})
         if key.get("n_examples") == n_examples and abs(key.get("eps", -1) - eps) < 1e-9:
             for name, a in entry.get("attacks", {}).items():
                 found.setdefault(name, a["accuracy"])
     return found
+
+
+def record_evaluation(folder: Path, card: dict, result: dict, *, device, batch_size: int, command: str) -> dict:
+    """Add a `measure_folder` result to the card's further evaluations (`card.json` "evaluations": those
+    measured after export, e.g. AutoAttack beside PGD-100) and rewrite card.json and README.md, each
+    atomically. An evaluation of the same examples and eps is merged, a re-measured attack replacing its
+    earlier number. Each entry keeps the indices of the examples every attack got wrong, so any two attacks
+    compare on the same examples, and the gradient-masking flags of `evaluate.masking_flags`."""
+    from cat_bench.evaluate import masking_flags
+
+    folder = Path(folder)
+    kept = [e for e in card.get(EVALUATIONS, []) if e["key"] != result["key"]]
+    merged = next((e for e in card.get(EVALUATIONS, []) if e["key"] == result["key"]), {"attacks": {}})
+    attacks = {**merged["attacks"], **result["attacks"]}
+    entry = {"key": result["key"], "examples": result["examples"], "attacks": attacks,
+             "flags": masking_flags({k: a["accuracy"] for k, a in attacks.items()}),
+             "batch_size": batch_size, "provenance": records.provenance(device), "command": command}
+    card = {**card, EVALUATIONS: [*kept, entry]}
+    records.write_json(folder / CARD, card)
+    records.write_text(folder / README, readme(card))
+    return entry
+
+
+def attack_disagreement(entry: dict, a: str, b: str) -> tuple[int, int]:
+    """(examples `a` gets wrong that `b` gets right, the reverse) in one recorded evaluation."""
+    wrong_a, wrong_b = set(entry["attacks"][a]["wrong"]), set(entry["attacks"][b]["wrong"])
+    return len(wrong_a - wrong_b), len(wrong_b - wrong_a)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,6 +519,7 @@ def readme(card: dict) -> str:
     for row in card["published"]:
         nums = ", ".join(f"{m} {v:g}" for m, v in row["metrics"].items())
         lines.append(f"The paper's Table {row['table']}, {row['row']}: {nums}.")
+    lines += _further_evaluations(card)
     lines += ["", f"### Check: the first {check['key']['n_examples']} test examples", ""]
     lines += _accuracy_table(check["attacks"], check["key"]["n_examples"], check["key"]["eps"])
     lines += ["", f"Measured at export time from `{WEIGHTS}` (batch {check['batch_size']}, "
@@ -511,6 +549,28 @@ def readme(card: dict) -> str:
         lines.append(f"- `{key}` = {value!r}: {card['sources'].get('hparams', {}).get(key, '')}")
     lines += ["", "## Identity", "", "```json", json.dumps(ident, indent=2, sort_keys=True), "```", ""]
     return "\n".join(lines)
+
+
+def _further_evaluations(card: dict) -> list[str]:
+    """README lines of the evaluations recorded after export, each with the command that measured it."""
+    lines = []
+    for entry in card.get(EVALUATIONS, []):
+        n, eps = entry["key"]["n_examples"], entry["key"]["eps"]
+        lines += ["", f"### Beyond the paper: the first {n} test examples", ""]
+        lines += _accuracy_table(entry["attacks"], n, eps)
+        lines += ["", f"Measured by `{entry['command']}` ({entry['provenance']['hardware'].get('device')}, "
+                  f"{entry['provenance']['hardware'].get('cpu') or entry['provenance']['hardware'].get('gpu')}, "
+                  f"{entry['provenance']['hardware'].get('threads')} threads, torch {entry['provenance']['torch']})."]
+        if {"autoattack", "pgd100"} <= set(entry["attacks"]):
+            aa, pgd = entry["attacks"]["autoattack"], entry["attacks"]["pgd100"]
+            only_aa, only_pgd = attack_disagreement(entry, "autoattack", "pgd100")
+            lines.append(f"AutoAttack (standard, Linf, every iterate in [0,1]) leaves {100 * aa['accuracy']:.2f}% "
+                         f"where PGD-100 ({'clipped' if pgd['settings']['clip'] else 'not clipped'}) leaves "
+                         f"{100 * pgd['accuracy']:.2f}%: it breaks {only_aa} examples that PGD-100 leaves, and "
+                         f"PGD-100 breaks {only_pgd} that it leaves.")
+        flags = "; ".join(f"{f['flag']} ({f['detail']})" for f in entry["flags"])
+        lines.append(f"Gradient-masking flags: {flags}." if flags else "Gradient-masking flags: none.")
+    return lines
 
 
 def _duration(seconds: float) -> str:
