@@ -391,7 +391,11 @@ def test_square_and_autoattack_end_to_end(trained_run, tmp_path):
      [], None),
     ({"fgsm": 0.4, "pgd20": 0.4, "pgd100": 0.4, "square": 0.4}, [], None),  # ties are no sign of masking
     ({"natural": 0.9, "square": 0.1}, [], None),  # no white-box attack to compare with
-], ids=["pgd20>fgsm", "cw>fgsm", "pgd100>pgd20", "square<white-box", "several", "none", "ties", "square-alone"])
+    ({"pgd100": 0.962, "autoattack": 0.941}, ["PGD overstates robustness"], "pgd100 0.9620"),
+    ({"pgd100": 0.962, "autoattack": 0.947}, [], None),  # 1.5 points: within the 2-point margin
+    ({"pgd20": 0.97, "autoattack": 0.90}, [], None),  # only PGD-100, the paper's strongest, is compared
+], ids=["pgd20>fgsm", "cw>fgsm", "pgd100>pgd20", "square<white-box", "several", "none", "ties", "square-alone",
+        "autoattack<pgd100", "autoattack-close", "no-pgd100"])
 def test_masking_flags(acc, expected, mentions):
     flags = masking_flags(acc)
     assert [f["flag"] for f in flags] == expected

@@ -196,6 +196,65 @@ def test_eval_of_the_folder_prints_the_cards_numbers_and_writes_nothing(run, mod
     assert _snapshot(model) == before
 
 
+def test_eval_record_adds_the_evaluation_to_the_card(run, model, tmp_path, capsys, monkeypatch):
+    """`--record` keeps the evaluation in card.json (with the examples each attack got wrong) and README.md,
+    merges a second one of the same examples, and leaves the weights and the export's numbers alone."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = _copy(model, tmp_path / "folder")
+    before = shipped.read_card(folder)
+    argv = ["eval", folder, "--n-examples", 100, "--device", "cpu", "--no-progress", "--record"]
+    assert run_cli([*argv, "--attacks", "natural,pgd20"], capsys)[0] == 0
+    assert run_cli([*argv, "--attacks", "fgsm"], capsys)[0] == 0
+    card = shipped.read_card(folder)
+    assert {k: v for k, v in card.items() if k != shipped.EVALUATIONS} == before
+    [entry] = card[shipped.EVALUATIONS]
+    assert entry["key"] == {"n_examples": 100, "eps": 0.3} and set(entry["attacks"]) == {"natural", "pgd20", "fgsm"}
+    for name, a in entry["attacks"].items():
+        assert a["correct"] == 100 - len(a["wrong"]) and a["accuracy"] == a["correct"] / 100, name
+    evaluation = records.read_json(run / records.EVAL)["attacks"]  # the run's own evaluation, same 100 digits
+    assert entry["attacks"]["pgd20"]["accuracy"] == evaluation["pgd20"]["accuracy"]
+    assert entry["command"].endswith("--attacks fgsm --n-examples 100 --record") and entry["flags"] == []
+    text = (folder / "README.md").read_text()
+    assert "### Beyond the paper: the first 100 test examples" in text and "| fgsm |" in text
+    assert text == shipped.readme(card)
+    code, out, err = run_cli(["eval", folder, "--attacks", "fgsm", "--n-examples", 100, "--no-progress"], capsys)
+    assert code == 0 and "card" in out and "same" in out, err
+
+
+def test_recorded_autoattack_is_compared_with_pgd100_on_the_same_examples(run, model, tmp_path):
+    """AutoAttack beside PGD-100: the README counts the examples each breaks that the other leaves, and the
+    report's Table 1 column reads the card (before the evaluation: "not measured", with its command)."""
+    from cat_bench.report.tables import attack_checks
+
+    folder = _copy(model, tmp_path / "folder")
+    card = shipped.read_card(folder)
+    identities = {run.name: records.read_identity(run)}
+    [before] = attack_checks([run.name], [0], identities, tmp_path)
+    assert before.verdict == "not measured" and before.command.endswith("--attacks pgd100,autoattack "
+                                                                        "--n-examples 1000 --record")
+    settings = {"clip": False}
+    result = {"key": {"n_examples": 10, "eps": 0.3}, "examples": "x", "attacks": {
+        "pgd100": {"accuracy": 0.7, "correct": 7, "settings": settings, "seconds": 1.0, "wrong": [0, 1, 2]},
+        "autoattack": {"accuracy": 0.4, "correct": 4, "settings": {"clip": True}, "seconds": 9.0,
+                       "wrong": [1, 2, 3, 4, 5, 6]}}}
+    entry = shipped.record_evaluation(folder, card, result, device=torch.device("cpu"), batch_size=10, command="c")
+    assert [f["flag"] for f in entry["flags"]] == ["PGD overstates robustness"]
+    assert shipped.attack_disagreement(entry, "autoattack", "pgd100") == (4, 1)
+    text = (folder / "README.md").read_text()
+    assert "it breaks 4 examples that PGD-100 leaves, and PGD-100 breaks 1 that it leaves" in text
+    assert "PGD overstates robustness" in text
+    [check] = attack_checks([run.name], [0], identities, tmp_path)
+    assert (check.verdict, check.n, check.autoattack, check.pgd100) == ("PGD overstates robustness", 10, 40.0, 70.0)
+    assert (check.only_autoattack, check.only_pgd100, check.model) == (4, 1, "folder")
+
+
+def test_record_is_refused_for_a_run_directory(run, capsys):
+    files = lambda: {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}  # noqa: E731
+    before = files()
+    code, out, err = run_cli(["eval", run, "--attacks", "natural", "--record"], capsys)
+    assert code == 2 and "--record is for model folders" in err and files() == before
+
+
 def test_the_folder_gives_its_check_numbers(model):
     assert_card_check(model)
 

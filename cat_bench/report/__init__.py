@@ -178,7 +178,8 @@ def _render(suite: Suite, results: Path, out: Path, *, device: str, data_root, m
 
         published = load_published()
     runs, collected = load_runs(suite, results)
-    tables = build_tables(published, collected, suite.runs, ref, results=str(results), in_progress=in_progress(runs))
+    tables = build_tables(published, collected, suite.runs, ref, results=str(results), in_progress=in_progress(runs),
+                          models=models)
     figures = paper_figures(runs, out / "figures", ref, device=device, data_root=data_root, results_dir=str(results),
                             models=models)
     boards = leaderboard(runs)

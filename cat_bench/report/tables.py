@@ -277,11 +277,66 @@ class RowTarget:
 
 
 @dataclass
+class AttackCheck:
+    """AutoAttack beside PGD-100 on the same test examples, from the card of a model shipped from one of the
+    row's runs (`cat-bench eval FOLDER --attacks pgd100,autoattack --record`); the paper has no such column.
+    `autoattack` is None when the folder's card has no such evaluation (then `command` measures it)."""
+
+    model: str  # the model folder's name
+    seed: int
+    n: int = 0
+    autoattack: float | None = None  # accuracy, %
+    pgd100: float | None = None
+    only_autoattack: int = 0  # examples AutoAttack breaks that PGD-100 leaves
+    only_pgd100: int = 0
+    flags: list[str] = field(default_factory=list)
+    command: str = ""
+
+    @property
+    def verdict(self) -> str:
+        if self.autoattack is None:
+            return "not measured"
+        return "PGD overstates robustness" if "PGD overstates robustness" in self.flags else "PGD-100 confirmed"
+
+    @property
+    def text(self) -> str:
+        if self.autoattack is None:
+            return f"not measured ({self.model})"
+        return (f"{fmt_num(self.autoattack)} vs PGD-100 {fmt_num(self.pgd100)} ({self.autoattack - self.pgd100:+.2f}) "
+                f"on the first {self.n:,} test examples, seed {self.seed}: AutoAttack breaks {self.only_autoattack} "
+                f"that PGD-100 leaves, PGD-100 {self.only_pgd100} that it leaves ({self.model})")
+
+
+def attack_checks(run_names: Sequence[str], seeds: Sequence[int], identities: Mapping[str, dict],
+                  models) -> list[AttackCheck]:
+    """The AutoAttack-beside-PGD-100 check of each model shipped from these runs: the card's evaluation with
+    both attacks on the most examples, or "not measured" with the command that measures it."""
+    from cat_bench import shipped
+
+    checks = []
+    for name, seed in zip(run_names, seeds):
+        for folder, card in shipped.exported_from(name, identities[name], models):
+            found = [e for e in card.get(shipped.EVALUATIONS, []) if {"autoattack", "pgd100"} <= set(e["attacks"])]
+            check = AttackCheck(folder.name, seed, command=command(
+                "eval", str(folder), "--attacks", "pgd100,autoattack", "--n-examples", "1000", "--record"))
+            if found:
+                entry = max(found, key=lambda e: e["key"]["n_examples"])
+                check.n = entry["key"]["n_examples"]
+                check.autoattack = 100 * entry["attacks"]["autoattack"]["accuracy"]
+                check.pgd100 = 100 * entry["attacks"]["pgd100"]["accuracy"]
+                check.only_autoattack, check.only_pgd100 = shipped.attack_disagreement(entry, "autoattack", "pgd100")
+                check.flags = [f["flag"] for f in entry["flags"]]
+            checks.append(check)
+    return checks
+
+
+@dataclass
 class Row:
     id: str  # the printed label, e.g. "CATcent (b=0.05)"
     label: str
     cells: list[Cell]
     targets: list[RowTarget]
+    attack_checks: list[AttackCheck] = field(default_factory=list)  # AutoAttack beside PGD-100 (shipped models)
 
     @property
     def in_suite(self) -> bool:
@@ -384,14 +439,16 @@ def _choose_group(matched: list[RunSpec], collected: pd.DataFrame) -> tuple[pd.D
 
 def build_tables(published: pd.DataFrame, collected: pd.DataFrame, specs: Sequence[RunSpec], suite_ref: str | None,
                  locate: Callable[[Target], tuple[str, Sequence[RunSpec]] | None] = locate_shipped,
-                 results: str | None = None, in_progress: Mapping[str, Sequence[dict]] | None = None) -> list[Table]:
+                 results: str | None = None, in_progress: Mapping[str, Sequence[dict]] | None = None,
+                 models=None) -> list[Table]:
     """Every published table with the suite's reproduction.
 
     published: load_published()'s long format; collected: cat_bench.results.collect of the suite's run
     directories (finished runs); specs: the suite's RunSpecs (their configs identify the runs);
     suite_ref: how commands name the suite (None: a folder of runs); locate: finds a shipped suite for rows
     this one lacks; results: the results directory the printed commands name; in_progress: the history
-    rows of unfinished runs, by run name (`progress_text` says how far each has come).
+    rows of unfinished runs, by run name (`progress_text` says how far each has come); models: the model
+    folders (`cat-bench export`) whose cards give each row's AutoAttack check (`attack_checks`), None for none.
     """
     in_progress = in_progress or {}
     if "run" not in collected.columns:
@@ -456,7 +513,12 @@ def build_tables(published: pd.DataFrame, collected: pd.DataFrame, specs: Sequen
                     cell.mark = ("above" if cell.diff > cell.tolerance else
                                  "below" if cell.diff < -cell.tolerance else "within")
                 cells.append(cell)
-            rows.append(Row(label, label, cells, list(row_targets.values())))
+            row = Row(label, label, cells, list(row_targets.values()))
+            if models is not None:
+                identities = {s.name: s.config for s in specs}
+                row.attack_checks = [c for rt in row.targets
+                                     for c in attack_checks(rt.runs, rt.seeds, identities, models)]
+            rows.append(row)
         tables.append(Table(table_id, f"Table {table_id}", caption(table_id, pub["dataset"].iloc[0]), columns, rows,
                             bar))
     return tables
