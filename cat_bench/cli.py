@@ -139,7 +139,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--jobs-per-gpu", type=positive_int, default=1, metavar="K",
                    help="local: K runs at once on each GPU (K worker processes per GPU, each run under its own "
                         "lock; small networks leave a big GPU idle), or K worker processes on CPU (default 1)")
-    r.add_argument("--gpu-tflops", type=positive_float, help="sustained TFLOP/s assumed by the estimate (default 50)")
+    r.add_argument("--price-on", default="h100", metavar="KIND",
+                   help="--dry-run: the device kind whose measured rates price the plan: h100 (default), h200 or cpu "
+                        "(cat_bench/costs.py); a network not measured there is priced at its nearest measured one's")
+    r.add_argument("--gpu-tflops", type=positive_float,
+                   help="--dry-run: a fixed sustained TFLOP/s for the networks not measured on --price-on")
     r.add_argument("--throughput", nargs="+", type=Path, default=[], metavar="FILE",
                    help="benchmarks/throughput.py --record files: --dry-run prices each network they measured at "
                         "its measured rate (default: RESULTS/throughput-*.json, where scripts/gpu_hour.sh puts them)")
@@ -504,15 +508,14 @@ def _measured_rates(paths: list[Path]) -> dict[str, float]:
 def _plan_table(args, specs, with_cost: bool):
     import pandas as pd
 
-    from cat_bench.costs import DEFAULT_TFLOPS, run_gpu_hours, train_epochs
+    from cat_bench.costs import Pricer, run_gpu_hours, train_epochs
     from cat_bench.orchestrate import state
 
     from cat_bench.presets import format_eps
 
     if with_cost:
         args.throughput = args.throughput or sorted(args.results.glob("throughput-*.json"))
-        measured = _measured_rates(args.throughput)
-        assumed = args.gpu_tflops or DEFAULT_TFLOPS
+        pricer = Pricer(args.price_on, _measured_rates(args.throughput), args.gpu_tflops)
     # the hyperparameters that tell apart runs of one method in this list
     values: dict[tuple[str, str], set] = {}
     for spec in specs:
@@ -531,24 +534,17 @@ def _plan_table(args, specs, with_cost: bool):
         if with_cost:
             row["protocol"] = f"{c['protocol']}/{c['schedule']['name']}"
             row["epochs"] = train_epochs(c)
-            tflops = measured.get(c["arch"])
-            row["basis"] = "measured" if tflops else "assumed"
-            row["gpu_hours"] = run_gpu_hours(c, spec.attacks, spec.n_examples, tflops or assumed)
+            rate = pricer.rate(c)
+            row["basis"], row["rate"] = rate.basis, rate.detail
+            row["hours"] = run_gpu_hours(c, spec.attacks, spec.n_examples, rate.tflops)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _pricing(args, table) -> str:
-    """How the dry run's GPU-hours were priced: measured rates (which networks) and/or the assumption."""
-    parts = []
-    measured = _measured_rates(args.throughput)
-    if (table.basis == "measured").any():
-        rates = ", ".join(f"{arch} {measured[arch]:.3g}" for arch in sorted(set(table.arch[table.basis == "measured"])))
-        parts.append(f"measured sustained TFLOP/s ({rates}; {', '.join(map(str, args.throughput))})")
-    if (table.basis == "assumed").any():
-        parts.append(f"FLOP estimate at an assumed {args.gpu_tflops or 50:g} sustained TFLOP/s for "
-                     f"{', '.join(sorted(set(table.arch[table.basis == 'assumed'])))}")
-    return "; ".join(parts)
+def _pricing(table) -> str:
+    """How the dry run's hours were priced: each network's rate, measured or assumed, and where it comes from."""
+    return "\n".join(f"  {basis}: {detail}" for basis, detail in
+                     dict.fromkeys(zip(table.basis, table.rate)))
 
 
 def _run(args) -> int:
@@ -564,15 +560,20 @@ def _run(args) -> int:
                          f"{args.gpus_per_job} spreads one run over several; give one of them")
     if args.dry_run:
         table = _plan_table(args, specs, with_cost=True)
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        unit = "CPU-hours (one process)" if args.price_on == "cpu" else f"GPU-hours ({args.price_on})"
+        print(table.drop(columns="rate").to_string(index=False, float_format=lambda v: f"{v:.3g}"))
         per_method = table.groupby(["method", "dataset", "arch"]).agg(runs=("run", "size"), epochs=("epochs", "max"),
-                                                                      gpu_hours=("gpu_hours", "sum"))
+                                                                      hours=("hours", "sum"))
         print("\nper method (each trains with its authors' protocol unless the suite says otherwise):")
         print(per_method.to_string(float_format=lambda v: f"{v:.1f}"))
         todo = table[table.state != "done"]
         print(f"{suite.name}: {len(table)} runs, {int((table.state == 'done').sum())} done; "
-              f"estimated {todo.gpu_hours.sum():.1f} GPU-hours left ({table.gpu_hours.sum():.1f} in all; "
-              f"{_pricing(args, table)}; see cat_bench/costs.py)")
+              f"estimated {todo.hours.sum():.1f} {unit} left ({table.hours.sum():.1f} in all). Rates (sustained "
+              f"TFLOP/s, cat_bench/costs.py):\n{_pricing(table)}")
+        if (table.basis == "assumed").any():
+            from cat_bench.costs import ASSUMPTION_RULE
+
+            print(f"Assumed rates: {ASSUMPTION_RULE}.")
         return
     for spec in retrain:
         aside = move_aside(args.results, spec)

@@ -38,7 +38,6 @@ from cat_bench.rundir import RunLock, check_writable, claim
 from cat_bench.tracking import Trackers
 
 SEED_LIMIT = 2 ** 32  # numpy's seeds (the batch order) are below 2**32
-CPU_TFLOPS = 0.2  # a CPU's assumed sustained rate, for the warning before a training of hours (costs.py)
 
 
 def resolve_config(method: str, dataset: str, eps: float, *, seed: int = 0, overrides: dict[str, str] | None = None,
@@ -115,14 +114,15 @@ def _finite_means(method: Method, sums: dict[str, torch.Tensor], n_steps: int, e
 
 
 def _warn_cpu_hours(config: dict, log) -> None:
-    """Say so before a CPU training that the cost model (costs.py, at CPU_TFLOPS) puts at an hour or more."""
-    from cat_bench.costs import run_gpu_hours
+    """Say so before a CPU training that the cost model (costs.py, at the CPU's measured rate) puts at an hour
+    or more."""
+    from cat_bench.costs import Pricer, run_gpu_hours
 
-    hours = run_gpu_hours(config, (), None, tflops=CPU_TFLOPS)
+    rate = Pricer("cpu").rate(config)
+    hours = run_gpu_hours(config, (), None, tflops=rate.tflops)
     if hours >= 1:
-        log(f"WARNING: this run is estimated at {hours:.0f} hours on a CPU ({config['arch']} on {config['dataset']}, "
-            f"{CPU_TFLOPS:g} TFLOP/s assumed, cat_bench/costs.py); for a quick run give --n-train and --epochs, "
-            f"or train on a GPU (--device cuda)")
+        log(f"WARNING: this run is estimated at {hours:.0f} hours on a CPU ({rate.detail}; cat_bench/costs.py); "
+            f"for a quick run give --n-train and --epochs, or train on a GPU (--device cuda)")
 
 
 def _trace_row(method: Method, losses: dict[str, torch.Tensor], epoch: int, batch: int, n_batches: int) -> dict:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cat_bench import records
+from cat_bench.costs import RATES
 from cat_bench.orchestrate import run_dir
 from cat_bench.suite import load_suite
 
@@ -102,8 +103,15 @@ def test_dry_run_prices_with_a_measured_record_and_says_which(tmp_path):
         {"method": "at", "precision": "fp32", "compile": None, "images_per_s": 10.0, "flops_per_image": 1e9,
          "reference": True},
     ]}
+    h100 = json.loads(RATES.read_text())["h100"]["smallcnn"]
     out = finish("run", "--suite", tiny, "--results", tmp_path, "--dry-run")
-    assert "FLOP estimate at an assumed 50 sustained TFLOP/s for madry-cnn, smallcnn;" in out
+    assert (f"measured: smallcnn: {h100['tflops']:.3g} TFLOP/s measured on h100 ({h100['source']}" in out
+            and f"assumed: madry-cnn: {h100['tflops']:.3g} TFLOP/s assumed: smallcnn's on h100" in out), out
+    assert "GPU-hours (h100)" in out and "Assumed rates: " in out
+    out = finish("run", "--suite", tiny, "--results", tmp_path, "--dry-run", "--gpu-tflops", "7")
+    assert "assumed: madry-cnn: 7 TFLOP/s assumed (--gpu-tflops)" in out
+    out = finish("run", "--suite", tiny, "--results", tmp_path, "--dry-run", "--price-on", "cpu")
+    assert "CPU-hours (one process)" in out and "smallcnn: " in out and "measured on cpu" in out
     (tmp_path / "throughput-smallcnn.json").write_text(json.dumps(record))
     out = finish("run", "--suite", tiny, "--results", tmp_path, "--dry-run")
-    assert "measured sustained TFLOP/s (smallcnn 1;" in out and "assumed 50 sustained TFLOP/s for madry-cnn;" in out
+    assert "measured: smallcnn: 1 TFLOP/s measured on h100 (--throughput)" in out
