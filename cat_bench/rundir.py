@@ -11,7 +11,9 @@ Three rules, one place, used by train, eval, run, report and submit:
   beside it, an OS file lock (flock) the kernel frees when the process dies, even by SIGKILL. It is re-entrant within a
   process (a suite's job holds it while train and eval take it again), and the ranks a launcher
   starts inherit it (`INHERITED`). A second process is refused (RunBusy, naming the holder) or
-  waits. Taking it removes the temp files of writes a killed process left (records.TEMP_SUFFIX).
+  waits. A `.lock` file cat-bench did not write, or a link in its place, is refused, never
+  truncated. Taking it removes the temp files of writes a killed process left (records.TEMP_SUFFIX),
+  in folders cat-bench owns only.
 - `check_writable(folder)`: a real write probe before long work, so a read-only folder is an
   error at once, not after hours of training or attacks.
 """
@@ -143,6 +145,17 @@ def _holder(fd: int) -> str:
         return "another process"
 
 
+def _is_lock_file(fd: int) -> bool:
+    """Whether the open file is a cat-bench lock: empty (just made) or the holder record RunLock writes."""
+    data = os.pread(fd, 4096, 0)
+    if not data:
+        return True
+    try:
+        return set(json.loads(data.decode())) == {"pid", "host", "since", "command"}
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return False
+
+
 class RunLock:
     """The lock of one run directory (see the module docstring). `with RunLock(d):` takes it without
     waiting; `acquire(wait=True)` waits for the holder to finish."""
@@ -165,10 +178,18 @@ class RunLock:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
         except OSError as err:
+            if self.path.is_symlink():
+                raise UsageError(f"{self.path} is a link (to {os.readlink(self.path)}); cat-bench writes its locks "
+                                 f"only into files it made: remove the link") from None
             raise UsageError(f"cannot take the lock {self.path} of {self.run_dir}: {err.strerror or err}; the "
                              f"folder must be writable") from None
+        if not _is_lock_file(fd):
+            os.close(fd)
+            raise UsageError(f"{self.path} is in the way of {self.run_dir}'s lock: it is not a cat-bench lock file, "
+                             f"and cat-bench never overwrites a file it did not make; move it, or choose another "
+                             f"folder")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -214,12 +235,17 @@ class RunLock:
 
 def remove_stale_temps(folder: Path) -> None:
     """Remove `.NAME.*.tmp` files (each a killed write: a full checkpoint copy for a .pt) from a locked
-    folder and its subfolders; only the lock's holder writes there, so none is a write in progress.
-    A folder that is a link is left alone (its files are not the results')."""
+    folder that cat-bench owns (`owner`), and from the subfolders cat-bench writes in a folder of its
+    kind (`WRITES`: checkpoints/, figures/, ...); only the lock's holder writes there, so none is a
+    write in progress. Any other folder is left alone: a user's folder, a run directory nested where it
+    does not belong (another process may be writing it), and anything behind a link."""
     if not folder.is_dir() or folder.is_symlink():
         return
-    for path in folder.glob(f".*{records.TEMP_SUFFIX}"):
-        path.unlink(missing_ok=True)
-    for sub in folder.iterdir():
+    kind = owner(folder)
+    if kind is None:
+        return
+    for sub in (folder, *(folder / name for name in WRITES[kind])):
         if sub.is_dir() and not sub.is_symlink():
-            remove_stale_temps(sub)
+            for path in sub.glob(f".*{records.TEMP_SUFFIX}"):
+                if path.is_file() and not path.is_symlink():
+                    path.unlink(missing_ok=True)

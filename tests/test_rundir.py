@@ -220,6 +220,52 @@ def test_the_lock_holder_removes_stale_temp_files(copy, capsys):
     assert not any(path.exists() for path in stale)
 
 
+def _users_project(tmp_path: Path) -> Path:
+    """A user's folder with hidden temp-like files, a subfolder and a `.lock` of their own beside it."""
+    proj = tmp_path / "proj"
+    (proj / "sub").mkdir(parents=True)
+    (proj / ".draft.tmp").write_text("d")
+    (proj / "sub" / ".cache.tmp").write_text("c")
+    (proj / "notes.txt").write_text("mine")
+    (tmp_path / "proj.lock").write_text("keep")
+    return proj
+
+
+@pytest.mark.parametrize("command", ["train", "report", "eval"])
+def test_a_refused_command_touches_none_of_the_users_files(command, tmp_path, capsys):
+    """Refusing a user's folder deletes nothing in it and never truncates a `.lock` cat-bench did not make."""
+    proj = _users_project(tmp_path)
+    if command == "eval":
+        (proj / "config.json").write_text('{"lr": 0.1}')
+    before = snapshot(tmp_path)
+    argv = {"train": TRAIN + ["--out", proj], "report": ["report", "--results", tmp_path, "--out", proj],
+            "eval": ["eval", proj, "--attacks", "natural"]}[command]
+    code, out = run(argv, capsys)
+    assert code == 2 and "proj" in out, out
+    assert snapshot(tmp_path) == before
+
+
+def test_a_lock_that_is_a_link_is_refused_and_not_written_through(copy, tmp_path, capsys):
+    target = tmp_path / "outside.txt"
+    target.write_text("theirs")
+    lock = tmp_path / "run.lock"
+    lock.unlink(missing_ok=True)
+    lock.symlink_to(target)
+    code, out = run(["eval", copy, "--attacks", "natural", "--n-examples", "20", "--no-progress"], capsys)
+    assert code == 2 and "is a link" in out and target.read_text() == "theirs"
+
+
+def test_the_lock_holder_leaves_temp_files_of_folders_it_does_not_own(copy, tmp_path, capsys):
+    """A run directory nested in another run's folder is not the lock holder's: its in-flight writes stay."""
+    nested = copy / "nested-run"
+    shutil.copytree(copy, nested, ignore=shutil.ignore_patterns("nested-run"))
+    in_flight = [nested / ".history.jsonl.x1.tmp", nested / "checkpoints" / ".last.pt.x2.tmp"]
+    for path in in_flight:
+        path.write_bytes(b"being written")
+    run(["eval", copy, "--attacks", "natural", "--n-examples", "20", "--no-progress"], capsys)
+    assert all(path.exists() for path in in_flight)
+
+
 def test_an_evaluation_that_reuses_every_attack_keeps_their_provenance(copy, capsys):
     argv = ["eval", str(copy), "--attacks", "natural", "--n-examples", "20", "--no-progress"]
     assert main(argv) == 0
