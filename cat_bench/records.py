@@ -121,6 +121,13 @@ def append_jsonl(path: Path, obj: dict) -> None:
         os.fsync(fh.fileno())
 
 
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """Replace a JSONL history with `rows`, atomically (temp file + rename): a kill leaves the old
+    history or the new one, never a part."""
+    text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+    _atomic(Path(path), lambda fh: fh.write(text.encode()))
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """Every line of a JSONL history. A torn last line (no newline: a kill mid-append) is dropped; any
     other line that is not a JSON object is a CorruptRecord naming the file and the line, so a

@@ -350,6 +350,27 @@ def _join_group(config: dict, device: torch.device, group: Group) -> torch.devic
     return device
 
 
+def _keep_records_until(out: Path, start: int) -> None:
+    """Before a resume after epoch `start`: drop the history and trace rows an interrupted epoch wrote
+    (each file replaced atomically, and only when a row goes). A history that does not hold epochs 1 to
+    `start` once each disagrees with the checkpoint: the run's CorruptRecord, named, never trained on."""
+    for name in (records.HISTORY, records.TRACE):
+        rows = records.read_jsonl(out / name)
+        try:
+            kept = [r for r in rows if r["epoch"] <= start]
+        except (KeyError, TypeError):
+            raise CorruptRecord(f"corrupt record {out / name}: a row without an epoch number; the run cannot "
+                                f"resume from it") from None
+        epochs = [r["epoch"] for r in kept]
+        if name == records.HISTORY and epochs != list(range(1, start + 1)):
+            raise CorruptRecord(f"{out / name} disagrees with the checkpoint {out / records.LAST}: the checkpoint "
+                                f"is after epoch {start}, the history holds epochs {epochs or 'none'} (one line per "
+                                f"epoch expected, 1 to {start}); restore the history, or train the run again from "
+                                f"scratch (cat-bench run --retrain)")
+        if len(kept) < len(rows):
+            records.write_jsonl(out / name, kept)
+
+
 class _Session:
     """One training session of a run: its data, networks, method and weight average, and the steps
     `_train` takes with them (docs/method.md s3). Rank 0 of a group writes the records."""
@@ -420,11 +441,8 @@ class _Session:
             start, best = int(ckpt["epoch"]), ckpt["best"]
         except (KeyError, RuntimeError, TypeError, IndexError, ValueError) as err:
             raise CorruptRecord(f"corrupt checkpoint {out / records.LAST}: {type(err).__name__}: {err}") from None
-        for name in (records.HISTORY, records.TRACE) if group.main else ():  # drop what an interrupted epoch wrote
-            kept = [r for r in records.read_jsonl(out / name) if r["epoch"] <= start]
-            (out / name).unlink(missing_ok=True)
-            for row in kept:
-                records.append_jsonl(out / name, row)
+        if group.main:
+            _keep_records_until(out, start)
         self.log(f"{out}: resuming after epoch {start}")
         return start, best
 

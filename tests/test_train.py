@@ -1,12 +1,13 @@
 """The training core: run directory contents, resume equivalence, selection split, CIFAR path."""
 
 import json
+import re
 
 import pytest
 import torch
 
 from cat_bench import records
-from cat_bench.errors import UsageError
+from cat_bench.errors import CorruptRecord, UsageError
 from cat_bench.train import resolve_config, train
 
 QUIET = dict(progress=False, log=lambda m: None)
@@ -106,6 +107,67 @@ def test_a_torn_history_line_is_dropped_on_resume(tmp_path, monkeypatch):
     train(small_config("at"), out, resume=True, **QUIET)
     lines = (out / records.HISTORY).read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def _killed_after_epoch_1(out, monkeypatch, method="at"):
+    """A run killed in epoch 2, after its epoch-1 checkpoint: history and trace hold rows of epoch 2."""
+    real_save = records.save_checkpoint
+
+    def die_in_epoch_2(path, state):
+        real_save(path, state)
+        if path.name == "last.pt" and state["epoch"] == 1:
+            records.append_jsonl(path.parents[1] / records.TRACE, {"epoch": 2, "batch": 1, "mask_mean": 0.5})
+            records.append_jsonl(path.parents[1] / records.HISTORY, {"epoch": 2, "interrupted": True})
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(records, "save_checkpoint", die_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(small_config(method), out, **QUIET)
+    monkeypatch.setattr(records, "save_checkpoint", real_save)
+
+
+def test_a_kill_while_resuming_loses_no_history_or_trace_row(uninterrupted, tmp_path, monkeypatch):
+    """Dropping an interrupted epoch's rows replaces each file whole: a kill in the middle leaves every row."""
+    out = tmp_path / "run"
+    _killed_after_epoch_1(out, monkeypatch, "cat-cent")
+    kept = lambda name: [r for r in records.read_jsonl(out / name) if r["epoch"] == 1]  # noqa: E731
+    before = {name: kept(name) for name in (records.HISTORY, records.TRACE)}
+    assert all(before.values())
+
+    class DiesOnTheSecondRow:
+        calls = 0
+        loads = staticmethod(json.loads)
+
+        @classmethod
+        def dumps(cls, *args, **kwargs):
+            cls.calls += 1
+            if cls.calls == 2:
+                raise KeyboardInterrupt  # killed while the kept rows are written again
+            return json.dumps(*args, **kwargs)
+
+    monkeypatch.setattr(records, "json", DiesOnTheSecondRow)
+    with pytest.raises(KeyboardInterrupt):
+        train(small_config(), out, resume=True, **QUIET)
+    monkeypatch.setattr(records, "json", json)
+    assert {name: kept(name) for name in before} == before  # epoch 1's rows, the ones the checkpoint holds
+    assert not list(out.glob(".*.tmp"))
+    train(small_config(), out, resume=True, **QUIET)
+    assert stable(records.read_jsonl(out / records.HISTORY)) == stable(records.read_jsonl(uninterrupted / records.HISTORY))
+    trace = records.read_jsonl(out / records.TRACE)
+    assert [r["epoch"] for r in trace] == sorted(r["epoch"] for r in trace) and "interrupted" not in str(trace)
+
+
+@pytest.mark.parametrize("damage, held", [
+    (lambda rows: [], "none"),  # an emptied history beside a checkpoint
+    (lambda rows: rows[:1] * 2, "[1, 1]"),  # a duplicated line
+])
+def test_a_history_that_disagrees_with_its_checkpoint_is_named(damage, held, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _killed_after_epoch_1(out, monkeypatch)
+    rows = damage(records.read_jsonl(out / records.HISTORY))
+    (out / records.HISTORY).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(CorruptRecord, match=rf"disagrees with the checkpoint .* holds epochs {re.escape(held)}"):
+        train(small_config("at"), out, resume=True, **QUIET)
 
 
 def test_another_config_in_the_same_directory_is_refused(uninterrupted):
