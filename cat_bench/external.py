@@ -124,7 +124,35 @@ def _state_dict(path: Path, arch: str, dataset: str):
     return model, path, how
 
 
+def _check_archive_pickles(path: Path) -> None:
+    """Refuse a .pt2 archive holding a pickle that is not plain data. torch.export.load unpickles some
+    members without restriction (data/sample_inputs/*.pt), so each member written by torch.save must
+    first load with `weights_only=True` (tensors and containers only), and a bare pickle is refused."""
+    import io
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise UsageError(f"{path} is not a torch.export program (.pt2, a zip archive): {err}") from None
+    with archive:
+        for member in archive.infolist():
+            with archive.open(member) as fh:
+                head = fh.read(4)
+            if head.startswith(b"\x80"):  # a bare pickle (protocol 2 or later)
+                raise UsageError(f"{path}: member {member.filename} is a bare pickle, which could run code when "
+                                 f"loaded; cat-bench loads only archives whose pickles are plain data")
+            if head == b"PK\x03\x04":  # a torch.save file inside the archive
+                try:
+                    torch.load(io.BytesIO(archive.read(member)), map_location="cpu", weights_only=True)
+                except Exception as err:
+                    raise UsageError(f"{path}: member {member.filename} holds a pickle that is not plain data "
+                                     f"(torch.load(weights_only=True): {type(err).__name__}: {str(err)[:200]}); "
+                                     f"loading it could run code, so the archive is refused") from None
+
+
 def _torch_export(path: Path):
+    _check_archive_pickles(path)
     try:
         model = torch.export.load(str(path)).module()
     except Exception as err:

@@ -108,6 +108,37 @@ def test_torch_export_torchscript_and_entry_point_give_the_same_numbers(trained,
         same_numbers(result, run_result)
 
 
+class _Payload:
+    """A pickle that writes a file when it is loaded without restriction."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.target), "ran"))
+
+
+def test_a_pt2_archive_whose_pickle_would_run_code_is_refused_and_runs_nothing(tmp_path, capsys):
+    import zipfile
+
+    good = tmp_path / "good.pt2"
+    f = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    torch.export.save(torch.export.export(f, (torch.zeros(2, 1, 28, 28),)), good)
+    target = tmp_path / "pwned.txt"
+    payload = tmp_path / "payload.pt"
+    torch.save(_Payload(target), payload)
+    bad = tmp_path / "bad.pt2"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
+        for member in src.infolist():
+            data = src.read(member)
+            dst.writestr(member, payload.read_bytes() if member.filename.endswith("sample_inputs/model.pt") else data)
+    code = main(["eval", str(bad), "--dataset", "mnist-mini", "--attacks", "natural", "--n-examples", "10",
+                 "--results", str(tmp_path / "results"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "sample_inputs/model.pt" in err and "not plain data" in err
+    assert not target.exists()
+
+
 def test_evaluating_again_reuses_the_directory_and_a_changed_file_gets_another(trained, tmp_path):
     _, _, _, weights, arch = trained
     logs = []
