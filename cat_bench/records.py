@@ -45,8 +45,18 @@ def _umask() -> int:
     return mask
 
 
+def refuse_links(path: Path) -> None:
+    """UsageError when `path` or its folder is a symbolic link: cat-bench never writes through a link (the
+    file it points to is not the run's, and may be anyone's)."""
+    for p in (path, path.parent):
+        if p.is_symlink():
+            raise UsageError(f"{p} is a link (to {os.readlink(p)}); cat-bench does not write through links: "
+                             f"replace it with a real {'file' if p == path else 'folder'}, or remove it")
+
+
 def _atomic(path: Path, write) -> None:
     """Write `path` through a temp file renamed into place; the file gets 0666 less the umask, as open() gives."""
+    refuse_links(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
@@ -108,8 +118,16 @@ def load_checkpoint(path: Path) -> dict:
 
 def append_jsonl(path: Path, obj: dict) -> None:
     """Append one record line to a JSONL history (flushed and fsynced). A torn last line a kill left
-    (no newline at its end) is cut off first, so the new line never joins it."""
-    with open(path, "ab+") as fh:
+    (no newline at its end) is cut off first, so the new line never joins it. Never through a link."""
+    path = Path(path)
+    refuse_links(path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o666)
+    except OSError as err:
+        if path.is_symlink():  # made between the check and the open
+            refuse_links(path)
+        raise
+    with open(fd, "ab+") as fh:
         size = fh.seek(0, os.SEEK_END)
         if size:
             fh.seek(size - 1)

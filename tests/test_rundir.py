@@ -14,7 +14,7 @@ import pytest
 
 from cat_bench import records
 from cat_bench.cli import main
-from cat_bench.errors import CorruptRecord
+from cat_bench.errors import CorruptRecord, UsageError
 from cat_bench.rundir import RunLock, claim, owner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,6 +253,33 @@ def test_a_lock_that_is_a_link_is_refused_and_not_written_through(copy, tmp_path
     lock.symlink_to(target)
     code, out = run(["eval", copy, "--attacks", "natural", "--n-examples", "20", "--no-progress"], capsys)
     assert code == 2 and "is a link" in out and target.read_text() == "theirs"
+
+
+@pytest.mark.parametrize("linked", ["examples", "eval.json"])
+def test_an_evaluation_does_not_write_through_a_link(linked, copy, tmp_path, capsys):
+    """A record or a records folder of the run that is a link to elsewhere is refused, the target untouched."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = outside / "theirs.json" if linked == "eval.json" else outside
+    if linked == "eval.json":
+        target.write_text("{}")
+    shutil.rmtree(copy / linked, ignore_errors=True)
+    (copy / linked).unlink(missing_ok=True)
+    (copy / linked).symlink_to(target)
+    before = snapshot(outside)
+    code, out = run(["eval", copy, "--attacks", "fgsm", "--n-examples", "20", "--no-progress"], capsys)
+    assert code == 2 and "is a link" in out and "does not write through links" in out, out
+    assert snapshot(outside) == before
+
+
+def test_appending_to_a_history_that_is_a_link_is_refused(tmp_path):
+    target = tmp_path / "theirs.jsonl"
+    target.write_text("")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "sessions.jsonl").symlink_to(target)
+    with pytest.raises(UsageError, match="is a link"):
+        records.append_jsonl(tmp_path / "run" / "sessions.jsonl", {"start_epoch": 0})
+    assert target.read_text() == ""
 
 
 def test_the_lock_holder_leaves_temp_files_of_folders_it_does_not_own(copy, tmp_path, capsys):
