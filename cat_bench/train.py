@@ -310,12 +310,12 @@ def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.de
     run.build(compile)
     start, best = run.start(ckpt)
     run.curves = Trackers((trackers or []) if group.main else [], out, start * len(run.loader) + 1)
-    if group.main:
-        records.append_jsonl(out / records.SESSIONS, {"pid": os.getpid(), "host": socket.gethostname(),
-                                                      "start_epoch": start, "started": time.time(),
-                                                      "ranks": group.world})
     began = time.time()
     until = run.epochs if stop_after_epoch is None else max(start, min(run.epochs, stop_after_epoch))
+    if group.main and until > start:  # a session that trains no epoch (its budget already spent) is none
+        records.append_jsonl(out / records.SESSIONS, {"pid": os.getpid(), "host": socket.gethostname(),
+                                                      "start_epoch": start, "started": began,
+                                                      "ranks": group.world})
     budget = "--stop-after-epoch"
     with progress_bar(until - start, f"{out.name} epochs", enabled=progress) as next_epoch:
         for epoch in range(start, until):
