@@ -58,7 +58,7 @@ def masking_flags(acc: dict[str, float]) -> list[dict]:
     the black-box Square attack stronger than every white-box attack run, or AutoAttack more than
     PGD_OVERSTATES (2 points) below PGD-100 (the paper's strongest attack overstates robustness)."""
     flags = []
-    if "autoattack" in acc and "pgd100" in acc and acc["pgd100"] - acc["autoattack"] > PGD_OVERSTATES:
+    if "autoattack" in acc and "pgd100" in acc and acc["pgd100"] - acc["autoattack"] > PGD_OVERSTATES + 1e-9:
         flags.append({"flag": "PGD overstates robustness",
                       "detail": f"autoattack {acc['autoattack']:.4f} < pgd100 {acc['pgd100']:.4f} by more than "
                                 f"{100 * PGD_OVERSTATES:g} points"})
