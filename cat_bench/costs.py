@@ -170,7 +170,9 @@ def rates_from_records(root: Path, sources=SOURCES) -> dict:
 
 def write_rates(root: Path) -> Path:
     """Condense the committed records into the package asset RATES (scripts/throughput_rates.py)."""
-    RATES.write_text(json.dumps(rates_from_records(root), indent=2, sort_keys=True) + "\n")
+    from cat_bench.records import write_text
+
+    write_text(RATES, json.dumps(rates_from_records(root), indent=2, sort_keys=True) + "\n")
     return RATES
 
 
