@@ -264,14 +264,15 @@ def _worker(results: Path, specs: Sequence[RunSpec], device: str, label: str, th
 def run_parallel(results: Path, specs: Sequence[RunSpec], devices: Sequence[str], *, data_root=None,
                  **options) -> dict[str, str]:
     """One worker process per entry of `devices` (a GPU named K times packs K runs on it), all walking
-    the job list (rotated) under the per-run locks; each run is trained by exactly one of them.
+    the job list (rotated) under the per-run locks; each run is trained by exactly one of them. The
+    workers die with this process, so a killed launcher never leaves them training and holding locks.
     `options`: run_local's budget, speed and tracker options (stop_after_epoch, deadline, compile,
     deterministic, trackers)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // len(devices))
-    with ctx.Pool(len(devices)) as pool:
+    with ctx.Pool(len(devices), initializer=distributed.die_with_parent, initargs=(os.getpid(),)) as pool:
         parts = [pool.apply_async(_worker, (results, list(specs[i:]) + list(specs[:i]), dev, f"{dev} #{i}",
                                             threads, data_root, options))
                  for i, dev in enumerate(devices)]

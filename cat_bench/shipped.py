@@ -29,12 +29,14 @@ more examples, or `--data-root`, read the dataset's test split instead (the same
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -121,7 +123,8 @@ def export(run_dir: Path, name: str, out: Path | None = None, *, trained_with: s
     ckpt = records.load_checkpoint(run_dir / records.BEST)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    _remove_killed_exports(out)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=_temp_prefix(out, os.getpid()), suffix=records.TEMP_SUFFIX))
     try:
         _write_weights(tmp / WEIGHTS, ckpt, run_dir)
         digest = sha256(tmp / WEIGHTS)
@@ -138,6 +141,32 @@ def export(run_dir: Path, name: str, out: Path | None = None, *, trained_with: s
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _temp_prefix(out: Path, pid: int) -> str:
+    """The hidden folder an export of `out` builds in: named with this host and process, so a later
+    export can tell a killed one's leftovers from one in progress."""
+    return f".{out.name}.{socket.gethostname()}-{pid}."
+
+
+def _remove_killed_exports(out: Path) -> None:
+    """Remove the temp folders of exports of `out` killed on this host (their process is gone), so none
+    is left for git to commit beside the models."""
+    host = re.escape(socket.gethostname())
+    for tmp in out.parent.glob(f".{glob.escape(out.name)}.*{records.TEMP_SUFFIX}"):
+        found = re.fullmatch(rf"\.{re.escape(out.name)}\.{host}-(\d+)\..*", tmp.name)
+        if found and tmp.is_dir() and not tmp.is_symlink() and not _running(int(found.group(1))):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _readable(folder: Path) -> None:

@@ -11,7 +11,7 @@ from cat_bench.costs import RATES
 from cat_bench.orchestrate import run_dir
 from cat_bench.suite import load_suite
 
-from test_orchestrate import TINY, finish, per_seed_table
+from test_orchestrate import TINY, cli, finish, per_seed_table
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # workers of --jobs-per-gpu run 1 thread each: compare like with like
 TRAIN = ["train", "--method", "at", "--dataset", "mnist-mini", "--eps", "0.3", "--epochs", "3", "--n-train", "100",
@@ -115,3 +115,50 @@ def test_dry_run_prices_with_a_measured_record_and_says_which(tmp_path):
     (tmp_path / "throughput-smallcnn.json").write_text(json.dumps(record))
     out = finish("run", "--suite", tiny, "--results", tmp_path, "--dry-run")
     assert "measured: smallcnn: 1 TFLOP/s measured on h100 (--throughput)" in out
+
+
+def test_killing_the_launcher_of_jobs_per_gpu_kills_its_workers(tmp_path, monkeypatch):
+    """Workers die with the launcher: a SIGKILLed `run --jobs-per-gpu 2` leaves no process training and
+    holding a run's lock (the rerun would stall behind it)."""
+    import os
+    import signal
+    import time
+
+    for key, value in ONE_THREAD.items():
+        monkeypatch.setenv(key, value)
+    suite = tmp_path / "long.toml"
+    suite.write_text(TINY.replace("epochs = 2", "epochs = 200"))
+    proc = cli("run", "--suite", suite, "--results", tmp_path / "r", "--no-progress", "--device", "cpu",
+               "--jobs-per-gpu", "2")
+    workers: set[int] = set()
+    deadline = time.time() + 120
+    while len(workers) < 2 and time.time() < deadline:
+        for lock in (tmp_path / "r").rglob("*.lock"):
+            try:
+                workers.add(json.loads(lock.read_text())["pid"])
+            except (ValueError, KeyError):
+                pass
+        time.sleep(0.2)
+    assert len(workers) == 2 and proc.pid not in workers, workers
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()  # not communicate(): an orphaned worker would hold the pipes open
+    proc.stdout.close()
+    proc.stderr.close()
+    deadline = time.time() + 20
+    while any(_alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    orphans = [pid for pid in workers if _alive(pid)]
+    for pid in orphans:
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie (exited, not yet reaped by init) is not running
+        return stat.read().split(")")[-1].split()[0] != "Z"

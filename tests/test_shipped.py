@@ -4,6 +4,7 @@ folder's own check examples)."""
 
 import hashlib
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -371,3 +372,27 @@ def test_mnist_mini_test_digits_are_not_the_first_of_mnist():
         index = npz["test_index"]
     assert len(index) == 2000 and not np.array_equal(index[:500], np.arange(500))
     assert np.isin(np.arange(500), index).sum() < 500
+
+
+def test_export_removes_the_build_folders_of_killed_exports_and_only_those(run, tmp_path):
+    """A killed export leaves its hidden build folder; the next export of that name removes it (its
+    process is gone), never one whose process still runs, and git ignores both."""
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    host = socket.gethostname()
+    killed = tmp_path / f".again.{host}-{gone}.k1ll3d.tmp"
+    running = tmp_path / f".again.{host}-{os.getpid()}.running.tmp"
+    for folder in (killed, running):
+        folder.mkdir()
+        (folder / "weights.pt").write_bytes(b"half")
+    assert main(["export", str(run), "--name", "again", "--out", str(tmp_path / "again"), "--device", "cpu",
+                 "--no-progress", "--trained-with", TRAINED_WITH]) == 0
+    assert not killed.exists() and running.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["again", running.name])
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", "results/models/.x.h-1.abc.tmp/weights.pt"],
+                             cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert ignored.returncode == 0
