@@ -222,11 +222,33 @@ def positive_float(text: str) -> float:
     return value
 
 
+CONFIRM_CPU_HOURS = 24  # CPU training estimated above this many hours, with no budget, starts only with --yes
+
+
 def _budget_args(p: argparse.ArgumentParser) -> None:
-    """`--stop-after-minutes`, the wall-clock budget of train and run."""
+    """`--stop-after-minutes`, the wall-clock budget of train and run, and `--yes` for a long CPU plan."""
     p.add_argument("--stop-after-minutes", type=positive_float, metavar="M",
                    help="a wall-clock budget: stop at the first epoch boundary after M minutes, with that epoch "
                         "checkpointed (not part of any run's identity; the same command continues)")
+    p.add_argument("--yes", action="store_true",
+                   help=f"start new CPU training estimated at more than {CONFIRM_CPU_HOURS} hours without a budget")
+
+
+def _confirm_cpu_hours(args, configs: list[dict], device) -> None:
+    """UsageError before new CPU training that the cost model (cat_bench/costs.py, this CPU's measured rate)
+    puts above CONFIRM_CPU_HOURS, unless `--yes` or a budget (--stop-after-minutes / --stop-after-epoch)."""
+    from cat_bench.costs import Pricer, run_gpu_hours
+
+    if device.type != "cpu" or args.yes or args.stop_after_minutes or args.stop_after_epoch or not configs:
+        return
+    pricer = Pricer("cpu")
+    hours = sum(run_gpu_hours(c, (), None, tflops=pricer.rate(c).tflops) for c in configs)
+    if hours > CONFIRM_CPU_HOURS:
+        raise UsageError(f"this would train {len(configs)} new run(s) for about {hours:.0f} hours on this CPU "
+                         f"(cat_bench/costs.py), over the {CONFIRM_CPU_HOURS} hours cat-bench starts unasked; pass "
+                         f"--yes to start anyway, give a budget (--stop-after-minutes M or --stop-after-epoch N; "
+                         f"the same command continues), train fewer images or epochs (--n-train, --epochs), or use "
+                         f"a GPU (--device cuda)")
 
 
 def _log_arg(p: argparse.ArgumentParser) -> None:
@@ -311,8 +333,15 @@ def _train(args) -> None:
                    deterministic=args.deterministic, progress=not args.no_progress,
                    stop_after_epoch=args.stop_after_epoch, deadline=_deadline(args), trackers=check_trackers(args.log))
     main_rank = distributed.from_env().main  # False on the other ranks torchrun starts
+    if not (out / records.LAST).is_file() and not (out / records.DONE).is_file():
+        from cat_bench.networks import resolve_device
+
+        _confirm_cpu_hours(args, [config], resolve_device(args.device))
     if main_rank:
         print(f"run directory: {out}", file=sys.stderr)
+        if args.resume and not (out / records.LAST).is_file() and not (out / records.DONE).is_file():
+            print(f"note: --resume: {out} holds no checkpoint ({records.LAST}); training starts at epoch 1",
+                  file=sys.stderr)
     if args.nproc > 1:
         summary = train_group(config, out, args.nproc, **options)
     else:
@@ -365,7 +394,7 @@ def _print_evaluation(result: dict, run_dir: Path) -> None:
         print(f"{name:<{width}}  {100 * accuracy:6.2f}%")
     for flag in as_flags(result.get("checks", [])):
         print(f"flag: {flag['flag']}: {flag['detail']}")
-    print(f"written: {run_dir / 'eval.json'}")
+    print(f"record: {run_dir / 'eval.json'}")
 
 
 def _eval_external(args) -> None:
@@ -592,6 +621,7 @@ def _run(args) -> int:
               f"{command('status', '--suite', args.suite, '--results', args.results)}")
         return
     device = resolve_device(args.device)
+    _confirm_cpu_hours(args, [s.config for s in specs if state(args.results, s) == "todo"], device)
     options = dict(stop_after_epoch=args.stop_after_epoch, deadline=_deadline(args), compile=args.compile,
                    deterministic=args.deterministic, trackers=check_trackers(args.log or list(suite.log)))
     workers = worker_devices(device, args.jobs_per_gpu) if args.gpus_per_job == 1 else [str(device)]
@@ -671,12 +701,30 @@ def _results(args) -> None:
         print(f"every row: evaluated on {df['n_examples'].iloc[0]} test examples at eps "
               f"{format_eps(df['test_eps'].iloc[0])} (each run's eval.json)", file=sys.stderr)
     shown = set(df["run"])
+    if args.suite is not None:
+        _note_other_evaluations([s for s in specs if s.name in shown and states[s.name] == "partial"], args)
     states = [states[s.name] for s in specs if s.name not in shown]
     missing = {k: sum(v == k for v in states) for k in ("partial", "failed", "todo")}
     if any(missing.values()):
         status = f" ({command('status', *_scope(args))})" if args.suite else ""
         print(f"not in the table: {missing['partial']} partial, {missing['failed']} failed, {missing['todo']} not "
               f"started, of {len(specs)} runs{status}", file=sys.stderr)
+
+
+def _note_other_evaluations(specs, args) -> None:
+    """Name the rows whose evaluation is not the one the suite asks for (another suite's, sharing the
+    run: other attacks or examples), and how to complete it."""
+    from cat_bench import records
+    from cat_bench.data import dataset_info
+    from cat_bench.orchestrate import run_dir
+
+    for spec in specs:
+        evaluation = records.read_json(run_dir(args.results, spec) / records.EVAL)
+        key, attacks = evaluation["key"], list(evaluation["attacks"])
+        wanted = spec.n_examples or dataset_info(spec.config["dataset"]).n_test
+        print(f"note: {spec.name} shows an evaluation this suite did not ask for ({', '.join(attacks)} on "
+              f"{key['n_examples']} examples; the suite asks for {', '.join(spec.attacks)} on {wanted}); complete "
+              f"it with: {command('run', *_scope(args))}", file=sys.stderr)
 
 
 def _report(args) -> None:
@@ -692,7 +740,7 @@ def _report(args) -> None:
     out = args.out or (args.results / "report" if suite is None else args.results / "reports" / suite.name)
     t0 = time.time()
     index = render_report(suite, args.results, out, device=args.device or "cpu", data_root=args.data_root,
-                          suite_ref=args.suite, models=args.models)
+                          suite_ref=args.suite, models=args.models, log=lambda m: print(m, file=sys.stderr))
     print(f"report: {index} ({time.time() - t0:.1f} s); open it in a browser, no server needed")
 
 
@@ -811,13 +859,18 @@ RESUME_HINT = {  # what continues each interrupted command
 }
 
 
+def _dispatch(args: argparse.Namespace) -> int | None:
+    """Run the handler of `args.command`."""
+    return {"train": _train, "eval": _eval, "compare": _compare, "export": _export, "run": _run, "status": _status,
+            "results": _results, "report": _report, "submit": _submit, "doctor": _doctor,
+            "list": _list}[args.command](args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cat-bench` console script."""
     args = _parser().parse_args(argv)
     try:
-        code = {"train": _train, "eval": _eval, "compare": _compare, "export": _export, "run": _run, "status": _status,
-                "results": _results, "report": _report, "submit": _submit, "doctor": _doctor,
-                "list": _list}[args.command](args)
+        code = _dispatch(args)
     except UsageError as err:
         print(f"cat-bench: error: {err}", file=sys.stderr)
         return 2

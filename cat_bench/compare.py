@@ -31,6 +31,7 @@ from cat_bench.errors import UsageError
 from cat_bench.shell import command
 
 N_BOOT = 10_000
+MAX_BOOT = 1_000_000  # resamples: the draws are one [n_boot, 3] array of int64 (24 MB at the maximum)
 LEVEL = 0.95
 
 
@@ -122,8 +123,11 @@ def compare_runs(run_a: Path, run_b: Path, attacks: list[str] | None = None, *, 
                  seed: int = 0) -> dict:
     """{"a", "b", "key_a", "key_b", "attacks": {name: compare_correct(...)}} over the attacks both runs' current
     evaluations hold (or `attacks`), plus the worst case when both have it over the same attacks."""
-    if n_boot < 100:
-        raise UsageError(f"--n-boot {n_boot!r} is too few resamples for a 95% interval; allowed: 100 or more")
+    if not 100 <= n_boot <= MAX_BOOT:
+        raise UsageError(f"--n-boot {n_boot!r}: allowed: 100 (enough for a 95% interval) to {MAX_BOOT:,} (the "
+                         f"resamples are held in memory at once)")
+    if seed < 0:
+        raise UsageError(f"--seed {seed!r}: allowed: a non-negative integer (numpy's bootstrap seed)")
     ev_a, ev_b = _evaluation(run_a), _evaluation(run_b)
     from cat_bench.results import in_attack_order
 

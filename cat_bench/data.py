@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import platformdirs
 
+from cat_bench import records
 from cat_bench.errors import UsageError
 from cat_bench.lazy import F, torch
 
@@ -113,11 +114,11 @@ def load_split(name: str, split: str, data_root: str | os.PathLike | None = None
 
     root = resolve_data_root(data_root)
     cls = {"mnist": tvd.MNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
-    before = _paths_under(root)
+    before, made = _paths_under(root), records.missing_folders(root)
     try:
         ds = cls(root, train=split == "train", download=download)
     except Exception as err:
-        _remove_new_paths(root, before)  # a failed download leaves nothing behind (empty MNIST/raw, partial files)
+        _remove_new_paths(root, before, made)  # a failed download leaves nothing behind (empty MNIST/raw, partial files)
         what = "could not be downloaded" if download else "not found (downloads disabled)"
         raise UsageError(
             f"dataset {name} ({split} split) {what} under data root {root}: {err}. "
@@ -136,12 +137,14 @@ def _paths_under(root: Path) -> set[Path] | None:
     return set(root.iterdir()) if root.is_dir() else None
 
 
-def _remove_new_paths(root: Path, before: set[Path] | None) -> None:
-    """Remove the entries that appeared directly under `root` since `_paths_under` (and `root` if it was new)."""
+def _remove_new_paths(root: Path, before: set[Path] | None, made: list[Path]) -> None:
+    """Remove the entries that appeared directly under `root` since `_paths_under`, and `root` and its
+    parents that `made` lists as new (each only while empty, so nothing another process put there goes)."""
     if not root.is_dir():
         return
     if before is None:
         shutil.rmtree(root, ignore_errors=True)
+        records.remove_empty(made[1:])
         return
     for path in set(root.iterdir()) - before:
         if path.is_dir():

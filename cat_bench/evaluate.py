@@ -161,9 +161,43 @@ def evaluate(run_dir: Path, attacks: str, **options) -> dict:
     run_dir = Path(run_dir)
     if not (run_dir / records.CONFIG).is_file():
         raise UsageError(f"{run_dir} is not a run directory (no {records.CONFIG}); train one with cat-bench train --out")
+    if not _writable(run_dir):
+        return _recorded(run_dir, attacks, n_examples=options.get("n_examples"), eps=options.get("eps"),
+                         log=options.get("log", print))
     with RunLock(run_dir):
         claim(run_dir, "run")
         return _evaluate(run_dir, attacks, **options)
+
+
+def _writable(run_dir: Path) -> bool:
+    """Whether the run directory and the folder its lock goes in can be written (a real probe)."""
+    try:
+        check_writable(run_dir.parent)
+        check_writable(run_dir)
+    except UsageError:
+        return False
+    return True
+
+
+def _recorded(run_dir: Path, attacks: str, *, n_examples: int | None, eps: float | None, log) -> dict:
+    """The evaluation eval.json holds, for a run on a read-only mount: returned when it covers every
+    attack asked for on the examples and eps asked for (said to be recorded, not run again), else a
+    UsageError naming what it holds."""
+    config = records.read_identity(run_dir)
+    info = dataset_info(config["dataset"])
+    names = parse_attacks(attacks, info.family)
+    held = records.read_json(run_dir / records.EVAL) if (run_dir / records.EVAL).is_file() else None
+    if held is not None:
+        key = held["key"]
+        n = min(n_examples or info.n_test, info.n_test)
+        if key["n_examples"] == n and key["eps"] == (info.test_eps if eps is None else eps) and \
+                set(names) <= set(held["attacks"]):
+            log(f"note: {run_dir} is read-only: these are the numbers its eval.json records (not run again)")
+            return held
+    holds = ("no evaluation" if held is None else f"{', '.join(held['attacks'])} on {held['key']['n_examples']} "
+             f"examples at eps {held['key']['eps']}")
+    raise UsageError(f"cannot write in the run directory {run_dir} (read-only?), and its eval.json holds {holds}; "
+                     f"ask for what it holds to reprint it, or copy the run to a writable folder to evaluate more")
 
 
 def _evaluate(run_dir: Path, attacks: str, *, n_examples: int | None = None, eps: float | None = None,
@@ -235,7 +269,13 @@ def attack_all(run_dir: Path, model: torch.nn.Module, x: torch.Tensor, y: torch.
         log(f"note: {next(c['detail'] for c in checks if c['check'] == 'deterministic')}")
 
     path = run_dir / records.EVAL
-    result = _select_evaluation(records.read_json(path) if path.exists() else {}, key)
+    for name in names:  # before any attack runs: a link where a record goes refuses the whole evaluation
+        records.refuse_links(run_dir / per_example.relative_path(name, key))
+    records.refuse_links(path)
+    held = records.read_json(path) if path.exists() else {}
+    if held:
+        records.check_evaluation(path, held)  # a record without what this reads (an attack's settings) is named
+    result = _select_evaluation(held, key)
     result.setdefault("provenance", records.provenance(device))  # replaced once this evaluation runs an attack
     result["checks"] = checks
     test_eps = key["eps"]
@@ -317,6 +357,10 @@ def _autoattack(run_dir: Path | None, model, x, y, eps, settings, batch_size, se
     state_path = run_dir / "eval_state" / f"{settings['name']}.pt"
     if state_path.exists():
         state = records.load_checkpoint(state_path)
+        if not (isinstance(state, dict) and {"settings", "robust", "finished"} <= set(state)
+                and isinstance(state["robust"], torch.Tensor) and isinstance(state["finished"], (list, tuple))):
+            raise CorruptRecord(f"corrupt record {state_path}: not an AutoAttack state (settings, robust, finished); "
+                                f"delete it and AutoAttack starts again")
         if state["settings"] == settings and state.get("key") == key and len(state["robust"]) == len(y):
             robust, finished = state["robust"], list(state["finished"])
             log(f"{settings['name']}: resuming after {', '.join(finished) or 'nothing'}")

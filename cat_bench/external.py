@@ -187,6 +187,12 @@ def _robustbench(name: str, dataset: str, model_dir: Path):
     if name not in zoo:
         raise UsageError(f"robustbench:{name}: RobustBench's {dataset}/{THREAT_MODEL} model zoo has no such model; "
                          f"e.g. {', '.join(list(zoo)[:5])}")
+    try:  # robustbench's load_model calls torch.load without weights_only: plain data only gets that far
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UsageError(f"robustbench:{name}: {path} is not a plain checkpoint (torch.load(weights_only=True): "
+                         f"{type(err).__name__}: {str(err)[:200]}); a pickle in it could run code when loaded, so "
+                         f"cat-bench loads only tensors and containers") from None
     with compat.no_downloads():
         model = rb.utils.load_model(name, model_dir=str(model_dir), dataset=dataset, threat_model=THREAT_MODEL)
     return model, path, f"robustbench.utils.load_model({name!r}, model_dir, {dataset!r}, {THREAT_MODEL!r})"
@@ -288,8 +294,7 @@ def evaluate_external(source: str, attacks: str, *, arch: str | None = None, dat
     info = dataset_info(dataset)
     names = parse_attacks(attacks, info.family)
     check_eval(batch_size=batch_size, n_examples=n_examples, eps=eps)
-    (Path(results) / FOLDER).mkdir(parents=True, exist_ok=True)
-    check_writable(Path(results) / FOLDER, "results directory")
+    check_writable(Path(results) / FOLDER, "results directory")  # made by `prepare`, once the model loads
     device = resolve_device(device)
     precision_context("fp32", device)
     batch_size = batch_size or default_batch_size(device)

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import errno
 import functools
+import glob
 import hashlib
 import json
 import os
 import platform
 import re
+import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -185,6 +188,9 @@ def training_sessions(run_dir: Path) -> tuple[list[dict], int]:
 # leaves such a key out at that value, so earlier run directories keep their names; an earlier
 # identity reads as if it held the key (`read_identity`).
 LATER_KEYS = {"precision": "fp32"}
+# What every reader of an identity uses, with its type (besides method, dataset and the schedule's epochs;
+# n_train None: the whole training split).
+IDENTITY_KEYS = {"arch": str, "eps": (int, float), "seed": int, "n_train": (int, type(None)), "hparams": dict}
 
 
 def config_hash(config: dict) -> str:
@@ -210,16 +216,26 @@ def normalised(identity: dict) -> dict:
 def read_identity(run_dir: Path) -> dict:
     """The resolved config a run directory was trained with (config.json's identity), `normalised`.
 
-    A directory named like a run (METHOD-DATASET-HASH) must hold the identity that hashes to its name:
-    an edited or damaged config.json is a CorruptRecord, never a run that claims settings it did not train with.
+    The identity must hash to the run name config.json was written with (`run_name`; for records
+    without it, to the directory's name when that is METHOD-DATASET-HASH): an edited or damaged
+    config.json is a CorruptRecord, never a run that claims settings it did not train with.
     """
     run_dir = Path(run_dir)
-    identity = read_json(run_dir / CONFIG).get("identity")
+    config = read_json(run_dir / CONFIG)
+    identity = config.get("identity")
     if not isinstance(identity, dict) or not {"method", "dataset"} <= set(identity):
         raise CorruptRecord(f"corrupt record {run_dir / CONFIG}: no run identity (method, dataset, ...) in it")
-    if RUN_NAME.fullmatch(run_dir.name) and run_name(identity) != run_dir.name:
+    missing = [key for key, kind in IDENTITY_KEYS.items() if not isinstance(identity.get(key), kind)]
+    if not isinstance(identity.get("schedule"), dict) or not isinstance(identity["schedule"].get("epochs"), int):
+        missing.append("schedule (a dict with its epochs)")
+    if missing:
+        raise CorruptRecord(f"corrupt record {run_dir / CONFIG}: its identity lacks {', '.join(missing)}; train the "
+                            f"run again")
+    named = config.get("run_name") or (run_dir.name if RUN_NAME.fullmatch(run_dir.name) else None)
+    if named is not None and run_name(identity) != named:
+        where = "the name it was written with" if "run_name" in config else "the directory's name"
         raise CorruptRecord(f"corrupt record {run_dir / CONFIG}: its identity hashes to {run_name(identity)}, not to "
-                            f"the directory's name {run_dir.name} (edited by hand?)")
+                            f"{where} {named} (edited by hand?)")
     return normalised(identity)
 
 
@@ -232,20 +248,30 @@ def verify_run(run_dir: Path) -> None:
     if (run_dir / DONE).exists() and not isinstance(read_json(run_dir / DONE).get("best_epoch"), int):
         raise CorruptRecord(f"corrupt record {run_dir / DONE}: no best_epoch in it")
     if (run_dir / EVAL).exists():
-        _check_evaluation(run_dir / EVAL, read_json(run_dir / EVAL))
+        check_evaluation(run_dir / EVAL, read_json(run_dir / EVAL))
     for name in (HISTORY, TRACE, SESSIONS):
-        read_jsonl(run_dir / name)
+        rows = read_jsonl(run_dir / name)
+        if name != SESSIONS:
+            _check_epochs(run_dir / name, rows)
 
 
-def _check_evaluation(path: Path, ev: dict) -> None:
+def _check_epochs(path: Path, rows: list[dict]) -> None:
+    """Every row of a history or trace names its epoch with an integer (what curves and resumes index by)."""
+    for line, row in enumerate(rows, 1):
+        if not isinstance(row.get("epoch"), int) or isinstance(row["epoch"], bool):
+            raise CorruptRecord(f"corrupt record {path}: line {line} has epoch {row.get('epoch')!r}, not an epoch number")
+
+
+def check_evaluation(path: Path, ev: dict) -> None:
     """eval.json's top level as `evaluate` writes it: a key (n_examples, eps) and attacks with accuracies."""
     key, attacks = ev.get("key"), ev.get("attacks")
     number = (int, float)
     if not (isinstance(key, dict) and isinstance(key.get("n_examples"), int) and isinstance(key.get("eps"), number)
             and isinstance(attacks, dict)
-            and all(isinstance(a, dict) and isinstance(a.get("accuracy"), number) for a in attacks.values())):
+            and all(isinstance(a, dict) and isinstance(a.get("accuracy"), number) and isinstance(a.get("settings"), dict)
+                    for a in attacks.values())):
         raise CorruptRecord(f"corrupt record {path}: not an evaluation (key with n_examples and eps, attacks with "
-                            f"accuracies)")
+                            f"accuracies and settings); run cat-bench eval again")
 
 
 def run_name(config: dict) -> str:
@@ -322,3 +348,48 @@ def _cpu_isa() -> list[str]:
             flags = set(line.partition(":")[2].split())
             return [f for f in _ISA_FLAGS if f in flags]
     return []
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, innermost first (what a
+    `mkdir(parents=True)` would make, so a refusal can remove them again)."""
+    folder = Path(os.path.abspath(folder))
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.exists() or path.is_symlink():
+            break
+        missing.append(path)
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove `folders` (innermost first, as `missing_folders` lists them) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def temp_folder(out: Path) -> Path:
+    """A new hidden folder beside `out` to build it in, then rename into place (`.NAME.HOST-PID.XXXX.tmp`:
+    a later build tells a killed one's leftovers from one in progress). The folders of killed builds
+    of `out` on this host (their process is gone) are removed first, so none is left for git to commit."""
+    host = socket.gethostname()
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.{re.escape(host)}-(\d+)\..*{re.escape(TEMP_SUFFIX)}")
+    for old in out.parent.glob(f".{glob.escape(out.name)}.*{TEMP_SUFFIX}"):
+        found = pattern.fullmatch(old.name)
+        if found and old.is_dir() and not old.is_symlink() and not _running(int(found.group(1))):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{host}-{os.getpid()}.", suffix=TEMP_SUFFIX))
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this id exists on this host (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

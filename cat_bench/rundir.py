@@ -12,7 +12,7 @@ Three rules, one place, used by train, eval, run, report and submit:
   process (a suite's job holds it while train and eval take it again), and the ranks a launcher
   starts inherit it (`INHERITED`). A second process is refused (RunBusy, naming the holder) or
   waits. A `.lock` file cat-bench did not write, or a link in its place, is refused, never
-  truncated. Taking it removes the temp files of writes a killed process left (records.TEMP_SUFFIX),
+  truncated. The holder removes the file when it lets go; one a killed process left is taken over. Taking it removes the temp files of writes a killed process left (records.TEMP_SUFFIX),
   in folders cat-bench owns only.
 - `check_writable(folder)`: a real write probe before long work, so a read-only folder is an
   error at once, not after hours of training or attacks.
@@ -128,7 +128,7 @@ def check_writable(folder: Path, what: str = "folder") -> None:
 
 
 def lock_path(run_dir: Path) -> Path:
-    """`<run>.lock` beside the run directory (it outlives moving the directory aside)."""
+    """`<run>.lock` beside the run directory (so moving the directory aside does not move its lock)."""
     path = Path(os.path.abspath(run_dir))
     return path.parent / f"{path.name}.lock"
 
@@ -156,6 +156,27 @@ def _is_lock_file(fd: int) -> bool:
         return False
 
 
+def _open_lock_file(path: Path) -> tuple[int, bool]:
+    """The lock file's descriptor (never through a link), and whether it is cat-bench's to remove: this
+    call made it, or it holds a holder record (an empty file someone else made stays)."""
+    flags = os.O_RDWR | os.O_NOFOLLOW
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666), True
+    except FileExistsError:
+        fd = os.open(path, flags)
+        return fd, bool(os.pread(fd, 1, 0))
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether `path` still names the open file `fd` (not removed, not replaced)."""
+    try:
+        here = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
+
+
 class RunLock:
     """The lock of one run directory (see the module docstring). `with RunLock(d):` takes it without
     waiting; `acquire(wait=True)` waits for the holder to finish."""
@@ -168,17 +189,24 @@ class RunLock:
     def acquire(self, *, wait: bool = False) -> None:
         """Take the lock (RunBusy if another process holds it and not `wait`); UsageError if the
         folder beside the run cannot hold a lock file (read-only, or not a folder)."""
-        import fcntl
-
         if self._key in _HELD:
             _HELD[self._key][1] += 1
             return
         if os.environ.get(INHERITED) == self._key:  # a rank whose launcher holds it
             _HELD[self._key] = [None, 1]
             return
+        while not self._take(wait):  # the holder removed the file we waited on: take the new one
+            pass
+        remove_stale_temps(self.run_dir)
+
+    def _take(self, wait: bool) -> bool:
+        """One try at the lock file now at `path`; False when it was removed while this process waited."""
+        import fcntl
+
         try:
+            made = records.missing_folders(self.path.parent)
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            fd, ours = _open_lock_file(self.path)
         except OSError as err:
             if self.path.is_symlink():
                 raise UsageError(f"{self.path} is a link (to {os.readlink(self.path)}); cat-bench writes its locks "
@@ -187,6 +215,7 @@ class RunLock:
                              f"folder must be writable") from None
         if not _is_lock_file(fd):
             os.close(fd)
+            records.remove_empty(made)
             raise UsageError(f"{self.path} is in the way of {self.run_dir}'s lock: it is not a cat-bench lock file, "
                              f"and cat-bench never overwrites a file it did not make; move it, or choose another "
                              f"folder")
@@ -195,22 +224,35 @@ class RunLock:
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
+            records.remove_empty(made)
             raise RunBusy(f"{self.run_dir} is in use by {holder} (lock {self.path}); wait for it to finish "
                           f"or stop it, then run the command again") from None
+        if not _same_file(fd, self.path):
+            os.close(fd)
+            return False
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
                 "command": " ".join(["cat-bench", *sys.argv[1:]])}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
-        _HELD[self._key] = [fd, 1]
-        remove_stale_temps(self.run_dir)
+        _HELD[self._key] = [fd, 1, ours, made]
+        return True
 
     def release(self) -> None:
+        """Give the lock back; the last release also removes the lock file (and the folders taking it
+        made, while empty), so a command leaves no lock behind, refused or not; a process waiting on
+        the removed file sees it gone and takes a new one (`_take`)."""
         entry = _HELD[self._key]
         entry[1] -= 1
         if entry[1] == 0:
             del _HELD[self._key]
             if entry[0] is not None:
-                os.close(entry[0])  # closing the descriptor frees the flock
+                fd, ours, made = entry[0], entry[2], entry[3]
+                remove = ours and _same_file(fd, self.path)
+                if remove:
+                    self.path.unlink(missing_ok=True)  # still held: a waiter sees the file gone and retries
+                os.close(fd)  # closing the descriptor frees the flock
+                if remove:
+                    records.remove_empty(made)
 
     @contextlib.contextmanager
     def lent(self):

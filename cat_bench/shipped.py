@@ -29,16 +29,13 @@ more examples, or `--data-root`, read the dataset's test split instead (the same
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -53,6 +50,7 @@ EXAMPLES = "check-examples.npz"
 CARD = "card.json"
 README = "README.md"
 CARD_FORMAT = "cat-bench model card 1"
+CONTENT_KEY = "content_sha256"  # the card's hash of its own content
 CHECK_N = 500
 CHECK_ATTACKS = ("natural", "pgd20")
 MODELS = Path("results") / "models"
@@ -123,8 +121,7 @@ def export(run_dir: Path, name: str, out: Path | None = None, *, trained_with: s
     ckpt = records.load_checkpoint(run_dir / records.BEST)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_killed_exports(out)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=_temp_prefix(out, os.getpid()), suffix=records.TEMP_SUFFIX))
+    tmp = records.temp_folder(out)
     try:
         _write_weights(tmp / WEIGHTS, ckpt, run_dir)
         digest = sha256(tmp / WEIGHTS)
@@ -133,7 +130,7 @@ def export(run_dir: Path, name: str, out: Path | None = None, *, trained_with: s
         card["check"] = {"examples": _write_examples(tmp / EXAMPLES, card["identity"]["dataset"], data_root)}
         log(f"measuring the check ({', '.join(CHECK_ATTACKS)} on the first {CHECK_N} test examples)")
         card["check"].update(_check(tmp, card, out, device, batch_size, progress))
-        records.write_json(tmp / CARD, card)
+        write_card(tmp, card)
         (tmp / README).write_text(readme(card))
         _readable(tmp)
         os.rename(tmp, out)
@@ -141,32 +138,6 @@ def export(run_dir: Path, name: str, out: Path | None = None, *, trained_with: s
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _temp_prefix(out: Path, pid: int) -> str:
-    """The hidden folder an export of `out` builds in: named with this host and process, so a later
-    export can tell a killed one's leftovers from one in progress."""
-    return f".{out.name}.{socket.gethostname()}-{pid}."
-
-
-def _remove_killed_exports(out: Path) -> None:
-    """Remove the temp folders of exports of `out` killed on this host (their process is gone), so none
-    is left for git to commit beside the models."""
-    host = re.escape(socket.gethostname())
-    for tmp in out.parent.glob(f".{glob.escape(out.name)}.*{records.TEMP_SUFFIX}"):
-        found = re.fullmatch(rf"\.{re.escape(out.name)}\.{host}-(\d+)\..*", tmp.name)
-        if found and tmp.is_dir() and not tmp.is_symlink() and not _running(int(found.group(1))):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _readable(folder: Path) -> None:
@@ -191,14 +162,11 @@ def _check_finished(run_dir: Path) -> None:
 
 def _write_weights(path: Path, ckpt: dict, run_dir: Path) -> None:
     """The checkpoint's network state dicts alone (no optimiser, RNG or score)."""
-    from cat_bench.lazy import torch
-
     try:
         nets = {k: {p: t.detach().cpu().contiguous() for p, t in sd.items()} for k, sd in ckpt["nets"].items()}
     except (KeyError, AttributeError, TypeError) as err:
         raise CorruptRecord(f"corrupt checkpoint {run_dir / records.BEST}: {type(err).__name__}: {err}") from None
-    with open(path, "wb") as fh:
-        torch.save(nets, fh)
+    records.save_checkpoint(path, nets)  # a full disk: an OSError naming the file, not torch's RuntimeError
 
 
 def _write_examples(path: Path, dataset: str, data_root) -> dict:
@@ -354,7 +322,28 @@ def read_card(folder: Path) -> dict:
     card = records.read_json(folder / CARD)
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         raise CorruptRecord(f"{folder / CARD} is not a {CARD_FORMAT!r}")
+    if not isinstance(card.get("identity"), dict) or not isinstance(card.get("weights"), dict):
+        raise CorruptRecord(f"{folder / CARD} has no identity or weights entry (a dict each); export the run again")
+    if CONTENT_KEY in card and card[CONTENT_KEY] != _content_sha256(card):
+        raise CorruptRecord(f"{folder / CARD} was edited after cat-bench wrote it (its content no longer hashes to "
+                            f"its {CONTENT_KEY}): its numbers and identity cannot be trusted; export the run again")
+    weights = card["weights"].get("file")
+    if weights != WEIGHTS:
+        raise CorruptRecord(f"{folder / CARD}: weights.file {weights!r} is not the folder's {WEIGHTS}; a model "
+                            f"folder's weights are its own {WEIGHTS}, never a file elsewhere")
     return {**card, "identity": records.normalised(card["identity"])}
+
+
+def write_card(folder: Path, card: dict) -> None:
+    """card.json, with the SHA-256 of its own content (`CONTENT_KEY`), so an edit by hand is detected."""
+    card = {k: v for k, v in card.items() if k != CONTENT_KEY}
+    records.write_json(Path(folder) / CARD, {**card, CONTENT_KEY: _content_sha256(card)})
+
+
+def _content_sha256(card: dict) -> str:
+    """The SHA-256 of a card's content without its own hash (canonical JSON: sorted keys)."""
+    content = {k: v for k, v in card.items() if k != CONTENT_KEY}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def verify(folder: Path, card: dict) -> str:
@@ -378,8 +367,22 @@ def exported_from(run_name: str, identity: dict, models: Path) -> list[tuple[Pat
     if not models.is_dir():
         return []
     wanted = records.normalised(identity)
-    cards = [(folder, read_card(folder)) for folder in sorted(models.iterdir()) if is_model_folder(folder)]
-    return [(folder, card) for folder, card in cards if card["run"] == run_name and card["identity"] == wanted]
+    return [(folder, card) for folder, card in readable_cards(models)
+            if card.get("run") == run_name and card["identity"] == wanted]
+
+
+def readable_cards(models: Path, log=None) -> list[tuple[Path, dict]]:
+    """(folder, card) of every model folder under `models` whose card can be read, by name; a damaged
+    one is left out (named through `log`), never stopping what reads the others."""
+    cards = []
+    for folder in sorted(Path(models).iterdir()):
+        if is_model_folder(folder):
+            try:
+                cards.append((folder, read_card(folder)))
+            except CorruptRecord as err:
+                if log is not None:
+                    log(f"skipped {folder}: {err}")
+    return cards
 
 
 def load_networks(folder: Path, card: dict, device):
@@ -498,7 +501,7 @@ def record_evaluation(folder: Path, card: dict, result: dict, *, device, batch_s
              "flags": masking_flags({k: a["accuracy"] for k, a in attacks.items()}),
              "batch_size": batch_size, "provenance": records.provenance(device), "command": command}
     card = {**card, EVALUATIONS: [*kept, entry]}
-    records.write_json(folder / CARD, card)
+    write_card(folder, card)
     records.write_text(folder / README, readme(card))
     return entry
 

@@ -141,23 +141,37 @@ def folder_suite(results: Path) -> tuple[Suite, list[str]]:
     """Every run directory in a results folder, as a suite of its own (`results` and `report` without
     `--suite`): RESULTS/runs/* (what `cat-bench run` writes) and RESULTS/* (what `train --out
     RESULTS/NAME` writes). Each run counts as done with the evaluation it has (its attacks, its number
-    of examples). Returns the suite and, for each folder whose config.json cannot be read, why."""
+    of examples). Returns the suite and, for each folder left out, why: its config.json cannot be read,
+    or it is a copy of another run folder (the same configuration; the one where `cat-bench run` puts
+    it, else the first by path, stays)."""
     results = Path(results)
-    specs, skipped = [], []
-    for path in sorted([*results.glob("*/" + records.CONFIG), *results.glob("runs/*/" + records.CONFIG)]):
-        run = path.parent
+    specs, skipped, seen = [], [], {}
+    folders = sorted(path.parent for path in [*results.glob("*/" + records.CONFIG),
+                                              *results.glob("runs/*/" + records.CONFIG)])
+    for run in sorted(folders, key=lambda run: not _at_its_place(results, run)):  # a copy's original first
         try:
             config = records.read_identity(run)
             ev = records.read_json(run / records.EVAL) if (run / records.EVAL).is_file() else {}
         except CorruptRecord as err:
             skipped.append(f"{run}: {err}")
             continue
-        hashed = run.parent == results / "runs" and run.name == records.run_name(config)
+        name = records.run_name(config)
+        if name in seen:
+            skipped.append(f"{run}: a copy of the run {seen[name]} (the same configuration); it is left out of "
+                           f"the tables: remove it, or move it out of {results}")
+            continue
+        seen[name] = run
+        hashed = run.parent == results / "runs" and run.name == name
         attacks = tuple(ev.get("attacks", {})) or ("natural",)
         specs.append(RunSpec(config, attacks, ev.get("key", {}).get("n_examples"), (),
                              None if hashed else str(run.relative_to(results))))
     description = f"Every run in {results}: {len(specs)} run director{'y' if len(specs) == 1 else 'ies'}."
     return Suite(results.resolve().name or "results", results, description, tuple(specs)), skipped
+
+
+def _at_its_place(results: Path, run: Path) -> bool:
+    """Whether `run` is where `cat-bench run` puts a run: RESULTS/runs/<its hash name>."""
+    return run.parent == results / "runs" and bool(records.RUN_NAME.fullmatch(run.name))
 
 
 def _locate(entry: str, base: Path) -> Path:

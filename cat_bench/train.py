@@ -426,6 +426,7 @@ class _Session:
             if group.main:
                 claim(out, "run")  # made and marked now that the data is there: a failed start leaves no folder
                 records.write_json(out / records.CONFIG, {"identity": self.config,
+                                                          "run_name": records.run_name(self.config),
                                                           "sources": config_sources(self.config),
                                                           "provenance": records.provenance(self.device),
                                                           "data_root": self.data_root})

@@ -97,7 +97,11 @@ def resolve_hparams(name: str, family: str, overrides: dict[str, str],
                 raise UsageError(f"bad value {raw!r} for {key}; allowed: {', '.join(map(str, hp.choices))}")
             hparams[key] = raw
             continue
-        hparams[key] = _number(key, raw, integer=isinstance(hp.default(family), int))
+        value = _number(key, raw, integer=isinstance(hp.default(family), int))
+        if not hp.low <= value <= hp.high:
+            high = "" if hp.high == float("inf") else f" <= {hp.high:g}"
+            raise UsageError(f"bad value {raw!r} for {key} of {name}: allowed: {hp.low:g} <= {key}{high}")
+        hparams[key] = value
     return hparams
 
 

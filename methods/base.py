@@ -12,6 +12,7 @@ method; `docs/extending.md` walks through adding one.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -24,12 +25,16 @@ from cat_bench.models import batchnorms
 
 @dataclass(frozen=True)
 class Hparam:
-    """A hyperparameter's defaults per dataset family and where they come from."""
+    """A hyperparameter's defaults per dataset family and where they come from; its allowed values:
+    `choices` for a named option, else the closed range [`low`, `high`] of a number (every weight,
+    margin, scale, rate and epoch of the methods here is non-negative)."""
 
     cifar: Any
     mnist: Any
     source: str
     choices: tuple | None = None
+    low: float = 0.0
+    high: float = math.inf
 
     def default(self, family: str) -> Any:
         return self.cifar if family == "cifar" else self.mnist

@@ -97,3 +97,48 @@ def _write_run_records(results: Path, spec, *, history: list[dict] | None = None
 def write_run_records():
     """`_write_run_records`: fabricated records of a suite's run, for report tests that need chosen numbers."""
     return _write_run_records
+
+
+def tree(root: Path) -> dict[str, tuple]:
+    """Every entry under `root` (links not followed): its kind, and for a file its size, modification
+    time and link target; what a write, a deletion or a new file changes (a folder's own time changes
+    when a file is made and removed again, which leaves it holding what it held)."""
+    entries = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            target = os.readlink(path) if path.is_symlink() else None
+            entries[str(path.relative_to(root))] = ((st.st_mode,) if path.is_dir() and not path.is_symlink() else
+                                                    (st.st_mode, st.st_size, st.st_mtime_ns, target))
+    return entries
+
+
+def changes(before: dict, after: dict) -> list[str]:
+    """What differs between two `tree`s: new, removed and changed paths."""
+    return ([f"new {p}" for p in sorted(after.keys() - before.keys())]
+            + [f"removed {p}" for p in sorted(before.keys() - after.keys())]
+            + [f"changed {p}" for p in sorted(before.keys() & after.keys()) if before[p] != after[p]])
+
+
+@pytest.fixture(autouse=True)
+def refusals_touch_nothing(tmp_path_factory, monkeypatch):
+    """Every command of the test suite that cat-bench refuses (UsageError, exit status 2) leaves the test
+    folders exactly as it found them: no lock, no empty folder, no half-written file, nothing deleted."""
+    import cat_bench.cli
+
+    dispatch = cat_bench.cli._dispatch
+    root = tmp_path_factory.getbasetemp()
+
+    def checked(args):
+        from cat_bench.errors import UsageError
+
+        before = tree(root)
+        try:
+            return dispatch(args)
+        except UsageError:
+            left = changes(before, tree(root))
+            assert not left, f"the refused `cat-bench {args.command}` changed the test folders: {left[:10]}"
+            raise
+
+    monkeypatch.setattr(cat_bench.cli, "_dispatch", checked)

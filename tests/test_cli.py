@@ -255,3 +255,16 @@ def test_a_toml_syntax_error_names_its_line(text, line, tmp_path, capsys):
     suite.write_text(text)
     code, err = run(["status", "--suite", str(suite)], capsys)
     assert code == 2 and "not a valid TOML file" in err and line in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--method", "at", "--dataset", "mnist", "--arch", "preact-resnet18", "--eps", "0.3"],
+    ["run", "--suite", "mnist"],
+])
+def test_a_cpu_plan_of_days_asks_for_yes_or_a_budget(argv, tmp_path, capsys):
+    """New CPU training the cost model puts over a day starts only with --yes or a budget, and says so."""
+    where = ["--out", tmp_path / "run"] if argv[0] == "train" else ["--results", tmp_path / "results"]
+    code = main([*map(str, argv + where), "--device", "cpu", "--data-root", str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert code == 2 and "hours on this CPU" in err and "--yes" in err and "--stop-after-minutes" in err, err
+    assert sorted(tmp_path.iterdir()) == []

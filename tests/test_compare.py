@@ -125,3 +125,16 @@ def test_different_examples_or_no_common_attack_are_refused(seeds, tmp_path):
     with pytest.raises(UsageError, match=r"--attacks cw: not evaluated in both runs"):
         compare_runs(seeds[0], seeds[1], ["cw"])
     assert main(["compare", str(seeds[0]), str(tmp_path / "nothing")]) == 2
+
+
+@pytest.mark.parametrize("option,value,needle", [
+    ("--seed", "-1", "--seed -1: allowed: a non-negative integer"),
+    ("--n-boot", "10000000000", "--n-boot 10000000000: allowed: 100"),
+    ("--n-boot", "99", "--n-boot 99: allowed: 100"),
+])
+def test_bootstrap_options_out_of_range_are_named(seeds, capsys, option, value, needle):
+    """A negative seed (numpy's ValueError) and a billion resamples (a MemoryError) are refused at the edge."""
+    a, b = seeds
+    code = main(["compare", str(a), str(b), option, value])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and "Traceback" not in err, err

@@ -148,7 +148,7 @@ def test_failed_download_is_a_usage_error(tmp_path, monkeypatch, name, module):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["mine.txt"]  # no empty MNIST/raw
     with pytest.raises(UsageError, match="could not be downloaded"):
         load_split(name, "test", tmp_path / "new" / "root")
-    assert not (tmp_path / "new" / "root").exists()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["mine.txt"]  # no empty new/ parent either
 
 
 def candidates(x, padding=4):

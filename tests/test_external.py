@@ -21,6 +21,7 @@ from torch import nn
 from cat_bench import per_example, records
 from cat_bench.cli import main
 from cat_bench.data import dataset_info
+from cat_bench.errors import UsageError
 from cat_bench.evaluate import evaluate
 from cat_bench.external import INFO, evaluate_external
 from cat_bench.models import build_classifier
@@ -197,6 +198,30 @@ def test_robustbench_model_from_a_local_model_dir(tmp_path, synthetic_cifar):
     assert info["kind"] == "robustbench" and info["sha256"] == sha256(model_dir / "cifar10" / "Linf" / "CatBenchTiny.pt")
     assert "robustbench.utils.load_model" in info["how"] and result["key"]["n_examples"] == 20
     assert result["key"]["eps"] == pytest.approx(8 / 255)
+
+
+def test_a_robustbench_checkpoint_holding_a_pickle_is_refused_unloaded(tmp_path):
+    """RobustBench's load_model unpickles without restriction: a checkpoint that is not plain data is refused first,
+    and its pickle never runs."""
+    import pickle
+
+    from cat_bench import robustbench_compat as compat
+
+    if not compat.available():
+        pytest.skip("the robustbench extra is not installed")
+    ran = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(ran), "w"))
+
+    model_dir = tmp_path / "models"
+    (model_dir / "cifar10" / "Linf").mkdir(parents=True)
+    (model_dir / "cifar10" / "Linf" / "Standard.pt").write_bytes(pickle.dumps({"state_dict": Payload()}))
+    with pytest.raises(UsageError, match="not a plain checkpoint"):
+        evaluate_external("robustbench:Standard", "natural", model_dir=model_dir, results=tmp_path / "results",
+                          device=CPU, progress=False, log=lambda m: None)
+    assert not ran.exists() and not (tmp_path / "results").exists()
 
 
 @pytest.mark.parametrize("argv, expected", [

@@ -3,6 +3,7 @@ fails (failed.json, with a fix that works) and the others go on; every command c
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -164,6 +165,11 @@ def test_a_read_only_results_directory(read_only):
                              "--no-progress")
     assert evaluation.returncode == 2 and "cannot" in evaluation.stderr and "Traceback" not in evaluation.stderr
     assert "pgd20:" not in evaluation.stderr  # refused before any attack ran
+    recorded = cli_as_user("eval", run_dir(res, at), "--attacks", "natural,fgsm", "--n-examples", "20",
+                           "--no-progress")  # what its eval.json holds: reprinted, said to be recorded
+    assert recorded.returncode == 0 and "is read-only" in recorded.stderr, recorded.stderr
+    natural_acc = 100 * records.read_json(run_dir(res, at) / records.EVAL)["attacks"]["natural"]["accuracy"]
+    assert re.search(rf"^natural\s+{natural_acc:.2f}%$", recorded.stdout, re.M), recorded.stdout
     (run_dir(res, natural)).chmod(0o755)
     shutil.rmtree(run_dir(res, natural))
     todo = cli_as_user("run", "--suite", suite, "--results", res, "--no-progress")
@@ -288,8 +294,8 @@ def test_a_cpu_run_of_hours_is_announced(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", offline)
     code, _, err = run(["train", "--method", "at", "--dataset", "mnist", "--eps", "0.3", "--arch", "wrn-34-10",
-                        "--device", "cpu", "--data-root", tmp_path / "data", "--out", tmp_path / "r"], capsys)
-    assert code == 2 and "WARNING: this run is estimated at" in err and "hours on a CPU" in err
+                        "--device", "cpu", "--data-root", tmp_path / "data", "--out", tmp_path / "r", "--yes"], capsys)
+    assert code == 2 and "WARNING: this run is estimated at" in err and "hours on a CPU" in err  # then no data
 
 
 # 14. Values that go into a job script are checked; printed commands are shell-quoted

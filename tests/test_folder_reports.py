@@ -102,3 +102,45 @@ def test_chance_level_notice(tmp_path, write_run_records):
                       accuracies={"natural": 50.0, "pgd20": 0.0})
     cells = read_cells(render_report(None, tmp_path, tmp_path / "report").read_text())
     assert "notice/chance" not in cells
+
+
+def test_a_copied_run_folder_is_named_and_the_other_runs_are_tabled(folder, capsys):
+    """`cp -r runs/A runs/A_backup`: the copy is left out and named; the table and the report show the runs."""
+    original = next((folder / "runs").glob("at-*"))
+    shutil.copytree(original, folder / "runs" / "first_backup")
+    for command in ("results", "report"):
+        code, out, err = run_cli([command, "--results", folder], capsys)
+        assert code == 0, err
+        assert f"first_backup: a copy of the run {original}" in err
+    code, out, _ = run_cli(["results", "--results", folder], capsys)
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "method" not in line]
+    assert sorted(r.split("|")[1].strip() for r in rows) == ["at", "cat-cent", "cat-cw"]
+    cells = read_cells((folder / "report" / "index.html").read_text())
+    assert not any("first_backup" in cell for cell in cells)
+
+
+def test_a_failed_report_build_leaves_the_old_report_whole(folder, capsys, monkeypatch):
+    """A report is written whole or not at all: a build that fails leaves every file of the old one as
+    it was, and no build folder behind."""
+    import cat_bench.report
+
+    assert run_cli(["report", "--results", folder], capsys)[0] == 0
+    before = _files(folder / "report")
+    at = next((folder / "runs").glob("at-*")) / "eval.json"
+    at.write_text(at.read_text().replace('"accuracy": 0.796', '"accuracy": 0.5'))  # the next build changes its page
+
+    def fails(path, text):
+        if path.name == "index.html":
+            raise OSError(28, "No space left on device", str(path))
+        write(path, text)
+
+    write = cat_bench.report._write
+    monkeypatch.setattr(cat_bench.report, "_write", fails)
+    code, _, err = run_cli(["report", "--results", folder], capsys)
+    assert code == 1 and "No space left on device" in err
+    assert _files(folder / "report") == before
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

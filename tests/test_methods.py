@@ -186,6 +186,25 @@ def test_bad_overrides_are_named(overrides, needle):
         resolve_hparams("cat-cent", "cifar", overrides)
 
 
+@pytest.mark.parametrize("method,overrides", [
+    ("trades", {"beta": "-5"}), ("cat-cw", {"kappa": "-1"}), ("fat", {"tau_epoch1": "-3"}), ("at-awp", {"awp_gamma": "-0.1"}),
+])
+def test_an_override_outside_its_range_is_named_with_the_range(method, overrides):
+    """A hyperparameter outside its declared range is refused at the edge (`--set beta=-5` used to start a run)."""
+    (key, raw), = overrides.items()
+    with pytest.raises(UsageError, match=f"bad value '{raw}' for {key} of {method}: allowed: 0 <= {key}"):
+        resolve_hparams(method, "cifar", overrides)
+
+
+def test_every_default_is_inside_its_declared_range():
+    for cls in METHODS.values():
+        for key, hp in cls.HPARAMS.items():
+            for family in ("mnist", "cifar"):
+                value = hp.default(family)
+                if hp.choices is None and value is not None:
+                    assert hp.low <= value <= hp.high, (cls.name, key, family, value)
+
+
 def test_unknown_method_lists_the_allowed_ones():
     with pytest.raises(UsageError, match="cat-cent"):
         get_method("cat")

@@ -1,6 +1,7 @@
 """Folders cat-bench writes (cat_bench/rundir.py): only its own, one writer at a time, the umask's modes,
 no stale temp files; records it cannot trust are refused, never silently used or cut short."""
 
+import json
 import os
 import shutil
 import signal
@@ -301,3 +302,68 @@ def test_an_evaluation_that_reuses_every_attack_keeps_their_provenance(copy, cap
     records.write_json(copy / records.EVAL, ev)
     assert main(argv) == 0
     assert records.read_json(copy / records.EVAL)["provenance"]["hardware"]["cpu"] == "the machine that ran the attacks"
+
+
+@pytest.mark.parametrize("command", ["train", "report"])
+def test_a_refused_command_leaves_no_lock_and_no_folder(command, tmp_path, capsys):
+    """A command refused after it took a folder's lock removes the lock file and the parents it made."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's")
+    before = snapshot(tmp_path)
+    out = {"train": tmp_path / "mine", "report": tmp_path / "mine"}[command]
+    argv = {"train": TRAIN + ["--out", out], "report": ["report", "--results", tmp_path, "--out", out]}[command]
+    code, err = run(argv, capsys)
+    assert code == 2 and "mine" in err, err
+    assert snapshot(tmp_path) == before
+
+
+def test_a_hand_edited_config_of_a_run_named_by_out_is_refused(copy, capsys):
+    """A run named by `--out` (not by its hash) still knows the identity it trained with: an edited
+    config.json is named as such, never evaluated or resumed as the run it claims to be."""
+    config = json.loads((copy / "config.json").read_text())
+    config["identity"]["eps"] = 0.1
+    (copy / "config.json").write_text(json.dumps(config))
+    for argv in (["eval", copy, "--attacks", "natural", "--n-examples", "20", "--no-progress"],
+                 [*TRAIN, "--eps", "0.1", "--out", copy, "--resume"]):
+        code, out = run(argv, capsys)
+        assert code == 2 and "edited by hand" in out and "config.json" in out, out
+
+
+def test_resume_without_a_checkpoint_says_it_starts_at_epoch_1(tmp_path, capsys):
+    code, out = run([*TRAIN, "--out", tmp_path / "new", "--resume"], capsys)
+    assert code == 0 and "holds no checkpoint" in out and "training starts at epoch 1" in out, out
+
+
+def _damage(copy: Path, damage: str) -> None:
+    if damage in ("no schedule", "no settings"):
+        name, key = ("config.json", "identity") if damage == "no schedule" else ("eval.json", "attacks")
+        record = json.loads((copy / name).read_text())
+        if damage == "no schedule":
+            del record["identity"]["schedule"]
+        else:
+            del record["attacks"]["natural"]["settings"]
+        (copy / name).write_text(json.dumps(record))
+    else:
+        rows = (copy / "history.jsonl").read_text().splitlines()
+        row = json.loads(rows[0])
+        if damage == "no epoch":
+            del row["epoch"]
+        else:
+            row["epoch"] = str(row["epoch"])
+        (copy / "history.jsonl").write_text("\n".join([json.dumps(row), *rows[1:]]) + "\n")
+
+
+@pytest.mark.parametrize("damage", ["no schedule", "no settings", "no epoch", "string epoch"])
+def test_a_damaged_record_is_named_and_every_command_goes_on(damage, copy, tmp_path, capsys):
+    """A record without what its readers index by (an identity's schedule, an attack's settings, a
+    history row's epoch) is that run's named problem: never a traceback in eval, results or report."""
+    assert main(["eval", str(copy), "--attacks", "natural", "--n-examples", "20", "--no-progress"]) == 0
+    capsys.readouterr()
+    _damage(copy, damage)
+    with pytest.raises(CorruptRecord, match="corrupt record"):
+        records.verify_run(copy)
+    for argv in (["results", "--results", tmp_path], ["report", "--results", tmp_path, "--out", tmp_path / "rep"]):
+        code, out = run(argv, capsys)
+        assert code in (0, 2) and "Traceback" not in out, out
+    code, out = run(["eval", copy, "--attacks", "natural", "--n-examples", "20", "--no-progress"], capsys)
+    assert (code, "corrupt record" in out) == ((2, True) if damage in ("no schedule", "no settings") else (0, False)), out

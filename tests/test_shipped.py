@@ -207,7 +207,8 @@ def test_eval_record_adds_the_evaluation_to_the_card(run, model, tmp_path, capsy
     assert run_cli([*argv, "--attacks", "natural,pgd20"], capsys)[0] == 0
     assert run_cli([*argv, "--attacks", "fgsm"], capsys)[0] == 0
     card = shipped.read_card(folder)
-    assert {k: v for k, v in card.items() if k != shipped.EVALUATIONS} == before
+    kept = (shipped.EVALUATIONS, shipped.CONTENT_KEY)  # the card's own hash follows its new content
+    assert {k: v for k, v in card.items() if k not in kept} == {k: v for k, v in before.items() if k not in kept}
     [entry] = card[shipped.EVALUATIONS]
     assert entry["key"] == {"n_examples": 100, "eps": 0.3} and set(entry["attacks"]) == {"natural", "pgd20", "fgsm"}
     for name, a in entry["attacks"].items():
@@ -396,3 +397,61 @@ def test_export_removes_the_build_folders_of_killed_exports_and_only_those(run, 
     ignored = subprocess.run(["git", "check-ignore", "--no-index", "results/models/.x.h-1.abc.tmp/weights.pt"],
                              cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
     assert ignored.returncode == 0
+
+
+@pytest.mark.parametrize("edit", ["summary", "method", "evaluation", "weights-outside"])
+def test_an_edited_card_is_refused_not_verified(edit, model, tmp_path, capsys):
+    """A card edited after export (its numbers, its method, its summary) or pointing at weights outside
+    its folder is refused; it never prints "SHA-256 verified" and "same"."""
+    folder = _copy(model, tmp_path / "edited")
+    card = json.loads((folder / "card.json").read_text())
+    if edit == "summary":
+        card["summary"] = "the best model ever"
+    elif edit == "method":
+        card["identity"]["method"] = "trades"
+    elif edit == "evaluation":
+        card["evaluation"]["attacks"]["pgd20"]["accuracy"] = 0.99
+    else:
+        (tmp_path / "outside.pt").write_bytes((folder / "weights.pt").read_bytes())
+        card["weights"]["file"] = "../outside.pt"
+        card[shipped.CONTENT_KEY] = shipped._content_sha256(card)  # even with the card's hash made to match
+    (folder / "card.json").write_text(json.dumps(card))
+    code, out, err = run_cli(["eval", folder, "--attacks", "natural", "--n-examples", "20", "--device", "cpu",
+                              "--no-progress"], capsys)
+    assert code == 2 and "verified" not in out + err and "same" not in out, out + err
+    assert ("edited after" in err) if edit != "weights-outside" else ("'../outside.pt'" in err), err
+
+
+def test_a_damaged_card_does_not_hide_the_other_model_folders(run, model, tmp_path):
+    """Figure 2 and Table 1 look models up by run: one unreadable card leaves the others found."""
+    models = tmp_path / "models"
+    _copy(model, models.mkdir() or models / "good")
+    (models / "broken").mkdir()
+    (models / "broken" / "card.json").write_text('{"format": "cat-bench model car')
+    found = shipped.exported_from(run.name, records.read_identity(run), models)
+    assert [folder.name for folder, _ in found] == ["good"]
+    said = []
+    shipped.readable_cards(models, log=said.append)
+    assert len(said) == 1 and "broken" in said[0] and "corrupt record" in said[0]
+
+
+def test_an_export_to_a_full_disk_ends_with_a_message_and_no_folder(run, tmp_path, capsys, monkeypatch):
+    def full(*args, **kwargs):  # torch's zip writer on a full disk
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 114304 vs 114256")
+
+    monkeypatch.setattr(records.torch, "save", full)
+    code, out, err = run_cli(["export", run, "--name", "full", "--out", tmp_path / "full", "--device", "cpu",
+                              "--no-progress", "--trained-with", TRAINED_WITH], capsys)
+    assert code == 1 and "disk full" in err and "weights.pt" in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_autoattack_state_that_is_not_one_is_named(run, tmp_path, capsys):
+    """A damaged AutoAttack state (a list where the flags were) is that record's problem, named, not a traceback."""
+    copy = tmp_path / run.name
+    shutil.copytree(run, copy)
+    (copy / "eval_state").mkdir(exist_ok=True)
+    torch.save([1, 2, 3], copy / "eval_state" / "autoattack.pt")
+    code, out, err = run_cli(["eval", copy, "--attacks", "autoattack", "--n-examples", "10", "--device", "cpu",
+                              "--no-progress"], capsys)
+    assert code == 2 and "not an AutoAttack state" in err and "autoattack.pt" in err, err

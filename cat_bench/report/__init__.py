@@ -1,6 +1,7 @@
 """`cat-bench report`: a static HTML report of a suite's results against the paper.
 
-`render_report(suite, results, out)` writes, into `out` (in place, every file atomically):
+`render_report(suite, results, out)` builds the report in a hidden folder beside `out` and then puts
+it in `out`'s place (a failed or killed build leaves the old report whole):
 
     index.html           the paper's Tables 1-4, 7, 8 (reproduced vs published), Figures 2-6, the
                          leaderboard and the list of the suite's runs
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -147,7 +149,7 @@ def _run_page(run: RunRecord, tables: list[Table], curves: bool) -> dict:
 
 
 def render_report(suite: Suite | str | None, results: Path, out: Path, *, device: str = "cpu", data_root=None,
-                  suite_ref: str | None = None, published=None, models: Path = MODELS) -> Path:
+                  suite_ref: str | None = None, published=None, models: Path = MODELS, log=print) -> Path:
     """Render the suite's report from its results directory into `out`; returns out/index.html.
 
     suite: a loaded Suite, a shipped suite name / .toml path, or None for every run in `results`
@@ -157,22 +159,52 @@ def render_report(suite: Suite | str | None, results: Path, out: Path, *, device
     suite_ref: how the printed commands name the suite (default: its name if shipped, else its path).
     published: the published numbers (default: cat_bench.paper.load_published()).
     models: the model folders (`cat-bench export`) Figure 2 draws from when a run's checkpoint is not on disk.
+    log: where the run folders left out of a folder's report are named.
     """
     results, out = Path(results), Path(out)
     folder = suite is None
     if folder:
-        suite, _ = folder_suite(results)
+        suite, skipped = folder_suite(results)
+        for reason in skipped:
+            log(f"skipped {reason}")
     elif isinstance(suite, (str, os.PathLike)):
         suite = load_suite(str(suite))
     with RunLock(out):  # one writer of the folder at a time; it removes the temp files of a killed one
         claim(out, "report")  # never over a folder of someone else's files
-        return _render(suite, results, out, device=device, data_root=data_root, models=Path(models),
-                       ref=None if folder else suite_ref or suite_reference(suite), published=published)
+        build = records.temp_folder(out)
+        try:
+            _render(suite, results, build, device=device, data_root=data_root, models=Path(models),
+                    ref=None if folder else suite_ref or suite_reference(suite), published=published)
+            _swap(build, out)
+        except BaseException:
+            shutil.rmtree(build, ignore_errors=True)
+            raise
+    return out / "index.html"
+
+
+def _swap(build: Path, out: Path) -> None:
+    """Put the report built in `build` in the place of `out`: what the old folder holds that the build
+    does not write (its marker, a file of the user's) moves into the build, then the folders trade places
+    by rename, so a reader finds the whole old report or the whole new one, never a mix."""
+    os.chmod(build, 0o777 & ~_umask())
+    for entry in os.listdir(out):
+        if not (build / entry).exists():
+            os.rename(out / entry, build / entry)
+    old = records.temp_folder(out)
+    os.rename(out, old / "report")
+    os.rename(build, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _render(suite: Suite, results: Path, out: Path, *, device: str, data_root, models: Path, ref: str | None,
-            published) -> Path:
-    """`render_report`'s work, into a claimed and locked folder."""
+            published) -> None:
+    """`render_report`'s work, into the folder `out` (render_report's build folder)."""
     if published is None:
         from cat_bench.paper import load_published
 
@@ -204,7 +236,6 @@ def _render(suite: Suite, results: Path, out: Path, *, device: str, data_root, m
         chance=at_chance(runs), paper=any(t.suite_rows for t in tables),
         run_command=None if ref is None else command("run", "--suite", ref, "--results", str(results)))
     _write(out / "index.html", index)
-    return out / "index.html"
 
 
 def grid_table(collected) -> dict | None:
