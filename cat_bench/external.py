@@ -111,6 +111,7 @@ def _state_dict(path: Path, arch: str, dataset: str):
 
     info = dataset_info(dataset)
     model = build_classifier(arch, info.num_classes, info.shape[0], info.mean, info.std)
+    records.check_archive(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "f" in state and isinstance(state["f"], dict):
@@ -152,6 +153,7 @@ def _check_archive_pickles(path: Path) -> None:
 
 
 def _torch_export(path: Path):
+    records.check_archive(path)
     _check_archive_pickles(path)
     try:
         model = torch.export.load(str(path)).module()
@@ -162,6 +164,7 @@ def _torch_export(path: Path):
 
 
 def _torchscript(path: Path):
+    records.check_archive(path)
     try:
         model = torch.jit.load(str(path), map_location="cpu")
     except Exception as err:
@@ -187,6 +190,7 @@ def _robustbench(name: str, dataset: str, model_dir: Path):
     if name not in zoo:
         raise UsageError(f"robustbench:{name}: RobustBench's {dataset}/{THREAT_MODEL} model zoo has no such model; "
                          f"e.g. {', '.join(list(zoo)[:5])}")
+    records.check_archive(path)
     try:  # robustbench's load_model calls torch.load without weights_only: plain data only gets that far
         torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

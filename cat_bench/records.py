@@ -113,6 +113,7 @@ def load_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"missing checkpoint {path}; train the run first ({command('train', '...', '--out', path.parents[1])})")
+    check_archive(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated/garbled files
@@ -393,3 +394,25 @@ def _running(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+MAX_EXPANSION = 100  # a zip member's size over its stored size: torch.save and torch.export store theirs (1)
+EXPANSION_FLOOR = 1 << 20  # members this small are never a bomb, however well they compress
+
+
+def check_archive(path: Path) -> None:
+    """UsageError for a zip archive (what torch.save, torch.export and TorchScript write) whose members
+    expand more than MAX_EXPANSION times: a zip bomb would fill the memory of whatever reads it. Reads
+    the central directory only; a file that is not a zip archive passes (its loader names what it is)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return
+    for member in members:
+        if member.file_size > max(EXPANSION_FLOOR, MAX_EXPANSION * member.compress_size):
+            raise UsageError(f"{path}: member {member.filename} would expand from {member.compress_size:,} to "
+                             f"{member.file_size:,} bytes (more than {MAX_EXPANSION} times; torch writes its "
+                             f"archives uncompressed): a zip bomb, refused before anything is read")

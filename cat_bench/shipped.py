@@ -392,6 +392,7 @@ def load_networks(folder: Path, card: dict, device):
 
     nets = Networks(card["identity"], device)
     path = Path(folder) / card["weights"]["file"]
+    records.check_archive(path)
     try:
         nets.load(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as err:  # a file that is not these networks' state dicts

@@ -29,6 +29,7 @@ and Table 8's a=5 b=0.05) are one run serving every block that asks for it.
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -114,6 +115,7 @@ _BLOCK_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 _REQUIRED = ("methods", "dataset", "eps", "attacks")
 _TOP_KEYS = ("description", "include", "defaults", "runs", "log")
+MAX_RUNS = 10_000  # runs in one suite: a grid counted before it is expanded, so a typo'd 10^6 answers at once
 
 
 def load_suite(name_or_path: str) -> Suite:
@@ -235,6 +237,9 @@ def _read(path: Path, stack: tuple[Path, ...]) -> tuple[str, list[RunSpec], tupl
         where = f"[[runs]] block {i}" + (f" ({label})" if isinstance(label, str) else "")
         _check_keys(path, where, block)
         runs += _expand(path, where, {"label": f"{path.stem} block {i}", "seeds": [0], **defaults, **block})
+        if len(runs) > MAX_RUNS:
+            raise UsageError(f"{path}: {len(runs):,} runs after {where}; allowed: at most {MAX_RUNS:,} in a suite "
+                             f"(the paper's is 144): split it")
     return description, runs, tuple(log)
 
 
@@ -283,6 +288,10 @@ def _expand(path: Path, where: str, block: dict) -> list[RunSpec]:
                                   f"allowed: {', '.join(EVAL_ATTACKS[family])}")
     hparams = block.get("hparams", {})
     axes = [v if isinstance(v, list) else [v] for v in hparams.values()]
+    size = math.prod(map(len, [block["methods"], eps_values, block["seeds"], *axes]))
+    if size > MAX_RUNS:
+        raise UsageError(f"{path}: {where}: expands to {size:,} runs (methods x eps x seeds x hparam values); "
+                         f"allowed: at most {MAX_RUNS:,} in a suite (the paper's is 144): split the grid")
     runs = []
     for method, eps, seed, values in itertools.product(block["methods"], eps_values, block["seeds"],
                                                        itertools.product(*axes)):
