@@ -333,7 +333,7 @@ def _train(args) -> None:
                    deterministic=args.deterministic, progress=not args.no_progress,
                    stop_after_epoch=args.stop_after_epoch, deadline=_deadline(args), trackers=check_trackers(args.log))
     main_rank = distributed.from_env().main  # False on the other ranks torchrun starts
-    if not (out / records.LAST).is_file() and not (out / records.DONE).is_file():
+    if not (out / records.CONFIG).is_file():  # a new run (train itself checks the folder of an earlier one)
         from cat_bench.networks import resolve_device
 
         _confirm_cpu_hours(args, [config], resolve_device(args.device))

@@ -339,12 +339,9 @@ def verify(out: Path, name: str, run_dir: Path, *, data_root=None, n_examples: i
     rb = compat.import_robustbench()
     from robustbench.data import get_preprocessing, load_clean_dataset
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
-    from robustbench.model_zoo.models import model_dicts
 
     ds, tm = BenchmarkDataset(dataset), ThreatModel(THREAT_MODEL)
-    if name in model_dicts[ds][tm]:
-        raise UsageError(f"RobustBench's {dataset}/{THREAT_MODEL} model zoo already has a model named {name!r}; "
-                         f"choose another --name")
+    _check_free_in_zoo(dataset, name)
     x, y = load_split(dataset, "test", root, download=False)  # UsageError naming the root if absent
     x, y = x[:n_examples].float().div_(255), y[:n_examples]
     n = len(y)
@@ -396,6 +393,19 @@ def verify(out: Path, name: str, run_dir: Path, *, data_root=None, n_examples: i
     return report
 
 
+def _check_free_in_zoo(dataset: str, name: str) -> None:
+    """UsageError when RobustBench's model zoo already has `name` (verification registers it there)."""
+    from cat_bench import robustbench_compat as compat
+
+    compat.import_robustbench()
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+    from robustbench.model_zoo.models import model_dicts
+
+    if name in model_dicts[BenchmarkDataset(dataset)][ThreatModel(THREAT_MODEL)]:
+        raise UsageError(f"RobustBench's {dataset}/{THREAT_MODEL} model zoo already has a model named {name!r}; "
+                         f"choose another --name")
+
+
 def submit(run_dir: Path, name: str, out: Path, *, paper: PaperInfo | None = None, n_examples: int | None = None,
            footnote: str | None = None, gdrive_id: str | None = None, verify_it: bool = False,
            data_root=None, verify_n: int = VERIFY_N, batch_size: int | None = None,
@@ -406,6 +416,8 @@ def submit(run_dir: Path, name: str, out: Path, *, paper: PaperInfo | None = Non
     if verify_it and not compat.available():
         raise UsageError("--verify needs the robustbench extra: pip install -e '.[robustbench]' "
                          "(robustbench==1.1.1, setuptools<81)")
+    if verify_it:
+        _check_free_in_zoo(read_run(run_dir)["dataset"], name)  # before anything is written
     written = export(run_dir, name, out, paper=paper, n_examples=n_examples, footnote=footnote, gdrive_id=gdrive_id)
     written["verification"] = None
     if verify_it:

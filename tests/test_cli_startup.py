@@ -65,8 +65,10 @@ def cwd(tmp_path_factory):
     """A working directory with a finished-looking run, an unfinished one, a run of another config and a model
     folder whose weights are not the card's."""
     root = tmp_path_factory.mktemp("startup")
+    identity = {"dataset": "mnist-mini", "method": "at", "arch": "smallcnn", "eps": 0.3, "seed": 0, "n_train": 100,
+                "hparams": {}, "schedule": {"epochs": 1}}  # what a reader of an identity needs, nothing more
     for name in ("finished", "unfinished", "other"):
-        records.write_json(root / name / records.CONFIG, {"identity": {"dataset": "mnist-mini", "method": "at"}})
+        records.write_json(root / name / records.CONFIG, {"identity": identity})
     (root / "finished" / records.DONE).write_text("{}")
     from cat_bench import shipped
 

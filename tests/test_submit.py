@@ -96,6 +96,7 @@ def test_refusals_exit_2_with_a_clear_message(synthetic_cifar, tmp_path, capsys)
     unclipped = shutil.copytree(run, tmp_path / "unclipped")  # as a run whose inputs left [0,1] would record
     stored = records.read_json(unclipped / records.CONFIG)
     stored["identity"]["train_attack"]["clip"] = False
+    stored["run_name"] = records.run_name(stored["identity"])  # recorded as a run that trained so
     records.write_json(unclipped / records.CONFIG, stored)
     code, _, err = run_cli(["submit", str(unclipped), "--name", NAME, "--out", str(out)] + PAPER, capsys)
     assert code == 2 and "leave [0,1]" in err and "--protocol valid" in err
