@@ -11,7 +11,7 @@ from cat_bench.costs import RATES
 from cat_bench.orchestrate import run_dir
 from cat_bench.suite import load_suite
 
-from test_orchestrate import TINY, cli, finish, per_seed_table
+from test_orchestrate import TINY, finish, per_seed_table
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # workers of --jobs-per-gpu run 1 thread each: compare like with like
 TRAIN = ["train", "--method", "at", "--dataset", "mnist-mini", "--eps", "0.3", "--epochs", "3", "--n-train", "100",
@@ -122,14 +122,18 @@ def test_killing_the_launcher_of_jobs_per_gpu_kills_its_workers(tmp_path, monkey
     holding a run's lock (the rerun would stall behind it)."""
     import os
     import signal
+    import subprocess
+    import sys
     import time
 
     for key, value in ONE_THREAD.items():
         monkeypatch.setenv(key, value)
     suite = tmp_path / "long.toml"
     suite.write_text(TINY.replace("epochs = 2", "epochs = 200"))
-    proc = cli("run", "--suite", suite, "--results", tmp_path / "r", "--no-progress", "--device", "cpu",
-               "--jobs-per-gpu", "2")
+    log = open(tmp_path / "log", "w")  # not a pipe: a worker writing to a closed pipe would die of that
+    proc = subprocess.Popen([sys.executable, "-m", "cat_bench.cli", "run", "--suite", str(suite), "--results",
+                             str(tmp_path / "r"), "--no-progress", "--device", "cpu", "--jobs-per-gpu", "2"],
+                            stdout=log, stderr=log, start_new_session=True)
     workers: set[int] = set()
     deadline = time.time() + 120
     while len(workers) < 2 and time.time() < deadline:
@@ -141,9 +145,8 @@ def test_killing_the_launcher_of_jobs_per_gpu_kills_its_workers(tmp_path, monkey
         time.sleep(0.2)
     assert len(workers) == 2 and proc.pid not in workers, workers
     proc.send_signal(signal.SIGKILL)
-    proc.wait()  # not communicate(): an orphaned worker would hold the pipes open
-    proc.stdout.close()
-    proc.stderr.close()
+    proc.wait()
+    log.close()
     deadline = time.time() + 20
     while any(_alive(pid) for pid in workers) and time.time() < deadline:
         time.sleep(0.2)
