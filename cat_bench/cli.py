@@ -717,10 +717,11 @@ def _note_other_evaluations(specs, args) -> None:
     from cat_bench import records
     from cat_bench.data import dataset_info
     from cat_bench.orchestrate import run_dir
+    from cat_bench.results import in_attack_order
 
     for spec in specs:
         evaluation = records.read_json(run_dir(args.results, spec) / records.EVAL)
-        key, attacks = evaluation["key"], list(evaluation["attacks"])
+        key, attacks = evaluation["key"], in_attack_order(evaluation["attacks"])
         wanted = spec.n_examples or dataset_info(spec.config["dataset"]).n_test
         print(f"note: {spec.name} shows an evaluation this suite did not ask for ({', '.join(attacks)} on "
               f"{key['n_examples']} examples; the suite asks for {', '.join(spec.attacks)} on {wanted}); complete "

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cat_bench.report import read_cells, render_report
-from cat_bench.suite import RunSpec, folder_suite
+from cat_bench.suite import RunSpec, folder_suite, load_suite
 from cat_bench.train import resolve_config
 from test_failures import run as run_cli  # (code, stdout, stderr) of one CLI call
 
@@ -144,3 +144,18 @@ def test_a_failed_report_build_leaves_the_old_report_whole(folder, capsys, monke
 
 def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_results_of_a_suite_names_a_row_evaluated_by_another_suite(tmp_path, write_run_records, capsys):
+    """Two suites share a run; suite B evaluated it (other attacks, other examples): suite A's table shows that
+    evaluation with a note naming it and what A asks for."""
+    suite = tmp_path / "a.toml"
+    suite.write_text('description = "A"\n[[runs]]\nmethods = ["at"]\ndataset = "mnist-mini"\neps = [0.3]\n'
+                     'epochs = 1\nattacks = ["natural", "pgd20"]\nn_examples = 40\n')
+    (spec,) = load_suite(str(suite)).runs
+    write_run_records(tmp_path / "r", spec, history=[{"epoch": 1, "nat_acc": 0.5, "rob_acc": 0.1}],
+                      accuracies={"natural": 50.0, "fgsm": 20.0}, n_examples=30)
+    code, out, err = run_cli(["results", "--suite", suite, "--results", tmp_path / "r"], capsys)
+    assert code == 0, err
+    assert f"note: {spec.name} shows an evaluation this suite did not ask for (natural, fgsm on 30 examples; " \
+           f"the suite asks for natural, pgd20 on 40)" in err
