@@ -118,7 +118,7 @@ def load_split(name: str, split: str, data_root: str | os.PathLike | None = None
     try:
         ds = cls(root, train=split == "train", download=download)
     except Exception as err:
-        _remove_new_paths(root, before, made)  # a failed download leaves nothing behind (empty MNIST/raw, partial files)
+        _remove_new_paths(root, before, made)  # a failed download leaves nothing (empty MNIST/raw, partial files)
         what = "could not be downloaded" if download else "not found (downloads disabled)"
         raise UsageError(
             f"dataset {name} ({split} split) {what} under data root {root}: {err}. "

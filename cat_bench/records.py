@@ -127,7 +127,7 @@ def append_jsonl(path: Path, obj: dict) -> None:
     refuse_links(path)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o666)
-    except OSError as err:
+    except OSError:
         if path.is_symlink():  # made between the check and the open
             refuse_links(path)
         raise
@@ -260,7 +260,8 @@ def _check_epochs(path: Path, rows: list[dict]) -> None:
     """Every row of a history or trace names its epoch with an integer (what curves and resumes index by)."""
     for line, row in enumerate(rows, 1):
         if not isinstance(row.get("epoch"), int) or isinstance(row["epoch"], bool):
-            raise CorruptRecord(f"corrupt record {path}: line {line} has epoch {row.get('epoch')!r}, not an epoch number")
+            raise CorruptRecord(f"corrupt record {path}: line {line} has epoch {row.get('epoch')!r}, not an epoch "
+                                f"number")
 
 
 def check_evaluation(path: Path, ev: dict) -> None:
@@ -269,8 +270,8 @@ def check_evaluation(path: Path, ev: dict) -> None:
     number = (int, float)
     if not (isinstance(key, dict) and isinstance(key.get("n_examples"), int) and isinstance(key.get("eps"), number)
             and isinstance(attacks, dict)
-            and all(isinstance(a, dict) and isinstance(a.get("accuracy"), number) and isinstance(a.get("settings"), dict)
-                    for a in attacks.values())):
+            and all(isinstance(a, dict) and isinstance(a.get("accuracy"), number)
+                    and isinstance(a.get("settings"), dict) for a in attacks.values())):
         raise CorruptRecord(f"corrupt record {path}: not an evaluation (key with n_examples and eps, attacks with "
                             f"accuracies and settings); run cat-bench eval again")
 

@@ -12,7 +12,8 @@ Three rules, one place, used by train, eval, run, report and submit:
   process (a suite's job holds it while train and eval take it again), and the ranks a launcher
   starts inherit it (`INHERITED`). A second process is refused (RunBusy, naming the holder) or
   waits. A `.lock` file cat-bench did not write, or a link in its place, is refused, never
-  truncated. The holder removes the file when it lets go; one a killed process left is taken over. Taking it removes the temp files of writes a killed process left (records.TEMP_SUFFIX),
+  truncated. The holder removes the file when it lets go (one a killed process left is taken
+  over). Taking it removes the temp files of writes a killed process left (records.TEMP_SUFFIX),
   in folders cat-bench owns only.
 - `check_writable(folder)`: a real write probe before long work, so a read-only folder is an
   error at once, not after hours of training or attacks.
@@ -133,7 +134,9 @@ def lock_path(run_dir: Path) -> Path:
     return path.parent / f"{path.name}.lock"
 
 
-_HELD: dict[str, list] = {}  # lock path -> [file descriptor, depth] for the locks this process holds
+# lock path -> [file descriptor, depth, whether the file is cat-bench's to remove, the folders taking it made]
+# for the locks this process holds ([None, depth] for one a launcher lent)
+_HELD: dict[str, list] = {}
 
 
 def _holder(fd: int) -> str:

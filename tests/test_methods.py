@@ -187,7 +187,8 @@ def test_bad_overrides_are_named(overrides, needle):
 
 
 @pytest.mark.parametrize("method,overrides", [
-    ("trades", {"beta": "-5"}), ("cat-cw", {"kappa": "-1"}), ("fat", {"tau_epoch1": "-3"}), ("at-awp", {"awp_gamma": "-0.1"}),
+    ("trades", {"beta": "-5"}), ("cat-cw", {"kappa": "-1"}), ("fat", {"tau_epoch1": "-3"}),
+    ("at-awp", {"awp_gamma": "-0.1"}),
 ])
 def test_an_override_outside_its_range_is_named_with_the_range(method, overrides):
     """A hyperparameter outside its declared range is refused at the edge (`--set beta=-5` used to start a run)."""
