@@ -188,6 +188,7 @@ def _recorded(run_dir: Path, attacks: str, *, n_examples: int | None, eps: float
     names = parse_attacks(attacks, info.family)
     held = records.read_json(run_dir / records.EVAL) if (run_dir / records.EVAL).is_file() else None
     if held is not None:
+        records.check_evaluation(run_dir / records.EVAL, held)
         key = held["key"]
         n = min(n_examples or info.n_test, info.n_test)
         if key["n_examples"] == n and key["eps"] == (info.test_eps if eps is None else eps) and \

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -183,17 +184,23 @@ def render_report(suite: Suite | str | None, results: Path, out: Path, *, device
 
 
 def _swap(build: Path, out: Path) -> None:
-    """Put the report built in `build` in the place of `out`: what the old folder holds that the build
-    does not write (its marker, a file of the user's) moves into the build, then the folders trade places
-    by rename, so a reader finds the whole old report or the whole new one, never a mix."""
+    """Put the report built in `build` in the place of `out` by two renames, so a reader finds the
+    whole old report or the whole new one, never a mix; what the old folder holds that the build does
+    not write (its marker, a file of the user's) then moves into the new one. The old folder waits in
+    a hidden folder beside, removed once empty of anything kept: a kill in between loses nothing."""
     os.chmod(build, 0o777 & ~_umask())
-    for entry in os.listdir(out):
-        if not (build / entry).exists():
-            os.rename(out / entry, build / entry)
-    old = records.temp_folder(out)
-    os.rename(out, old / "report")
-    os.rename(build, out)
-    shutil.rmtree(old, ignore_errors=True)
+    aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.replaced."))
+    os.rename(out, aside / out.name)
+    try:
+        os.rename(build, out)
+    except OSError:
+        os.rename(aside / out.name, out)
+        aside.rmdir()
+        raise
+    for entry in os.listdir(aside / out.name):
+        if not (out / entry).exists():
+            os.rename(aside / out.name / entry, out / entry)
+    shutil.rmtree(aside)
 
 
 def _umask() -> int:
