@@ -21,6 +21,7 @@ import torch
 
 from cat_bench import records
 from cat_bench.networks import resolve_device
+from cat_bench.settings import Settings
 from cat_bench.train import resolve_config, train, train_group
 
 
@@ -40,10 +41,10 @@ def main() -> None:
     device = resolve_device(args.device)
     config = resolve_config(args.method, args.dataset, 0.3 if args.dataset.startswith("mnist") else 8 / 255,
                             schedule="uniform", epochs=1, n_train=args.n_train, select_n=100)
-    options = dict(data_root=args.data_root, device=device, progress=False)
+    settings = Settings(str(device), data_root=args.data_root, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
-        train(config, Path(tmp) / "one", log=lambda m: None, **options)
-        train_group(config, Path(tmp) / "group", args.nproc, **options)
+        train(config, Path(tmp) / "one", settings, log=lambda m: None)
+        train_group(config, Path(tmp) / "group", args.nproc, settings)
         one, group = images_per_s(Path(tmp) / "one"), images_per_s(Path(tmp) / "group")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
     print(f"{args.method} on {args.dataset} ({config['arch']}, batch {config['schedule']['batch_size']}), "

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from cat_bench import distributed
 from cat_bench.errors import CorruptRecord, Diverged, GroupFailed, UsageError
 from cat_bench.options import RUN_OPTIONS, add_flags, schema
 from cat_bench.presets import parse_eps
+from cat_bench.settings import SLURM_OPTIONS, Settings, parse_sbatch, slurm_resources
 from cat_bench.shell import command
 from cat_bench.tracking import check_trackers
 
@@ -43,13 +43,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
     return value
-
-
-def partition_name(text: str) -> str:
-    """An argparse type: a Slurm partition name (it goes into a generated job script, so nothing else may)."""
-    if not re.fullmatch(r"[A-Za-z0-9_.,-]+", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a partition name; allowed: letters, digits and _ . , -")
-    return text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -148,15 +141,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="benchmarks/throughput.py --record files: --dry-run prices each network they measured at "
                         "its measured rate (default: RESULTS/throughput-*.json, where scripts/gpu_hour.sh puts them)")
     r.add_argument("--executor", choices=("local", "slurm"), default="local",
-                   help="local: here, one process per visible GPU; slurm: one job-array task per run (submitit)")
-    r.add_argument("--partition", type=partition_name, help="Slurm partition")
-    r.add_argument("--time", type=positive_int, default=24 * 60, help="Slurm time limit per job, minutes (default 1440)")
+                   help="local: here, one process per visible GPU; slurm: one job-array task per run (submitit), "
+                        "each named after its run")
     r.add_argument("--gpus-per-job", type=positive_int, default=1,
                    help="processes per run (default 1); above 1 each run trains as one data-parallel group: "
-                        "local, one run at a time on that many GPUs (gloo processes on CPU); slurm, one task per GPU")
-    r.add_argument("--nodes-per-job", type=positive_int, default=1,
-                   help="Slurm nodes per run, each with --gpus-per-job GPUs (default 1)")
-    r.add_argument("--array-parallelism", type=positive_int, default=32, help="Slurm array tasks running at once")
+                        "local, one run at a time on that many GPUs (gloo processes on CPU); slurm, one task per GPU "
+                        "(CPU ranks on a partition without GPUs)")
+    for option in SLURM_OPTIONS:  # also a suite's [slurm] keys (cat_bench/settings.py)
+        option.add_to(r)
+    r.add_argument("--slurm", nargs="+", action="extend", default=[], metavar="KEY[=VALUE]",
+                   help="any other sbatch option for every job, passed through: account=lab qos=high "
+                        "constraint=a100 gres=gpu:a100:1 exclusive (also a suite's [slurm.sbatch] table; the "
+                        "command line wins per key)")
     _common(r)
 
     st = sub.add_parser("status", help="progress of a suite's runs")
@@ -312,11 +308,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _deadline(args) -> float | None:
-    """`--stop-after-minutes` as a time.time() value, counted from now."""
-    import time
-
-    return None if args.stop_after_minutes is None else time.time() + 60 * args.stop_after_minutes
+def _settings(args, suite_log: tuple[str, ...] = ()) -> Settings:
+    """The invocation's settings (cat_bench.settings), built once from the command line (and the suite's
+    `log` trackers, which --log replaces); every executor gets them whole."""
+    return Settings(device=args.device, data_root=args.data_root, compile=args.compile,
+                    deterministic=args.deterministic, trackers=tuple(check_trackers(args.log or list(suite_log))),
+                    progress=not args.no_progress, stop_after_epoch=args.stop_after_epoch,
+                    stop_after_minutes=args.stop_after_minutes)
 
 
 def _train(args) -> None:
@@ -329,9 +327,7 @@ def _train(args) -> None:
     if args.n_train is not None and config["n_train"] != args.n_train:
         print(f"note: --n-train {args.n_train} is more than the {config['n_train']} training images {args.dataset} "
               f"has here; training on (and recording) {config['n_train']}", file=sys.stderr)
-    options = dict(resume=args.resume, data_root=args.data_root, device=args.device, compile=args.compile,
-                   deterministic=args.deterministic, progress=not args.no_progress,
-                   stop_after_epoch=args.stop_after_epoch, deadline=_deadline(args), trackers=check_trackers(args.log))
+    settings = _settings(args)
     main_rank = distributed.from_env().main  # False on the other ranks torchrun starts
     if not (out / records.CONFIG).is_file():  # a new run (train itself checks the folder of an earlier one)
         from cat_bench.networks import resolve_device
@@ -343,9 +339,9 @@ def _train(args) -> None:
             print(f"note: --resume: {out} holds no checkpoint ({records.LAST}); training starts at epoch 1",
                   file=sys.stderr)
     if args.nproc > 1:
-        summary = train_group(config, out, args.nproc, **options)
+        summary = train_group(config, out, args.nproc, settings, resume=args.resume)
     else:
-        summary = train(config, out, log=lambda m: print(m, file=sys.stderr), **options)
+        summary = train(config, out, settings, resume=args.resume, log=lambda m: print(m, file=sys.stderr))
     if not main_rank:
         return
     if not summary.get("done", True):
@@ -578,8 +574,7 @@ def _pricing(table) -> str:
 
 def _run(args) -> int:
     from cat_bench.networks import resolve_device
-    from cat_bench.orchestrate import (failure, move_aside, run_local, run_parallel, state, submit_slurm,
-                                       worker_devices)
+    from cat_bench.orchestrate import failure, move_aside, run_local, run_parallel, state, worker_devices
     from cat_bench.rundir import check_writable
 
     suite, specs = _suite_specs(args)
@@ -610,27 +605,17 @@ def _run(args) -> int:
               file=sys.stderr)
     if any(state(args.results, s) != "done" for s in specs):  # before hours of work, not after
         check_writable(args.results / "runs", "results directory")
+    settings = _settings(args, suite.log)
     if args.executor == "slurm":
-        _check_script_path(args.results)
-        todo = [s for s in specs if state(args.results, s) != "done"]
-        jobs = submit_slurm(args.results, todo, partition=args.partition, time_min=args.time,
-                            gpus_per_job=args.gpus_per_job, nodes_per_job=args.nodes_per_job,
-                            array_parallelism=args.array_parallelism, data_root=args.data_root)
-        print(f"submitted {len(jobs)} jobs ({len(specs) - len(todo)} runs already done); "
-              f"logs in {args.results / 'slurm'}; follow with: "
-              f"{command('status', '--suite', args.suite, '--results', args.results)}")
-        return
+        return _submit_to_slurm(args, suite, specs, settings)
     device = resolve_device(args.device)
     _confirm_cpu_hours(args, [s.config for s in specs if state(args.results, s) == "todo"], device)
-    options = dict(stop_after_epoch=args.stop_after_epoch, deadline=_deadline(args), compile=args.compile,
-                   deterministic=args.deterministic, trackers=check_trackers(args.log or list(suite.log)))
     workers = worker_devices(device, args.jobs_per_gpu) if args.gpus_per_job == 1 else [str(device)]
     if len(workers) > 1:
-        outcome = run_parallel(args.results, specs, workers, data_root=args.data_root, **options)
+        outcome = run_parallel(args.results, specs, workers, settings)
     else:
-        outcome = run_local(args.results, specs, device=device, data_root=args.data_root,
-                            progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
-                            nproc=args.gpus_per_job, **options)
+        outcome = run_local(args.results, specs, settings, log=lambda m: print(m, file=sys.stderr),
+                            nproc=args.gpus_per_job)
     trained = sum(v == "done" for v in outcome.values())
     stopped = sum(v == "stopped" for v in outcome.values())
     failed = [name for name, v in outcome.items() if v == "failed"]
@@ -657,20 +642,62 @@ def _retrain_specs(names: list[str], specs) -> list:
     return [by_name[n] for n in dict.fromkeys(names)]
 
 
-def _check_script_path(results: Path) -> None:
-    """The results path goes into the Slurm job script (its log paths): no line breaks or control characters."""
-    if any(ord(c) < 32 or c == "\x7f" for c in str(results.resolve())):
-        raise UsageError(f"--results {str(results)!r} contains a control character (a line break?), which would end "
-                         f"a line of the Slurm job script; choose a plain path")
+def _submit_to_slurm(args, suite, specs, settings: Settings) -> int:
+    """`run --executor slurm`: one job-array task per run that is neither done nor queued already."""
+    from cat_bench import slurm
+    from cat_bench.orchestrate import state
+
+    res = slurm_resources({o.name: getattr(args, o.name) for o in SLURM_OPTIONS}, suite.slurm,
+                          parse_sbatch(args.slurm), args.gpus_per_job)
+    slurm.check_script_path(args.results)
+    queued = _queued(args.results, specs)
+    todo = [s for s in specs if state(args.results, s) != "done" and s.name not in queued]
+    jobs = slurm.submit(args.results, todo, settings, res, label=f"cat-bench-{suite.name}",
+                        log=lambda m: print(m, file=sys.stderr))
+    done = sum(state(args.results, s) == "done" for s in specs)
+    print(f"submitted {len(jobs)} jobs ({done} runs already done, {len(queued)} still queued); logs in "
+          f"{args.results / 'slurm'}; follow with: {command('status', *_scope(args))}")
+    return 0
+
+
+def _queued(results: Path, specs) -> dict[str, str]:
+    """The runs whose last Slurm job may still run (pending, running, requeued), with its state."""
+    from cat_bench import slurm
+
+    jobs = slurm.submitted(results)
+    mine = {s.name: jobs[s.name]["job"] for s in specs if s.name in jobs}
+    states = slurm.queue_states(list(mine.values())) if mine else {}
+    return {name: states[job] for name, job in mine.items() if job in states and slurm.active(states[job])}
 
 
 def _status(args) -> None:
     suite, specs = _suite_specs(args)
     table = _plan_table(args, specs, with_cost=False)
+    _with_queue(table, args.results)
     print(table.to_string(index=False))
     counts = table.state.value_counts()
     print(f"{suite.name}: {counts.get('done', 0)} done, {counts.get('partial', 0)} partial, "
-          f"{counts.get('failed', 0)} failed, {counts.get('todo', 0)} to do, of {len(table)}")
+          f"{counts.get('failed', 0)} failed, {counts.get('failed in Slurm', 0)} failed in Slurm, "
+          f"{counts.get('todo', 0)} to do, of {len(table)}")
+    for row in table[table.state == "failed in Slurm"].itertuples():
+        print(f"failed in Slurm: {row.run}: {row.slurm}, log {row.log}")
+
+
+def _with_queue(table, results: Path) -> None:
+    """Add each run's last Slurm job, its state in the queue and its log (when the suite went to Slurm);
+    a run whose job ended badly without a finished record is 'failed in Slurm'."""
+    from cat_bench import slurm
+
+    jobs = slurm.submitted(results)
+    if not any(name in jobs for name in table.run):
+        return
+    states = slurm.queue_states([jobs[n]["job"] for n in table.run if n in jobs])
+    table["job"] = [jobs[n]["job"] if n in jobs else "-" for n in table.run]
+    table["slurm"] = [states.get(jobs[n]["job"], "?") if n in jobs else "-" for n in table.run]
+    table["log"] = [jobs[n]["log"] if n in jobs else "-" for n in table.run]
+    for i, row in table.iterrows():
+        if row.state in ("todo", "partial") and row.slurm != "-" and slurm.died(row.slurm, row.state):
+            table.loc[i, "state"] = "failed in Slurm"
 
 
 def _results(args) -> None:

@@ -21,6 +21,7 @@ precisions', not errors) and fail only when not finite.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import io
 import math
@@ -36,6 +37,7 @@ from cat_bench.data import TensorLoader, dataset_info, load_split
 from cat_bench.lazy import torch
 from cat_bench.methods import METHODS, ONE_NETWORK, PLAIN, UNIFORM
 from cat_bench.networks import Networks, compiled, precision_context
+from cat_bench.settings import Settings
 
 LOSS_RTOL = 1e-3
 UPDATE_RTOL = 1e-2
@@ -333,7 +335,7 @@ def tiny_run(ctx: Context) -> Path:
     from cat_bench.train import train
 
     if ctx.tiny_run is None:
-        train(_tiny_config(), ctx.work / "tiny-whole", device=ctx.device, deterministic=True, progress=False,
+        train(_tiny_config(), ctx.work / "tiny-whole", Settings(str(ctx.device), deterministic=True, progress=False),
               log=lambda m: None)
         ctx.tiny_run = ctx.work / "tiny-whole"
     return ctx.tiny_run
@@ -345,9 +347,9 @@ def check_resume(ctx: Context) -> str:
     from cat_bench.train import train
 
     whole, chunked = tiny_run(ctx), ctx.work / "tiny-chunked"
-    quiet = dict(device=ctx.device, deterministic=True, progress=False, log=lambda m: None)
-    train(_tiny_config(), chunked, stop_after_epoch=1, **quiet)
-    train(_tiny_config(), chunked, resume=True, **quiet)
+    settings = Settings(str(ctx.device), deterministic=True, progress=False)
+    train(_tiny_config(), chunked, dataclasses.replace(settings, stop_after_epoch=1), log=lambda m: None)
+    train(_tiny_config(), chunked, settings, resume=True, log=lambda m: None)
     if _history_numbers(whole) != _history_numbers(chunked):
         raise Failed("the resumed run's history differs from the uninterrupted run's")
     a = records.load_checkpoint(whole / records.LAST)["nets"]
@@ -399,7 +401,7 @@ def attack_run(ctx: Context) -> Path:
 
     if ctx.attack_run is None:
         config = resolve_config(PLAIN.name, "mnist-mini", 0.3, epochs=2, n_train=1000, batch_size=50, select_n=20)
-        train(config, ctx.work / "plain", device=ctx.device, progress=False, log=lambda m: None)
+        train(config, ctx.work / "plain", Settings(str(ctx.device), progress=False), log=lambda m: None)
         ctx.attack_run = ctx.work / "plain"
     return ctx.attack_run
 

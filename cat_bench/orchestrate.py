@@ -11,6 +11,7 @@ end. A run that cannot be used fails alone (`unusable`, failed.json); the others
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -22,8 +23,10 @@ from cat_bench.data import dataset_info
 from cat_bench.errors import CorruptRecord, Diverged, GroupFailed, RunBusy, UsageError
 from cat_bench.evaluate import evaluate
 from cat_bench.lazy import torch
+from cat_bench.networks import resolve_device
 from cat_bench.progress import progress_bar
 from cat_bench.rundir import RunLock, owner
+from cat_bench.settings import Settings
 from cat_bench.suite import RunSpec
 from cat_bench.train import train, train_group
 
@@ -154,14 +157,12 @@ def _failed_since(out: Path, since: float) -> bool:
         return False
 
 
-def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=None, progress: bool = True,
-            log: Callable[[str], None] = print, wait: bool = False, stop_after_epoch: int | None = None,
-            deadline: float | None = None, compile: str | None = None, deterministic: bool = False,
-            trackers: list[str] | None = None, nproc: int = 1) -> str:
-    """Train and evaluate one run under its lock; returns 'done', 'skipped' (already done), 'busy',
-    'stopped' (a compute budget ended it: trained up to `stop_after_epoch`, or `deadline` (a
-    `time.time()` value) passed; not evaluated yet) or 'failed'. Past the deadline a run is
-    neither started nor evaluated; the next call continues it.
+def run_job(results: Path, spec: RunSpec, settings: Settings, *, log: Callable[[str], None] = print,
+            wait: bool = False, nproc: int = 1) -> str:
+    """Train and evaluate one run under its lock, as `settings` say (cat_bench.settings); returns
+    'done', 'skipped' (already done), 'busy', 'stopped' (a compute budget ended it: trained up to
+    `stop_after_epoch`, or the deadline passed; not evaluated yet) or 'failed'. Past the deadline a
+    run is neither started nor evaluated; the next call continues it.
 
     `nproc` > 1 trains the run as one data-parallel group of that many processes on this host
     (`train_group`); evaluation then runs here. Under a group already set up (a multi-task Slurm
@@ -199,17 +200,14 @@ def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=Non
         (out / records.FAILED).unlink(missing_ok=True)
         if state(results, spec) == "done":
             return "skipped"
-        if deadline is not None and time.time() >= deadline:
+        if _out_of_time(settings):
             return "stopped"
-        options = dict(resume=True, data_root=data_root, device=device, progress=progress,
-                       stop_after_epoch=stop_after_epoch, deadline=deadline, compile=compile,
-                       deterministic=deterministic, trackers=trackers)
-        summary = (train_group(spec.config, out, nproc, **options) if nproc > 1
-                   else train(spec.config, out, log=log, **options))
-        if not summary.get("done", True) or (deadline is not None and time.time() >= deadline):
+        summary = (train_group(spec.config, out, nproc, settings, resume=True) if nproc > 1
+                   else train(spec.config, out, settings, resume=True, log=log))
+        if not summary.get("done", True) or _out_of_time(settings):
             return "stopped"
-        evaluate(out, ",".join(spec.attacks), n_examples=spec.n_examples, data_root=data_root, device=device,
-                 progress=progress, log=log)
+        evaluate(out, ",".join(spec.attacks), n_examples=spec.n_examples, data_root=settings.data_root,
+                 device=resolve_device(settings.device), progress=settings.progress, log=log)
         return "done"
     except (UsageError, GroupFailed, Diverged, OSError) as err:
         _record_failure(out, err, _fix(err, out, spec), log)
@@ -218,25 +216,24 @@ def run_job(results: Path, spec: RunSpec, *, device: torch.device, data_root=Non
         lock.release()
 
 
-def run_local(results: Path, specs: Sequence[RunSpec], *, device: torch.device, data_root=None,
-              progress: bool = True, log: Callable[[str], None] = print,
-              stop_after_epoch: int | None = None, deadline: float | None = None, compile: str | None = None,
-              deterministic: bool = False, trackers: list[str] | None = None, nproc: int = 1) -> dict[str, str]:
+def _out_of_time(settings: Settings) -> bool:
+    return settings.deadline is not None and time.time() >= settings.deadline
+
+
+def run_local(results: Path, specs: Sequence[RunSpec], settings: Settings, *, log: Callable[[str], None] = print,
+              nproc: int = 1) -> dict[str, str]:
     """Run jobs one after another (each on `nproc` data-parallel processes); runs held by another
     process are waited for last, unless the deadline has passed."""
     outcome: dict[str, str] = {}
-    with progress_bar(len(specs), "suite runs", enabled=progress) as advance:
+    with progress_bar(len(specs), "suite runs", enabled=settings.progress) as advance:
         for wait in (False, True):
             for spec in specs:
                 if outcome.get(spec.name) in ("done", "skipped", "stopped", "failed"):
                     continue
-                if wait and deadline is not None and time.time() >= deadline:
+                if wait and _out_of_time(settings):
                     continue  # another process holds it; waiting would outlast the budget
                 log(f"run {spec.name} ({spec.config['method']}, {', '.join(spec.labels) or 'no label'})")
-                outcome[spec.name] = run_job(results, spec, device=device, data_root=data_root, progress=progress,
-                                             log=log, wait=wait, stop_after_epoch=stop_after_epoch,
-                                             deadline=deadline, compile=compile, deterministic=deterministic,
-                                             trackers=trackers, nproc=nproc)
+                outcome[spec.name] = run_job(results, spec, settings, log=log, wait=wait, nproc=nproc)
                 if outcome[spec.name] != "busy":
                     advance()
     return outcome
@@ -252,29 +249,27 @@ def worker_devices(device: torch.device, jobs_per_gpu: int) -> list[str]:
     return [dev for dev in gpus for _ in range(jobs_per_gpu)]
 
 
-def _worker(results: Path, specs: Sequence[RunSpec], device: str, label: str, threads: int, data_root,
-            options: dict) -> dict[str, str]:
+def _worker(results: Path, specs: Sequence[RunSpec], settings: Settings, label: str, threads: int) -> dict[str, str]:
     """One worker process: the same loop as `run_local` on its device; the locks share the work out."""
     if "OMP_NUM_THREADS" not in os.environ:  # workers on one host share its cores
         torch.set_num_threads(threads)
-    return run_local(results, specs, device=torch.device(device), data_root=data_root, progress=False,
-                     log=lambda m: print(f"[{label}] {m}", file=sys.stderr, flush=True), **options)
+    return run_local(results, specs, settings, log=lambda m: print(f"[{label}] {m}", file=sys.stderr, flush=True))
 
 
-def run_parallel(results: Path, specs: Sequence[RunSpec], devices: Sequence[str], *, data_root=None,
-                 **options) -> dict[str, str]:
+def run_parallel(results: Path, specs: Sequence[RunSpec], devices: Sequence[str], settings: Settings) -> dict[str, str]:
     """One worker process per entry of `devices` (a GPU named K times packs K runs on it), all walking
-    the job list (rotated) under the per-run locks; each run is trained by exactly one of them. The
-    workers die with this process, so a killed launcher never leaves them training and holding locks.
-    `options`: run_local's budget, speed and tracker options (stop_after_epoch, deadline, compile,
-    deterministic, trackers)."""
+    the job list (rotated) under the per-run locks; each run is trained by exactly one of them. Each
+    worker runs with `settings` on its own device, without progress bars (their lines would
+    interleave). The workers die with this process, so a killed launcher never leaves them
+    training and holding locks."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // len(devices))
     with ctx.Pool(len(devices), initializer=distributed.die_with_parent, initargs=(os.getpid(),)) as pool:
-        parts = [pool.apply_async(_worker, (results, list(specs[i:]) + list(specs[:i]), dev, f"{dev} #{i}",
-                                            threads, data_root, options))
+        parts = [pool.apply_async(_worker, (results, list(specs[i:]) + list(specs[:i]),
+                                            dataclasses.replace(settings, device=dev, progress=False),
+                                            f"{dev} #{i}", threads))
                  for i, dev in enumerate(devices)]
         outcome: dict[str, str] = {}
         for part in parts:
@@ -282,58 +277,3 @@ def run_parallel(results: Path, specs: Sequence[RunSpec], devices: Sequence[str]
                 if name not in outcome or OUTCOME_RANK.index(result) < OUTCOME_RANK.index(outcome[name]):
                     outcome[name] = result
     return outcome
-
-
-class SlurmJob:
-    """A submitit job running one RunSpec; on preemption or timeout it requeues itself and resumes.
-
-    A job of several tasks (GPUs, possibly on several nodes) trains the run as one data-parallel
-    group: every task is a rank; rank 0 holds the run's lock, and evaluates once training is done.
-    """
-
-    def __init__(self, results: Path, spec: RunSpec, data_root=None):
-        self.results, self.spec, self.data_root = Path(results), spec, data_root
-
-    def __call__(self) -> str:
-        import submitit
-
-        if submitit.JobEnvironment().num_tasks > 1:  # RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if not distributed.from_env().main:
-            train(self.spec.config, run_dir(self.results, self.spec), resume=True, data_root=self.data_root,
-                  device=device, progress=False)
-            return "rank"
-        return run_job(self.results, self.spec, device=device, data_root=self.data_root, progress=False,
-                       log=lambda m: print(m, flush=True), wait=True)
-
-    def checkpoint(self, *args, **kwargs):
-        """submitit calls this on preemption/timeout: requeue the same job (training resumes from last.pt)."""
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(SlurmJob(self.results, self.spec, self.data_root))
-
-
-def submit_slurm(results: Path, specs: Sequence[RunSpec], *, executor=None, partition: str | None = None,
-                 time_min: int = 24 * 60, gpus_per_job: int = 1, nodes_per_job: int = 1, array_parallelism: int = 32,
-                 data_root=None) -> list:
-    """Submit one Slurm job-array task per unfinished run through submitit; returns the jobs.
-
-    A job holds `nodes_per_job` nodes of `gpus_per_job` GPUs, one task per GPU: above one task,
-    the run trains as one data-parallel group (SlurmJob).
-    """
-    import submitit
-
-    if executor is None:
-        executor = submitit.AutoExecutor(folder=Path(results) / "slurm" / "%j")
-        params = dict(timeout_min=time_min, nodes=nodes_per_job, gpus_per_node=gpus_per_job,
-                      tasks_per_node=gpus_per_job, slurm_array_parallelism=array_parallelism,
-                      cpus_per_task=8, slurm_additional_parameters={"requeue": True})
-        if partition:
-            params["slurm_partition"] = partition
-        executor.update_parameters(**params)
-    jobs = []
-    with executor.batch():
-        for spec in specs:
-            jobs.append(executor.submit(SlurmJob(results, spec, data_root)))
-    return jobs

@@ -8,6 +8,10 @@ Schema (smoke.toml carries the same description):
                                       file, whose runs belong to this suite
     log = ["tensorboard"]             optional: trackers `cat-bench run` writes every run's curves to
                                       (as --log; the command line's --log wins)
+    [slurm]                           optional: what `run --executor slurm` asks for each job, as its
+      partition = "gpu", mem = "64G"  flags (cat_bench/settings.py SLURM_OPTIONS; the command line wins
+      [slurm.sbatch]                  per key); [slurm.sbatch] passes any other sbatch option through,
+      account = "lab", qos = "high"   as --slurm KEY=VALUE does
     [defaults]                        optional: any block key, used by every block that does not set it
     [[runs]]                          a block: methods x eps x seeds x hparam grid, one training run each
       label = "Table 2"               the paper table or figure served (default: "<file> block <n>")
@@ -32,7 +36,7 @@ import itertools
 import math
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,7 @@ from cat_bench.errors import CorruptRecord, UsageError
 from cat_bench.methods import METHODS, get_method
 from cat_bench.options import OPTIONS, RUN_OPTIONS
 from cat_bench.presets import EVAL_ATTACKS, format_eps, parse_eps
+from cat_bench.settings import check_slurm_table
 from cat_bench.train import resolve_config
 
 if sys.version_info >= (3, 11):
@@ -79,6 +84,7 @@ class Suite:
     description: str
     runs: tuple[RunSpec, ...]
     log: tuple[str, ...] = ()  # trackers every run of `cat-bench run` writes to (the file's `log` key)
+    slurm: dict = field(default_factory=dict)  # the file's [slurm] table (cat_bench.settings.check_slurm_table)
 
 
 def _is_int(v: Any) -> bool:
@@ -114,7 +120,7 @@ _BLOCK_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "n_examples": (lambda v: _is_int(v) and v > 0, "a positive integer"),
 }
 _REQUIRED = ("methods", "dataset", "eps", "attacks")
-_TOP_KEYS = ("description", "include", "defaults", "runs", "log")
+_TOP_KEYS = ("description", "include", "defaults", "runs", "log", "slurm")
 MAX_RUNS = 10_000  # runs in one suite: a grid counted before it is expanded, so a typo'd 10^6 answers at once
 
 
@@ -124,7 +130,7 @@ def load_suite(name_or_path: str) -> Suite:
     if not path.stem or path.stem.startswith("."):  # the name picks folders (RESULTS/reports/NAME)
         raise UsageError(f"suite file {path}: its name {path.stem!r} is not a suite name; name the file NAME.toml "
                          f"with NAME starting with a letter or digit")
-    description, runs, log = _read(path, ())
+    description, runs, log, slurm = _read(path, ())
     merged: dict[str, RunSpec] = {}
     for run in runs:
         old = merged.get(run.name)
@@ -132,7 +138,7 @@ def load_suite(name_or_path: str) -> Suite:
             n = None if None in (old.n_examples, run.n_examples) else max(old.n_examples, run.n_examples)
             run = RunSpec(old.config, _union(old.attacks, run.attacks), n, _union(old.labels, run.labels))
         merged[run.name] = run
-    return Suite(path.stem, path, description, tuple(merged.values()), log)
+    return Suite(path.stem, path, description, tuple(merged.values()), log, slurm)
 
 
 def _union(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
@@ -192,9 +198,9 @@ def _locate(entry: str, base: Path) -> Path:
     raise UsageError(f"unknown suite {entry!r}; {shipped}; or give the path to a .toml file")
 
 
-def _read(path: Path, stack: tuple[Path, ...]) -> tuple[str, list[RunSpec], tuple[str, ...]]:
+def _read(path: Path, stack: tuple[Path, ...]) -> tuple[str, list[RunSpec], tuple[str, ...], dict]:
     """The description, the expanded, unmerged runs of a suite file and of what it includes, and the
-    file's own `log` trackers."""
+    file's own `log` trackers and [slurm] table."""
     if path in stack:
         chain = " -> ".join(str(p) for p in (*stack, path))
         raise UsageError(f"{stack[-1]}: key 'include': include cycle {chain}")
@@ -223,6 +229,7 @@ def _read(path: Path, stack: tuple[Path, ...]) -> tuple[str, list[RunSpec], tupl
     log = data.get("log", [])
     if not isinstance(log, list) or not all(isinstance(x, str) for x in log):
         raise UsageError(f"{path}: key 'log': expected a list of trackers, e.g. [\"tensorboard\"]")
+    slurm = check_slurm_table(data.get("slurm", {}), str(path))
 
     runs: list[RunSpec] = []
     for entry in include:
@@ -240,7 +247,7 @@ def _read(path: Path, stack: tuple[Path, ...]) -> tuple[str, list[RunSpec], tupl
         if len(runs) > MAX_RUNS:
             raise UsageError(f"{path}: {len(runs):,} runs after {where}; allowed: at most {MAX_RUNS:,} in a suite "
                              f"(the paper's is 144): split it")
-    return description, runs, tuple(log)
+    return description, runs, tuple(log), slurm
 
 
 def _where(err: Exception, path: Path) -> str:

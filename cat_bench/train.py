@@ -35,6 +35,7 @@ from cat_bench.options import resolve_options
 from cat_bench.presets import SELECTION, clips
 from cat_bench.progress import progress_bar
 from cat_bench.rundir import RunLock, check_writable, claim
+from cat_bench.settings import Settings
 from cat_bench.tracking import Trackers
 
 SEED_LIMIT = 2 ** 32  # numpy's seeds (the batch order) are below 2**32
@@ -237,40 +238,38 @@ def _prepare_run_dir(out: Path, config: dict, resume: bool) -> dict | None:
     return None
 
 
-def train(config: dict, out: Path, *, resume: bool = False, data_root=None, device: torch.device | str | None = None,
-          compile: str | None = None, progress: bool = True, log=print, stop_after_epoch: int | None = None,
-          deadline: float | None = None, trace_every: int = 10, group: Group | None = None,
-          trackers: list[str] | None = None, deterministic: bool = False) -> dict:
+def train(config: dict, out: Path, settings: Settings | None = None, *, resume: bool = False, log=print,
+          trace_every: int = 10, group: Group | None = None) -> dict:
     """Train a resolved config into `out`; returns the `done` summary. Resumes from checkpoints/last.pt.
+
+    `settings` (cat_bench.settings; default: `Settings()`): where and how the run computes, never
+    what: the device, the data root, `compile` (None, eager, or a torch.compile mode for f,
+    COMPILE_MODES; "reduce-overhead" replays CUDA graphs, for launch-bound small networks),
+    `deterministic` (on CUDA, kernels that give the same bits every time, `cuda_kernels`, so a
+    resumed run equals an uninterrupted one there too; without it cuDNN picks its fastest kernels),
+    `trackers` (views of the records for TensorBoard, cat_bench.tracking, written by rank 0),
+    progress, and two compute budgets: `stop_after_epoch` stops training once that epoch is
+    checkpointed, writes no `done` and returns {"done": False, ...} (`--resume` continues);
+    `deadline` (`--stop-after-minutes`) stops at the first epoch boundary after it, with that
+    epoch checkpointed.
 
     `group`: this process's rank in a data-parallel group (default: the one RANK/WORLD_SIZE
     describe, else a single process). Every rank trains the same steps on its rows of each batch
     (cat_bench.distributed); rank 0 writes the records and logs. A group may resume a run that
     another number of ranks started.
-
-    `stop_after_epoch`: a compute budget, not part of the run's identity: training stops once that
-    epoch is checkpointed, writes no `done` and returns {"done": False, ...}; `--resume` continues.
-    `deadline` (a `time.time()` value; `--stop-after-minutes`): a wall-clock budget of the same
-    kind: training stops at the first epoch boundary after it, with that epoch checkpointed.
-    `compile`: None (eager) or a torch.compile mode for f (COMPILE_MODES; "reduce-overhead"
-    replays CUDA graphs, for launch-bound small networks). `deterministic`: on CUDA, kernels that
-    give the same bits every time (`cuda_kernels`), so a resumed run equals an uninterrupted one
-    there too; without it cuDNN picks its fastest kernels. `trackers`: views of the records for
-    TensorBoard (cat_bench.tracking), written by rank 0.
     `trace_every`: a method's traced values (`Method.trace`: CAT's mask and losses) go to trace.jsonl
     on the first batch of each epoch and every `trace_every` batches after it.
     """
     out = Path(out)
+    settings = settings or Settings()
     group = group or distributed.from_env()
-    options = dict(resume=resume, data_root=data_root, device=device, compile=compile, progress=progress, log=log,
-                   stop_after_epoch=stop_after_epoch, deadline=deadline, trace_every=trace_every, group=group,
-                   trackers=trackers, deterministic=deterministic)
+    options = dict(resume=resume, log=log, trace_every=trace_every, group=group)
     if not group.main:  # the other ranks write nothing
-        return _train(config, out, **options)
+        return _train(config, out, settings, **options)
     with RunLock(out):  # the writer holds the run's lock and writes only into a run directory
         claim(out, "run", create=False)
         check_writable(out, "run directory")
-        return _train(config, out, **options)
+        return _train(config, out, settings, **options)
 
 
 def cuda_kernels(deterministic: bool) -> None:
@@ -286,16 +285,16 @@ def cuda_kernels(deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
-def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.device | str | None,
-           compile: str | None, progress: bool, log, stop_after_epoch: int | None, deadline: float | None,
-           trace_every: int, group: Group, trackers: list[str] | None, deterministic: bool) -> dict:
+def _train(config: dict, out: Path, settings: Settings, *, resume: bool, log, trace_every: int,
+           group: Group) -> dict:
     """`train`'s work, with the run directory claimed and locked by its writer: open the run
     directory, load the data, build the networks and the method, start or resume, train epoch by
     epoch (each one trained, scored, recorded), then write `done`."""
     if (out / records.DONE).exists():
         return _already_done(out, config, log)
     ckpt = _prepare_run_dir(out, config, resume)
-    device = resolve_device(device)
+    device = resolve_device(settings.device)
+    progress, deadline, stop_after_epoch = settings.progress, settings.deadline, settings.stop_after_epoch
     if device.type == "cpu" and group.main:
         _warn_cpu_hours(config, log)
     if group.world > 1:
@@ -304,12 +303,12 @@ def _train(config: dict, out: Path, *, resume: bool, data_root, device: torch.de
             progress, log = False, lambda message: None
     torch.manual_seed(config["seed"])
     if device.type == "cuda":
-        cuda_kernels(deterministic)
+        cuda_kernels(settings.deterministic)
     run = _Session(config, out, group, device, log, progress, trace_every)
-    run.load_data(data_root)
-    run.build(compile)
+    run.load_data(settings.data_root)
+    run.build(settings.compile)
     start, best = run.start(ckpt)
-    run.curves = Trackers((trackers or []) if group.main else [], out, start * len(run.loader) + 1)
+    run.curves = Trackers(list(settings.trackers) if group.main else [], out, start * len(run.loader) + 1)
     began = time.time()
     until = run.epochs if stop_after_epoch is None else max(start, min(run.epochs, stop_after_epoch))
     if group.main and until > start:  # a session that trains no epoch (its budget already spent) is none
@@ -553,10 +552,12 @@ class _Session:
         return summary
 
 
-def train_group(config: dict, out: Path, nproc: int, **options) -> dict:
-    """`train` as a group of `nproc` data-parallel processes on this host (`distributed.launch`).
+def train_group(config: dict, out: Path, nproc: int, settings: Settings | None = None, *,
+                resume: bool = False) -> dict:
+    """`train` as a group of `nproc` data-parallel processes on this host (`distributed.launch`),
+    every rank with the same `settings`.
 
-    Returns the summary rank 0 wrote (`done`), or {"done": False, ...} after `stop_after_epoch`.
+    Returns the summary rank 0 wrote (`done`), or {"done": False, ...} after a budget stopped it.
     """
     if distributed.from_env().world > 1:
         raise UsageError("--nproc starts its own group; under torchrun (WORLD_SIZE set) leave it out")
@@ -564,7 +565,7 @@ def train_group(config: dict, out: Path, nproc: int, **options) -> dict:
     with RunLock(out) as lock, lock.lent():  # the ranks write under this process's lock and die with it
         claim(out, "run", create=False)
         check_writable(out, "run directory")
-        distributed.launch(_train_rank, (config, out, options), nproc)
+        distributed.launch(_train_rank, (config, out, settings or Settings(), resume), nproc)
     if (out / records.DONE).exists():
         return records.read_json(out / records.DONE)
     from cat_bench.costs import train_epochs
@@ -573,6 +574,6 @@ def train_group(config: dict, out: Path, nproc: int, **options) -> dict:
             "epochs": math.ceil(train_epochs(config))}
 
 
-def _train_rank(config: dict, out: Path, options: dict) -> dict:
+def _train_rank(config: dict, out: Path, settings: Settings, resume: bool) -> dict:
     """One rank of `train_group` (a picklable entry point for the spawned processes); rank 0 logs to stderr."""
-    return train(config, out, log=lambda message: print(message, file=sys.stderr, flush=True), **options)
+    return train(config, out, settings, resume=resume, log=lambda message: print(message, file=sys.stderr, flush=True))

@@ -19,9 +19,10 @@ import tempfile
 
 CHILD = """
 import json, sys, torch
+from cat_bench.settings import Settings
 from cat_bench.train import resolve_config, train
 config = resolve_config("cat-cent", "mnist-mini", 0.3, epochs=1, n_train=int(sys.argv[2]), select_n=100, batch_size=50)
-train(config, sys.argv[1], progress=False, log=lambda m: None, device=torch.device("cpu"))
+train(config, sys.argv[1], Settings("cpu", progress=False), log=lambda m: None)
 row = json.loads(open(sys.argv[1] + "/history.jsonl").readline())
 print(json.dumps({"kernels": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
                   "loss_f": row["train"]["loss_f"], "loss_g": row["train"]["loss_g"], "nat": row["nat_acc"],

@@ -5,10 +5,11 @@ import torch
 
 from cat_bench import records
 from cat_bench.errors import UsageError
+from cat_bench.settings import Settings
 from cat_bench.suite import load_suite
 from cat_bench.train import resolve_config, train
 
-QUIET = dict(progress=False, log=lambda m: None)
+QUIET = dict(settings=Settings(progress=False), log=lambda m: None)
 
 
 def ema_config(epochs: int = 2, decay: float | None = 0.9) -> dict:
@@ -26,7 +27,7 @@ def states_equal(a: dict, b: dict) -> bool:
 def test_resume_with_an_average_equals_an_uninterrupted_run(tmp_path):
     config = ema_config()
     train(config, tmp_path / "full", **QUIET)
-    assert train(config, tmp_path / "resumed", stop_after_epoch=1, **QUIET)["done"] is False
+    assert train(config, tmp_path / "resumed", Settings(progress=False, stop_after_epoch=1), log=lambda m: None)["done"] is False
     train(config, tmp_path / "resumed", resume=True, **QUIET)
     full = records.load_checkpoint(tmp_path / "full" / records.LAST)
     resumed = records.load_checkpoint(tmp_path / "resumed" / records.LAST)

@@ -23,6 +23,7 @@ from cat_bench.cli import main
 from cat_bench.compare import compare_correct, compare_runs, mcnemar_exact, paired_bootstrap
 from cat_bench.errors import UsageError
 from cat_bench.evaluate import evaluate
+from cat_bench.settings import Settings
 from cat_bench.train import resolve_config, train
 
 CPU = torch.device("cpu")
@@ -39,7 +40,7 @@ def seeds(tmp_path_factory):
         run = tmp_path_factory.mktemp("compare") / f"seed{seed}"
         config = resolve_config("natural", "mnist-mini", 0.3, epochs=2, n_train=2000, select_n=100, batch_size=20,
                                 seed=seed)
-        train(config, run, device=CPU, progress=False, log=lambda m: None)
+        train(config, run, Settings("cpu", progress=False), log=lambda m: None)
         evaluate(run, ATTACKS, n_examples=N, eps=0.1, device=CPU, progress=False, log=lambda m: None)
         out.append(run)
     return out

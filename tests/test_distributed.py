@@ -18,9 +18,10 @@ from cat_bench.distributed import Group
 from cat_bench.errors import GroupFailed, UsageError
 from cat_bench.methods.base import Method
 from cat_bench.networks import Networks
+from cat_bench.settings import Settings
 from cat_bench.train import resolve_config, train, train_group
 
-QUIET = dict(progress=False, log=lambda m: None)
+QUIET = dict(settings=Settings(progress=False), log=lambda m: None)
 TOL = 1e-4  # relative to each network's update: float32 sums in another order stay below 1e-5
 
 
@@ -64,7 +65,7 @@ def one_process(tmp_path_factory):
 
 
 def test_two_ranks_take_the_step_of_one_process(one_process, tmp_path):
-    train_group(config(), tmp_path / "two", 2, progress=False)
+    train_group(config(), tmp_path / "two", 2, Settings(progress=False))
     assert max_diff(one_process, tmp_path / "two") < TOL
     one, two = (records.read_jsonl(d / records.HISTORY) for d in (one_process, tmp_path / "two"))
     assert len(two) == 2  # rank 0 alone writes
@@ -79,13 +80,13 @@ def test_two_ranks_take_the_step_of_one_process(one_process, tmp_path):
 def test_three_ranks_on_uneven_shards_then_one_process_resumes(one_process, tmp_path):
     """50 rows over 3 ranks (17, 17, 16): the weighted sum is the batch mean; then 1 process finishes it."""
     out = tmp_path / "three-then-one"
-    train_group(config(), out, 3, progress=False, stop_after_epoch=1)
+    train_group(config(), out, 3, Settings(progress=False, stop_after_epoch=1))
     assert not (out / records.DONE).exists() and len(records.read_jsonl(out / records.HISTORY)) == 1
     train(config(), out, resume=True, **QUIET)
     assert max_diff(one_process, out) < TOL
 
 
-def _dies_in_epoch_2(config_, out, options):
+def _dies_in_epoch_2(config_, out, settings):
     """A rank entry point whose rank 1 is killed (os._exit) at its first optimiser step of epoch 2."""
     if distributed.from_env().rank == 1:
         real, calls = Method.apply, []
@@ -97,16 +98,16 @@ def _dies_in_epoch_2(config_, out, options):
             real(self, optimizer)
 
         Method.apply = apply
-    train(config_, out, **options)
+    train(config_, out, settings)
 
 
 def test_a_killed_rank_stops_the_group_and_the_rerun_resumes(one_process, tmp_path):
     out = tmp_path / "killed"
     with pytest.raises(GroupFailed, match="rank 1 of 2 exited with code 9.*--resume"):
-        distributed.launch(_dies_in_epoch_2, (config(), out, dict(progress=False)), 2)
+        distributed.launch(_dies_in_epoch_2, (config(), out, Settings(progress=False)), 2)
     assert not (out / records.DONE).exists()
     assert [r["epoch"] for r in records.read_jsonl(out / records.HISTORY)] == [1]
-    train_group(config(), out, 2, resume=True, progress=False)
+    train_group(config(), out, 2, Settings(progress=False), resume=True)
     assert max_diff(one_process, out) < TOL
     assert [s["start_epoch"] for s in records.read_jsonl(out / records.SESSIONS)] == [0, 1]
 
@@ -138,7 +139,7 @@ def test_what_a_group_cannot_train_like_one_process_is_refused(tmp_path):
         train(config(overrides={"g_kl_reduction": "sum"}), tmp_path / "sum", group=Group(0, 2), **QUIET)
     bn = resolve_config("at", "mnist-mini", 0.3, arch="preact-resnet18", epochs=1, n_train=20, select_n=10)
     with pytest.raises(UsageError, match="BatchNorm needs CUDA"):
-        train_group(bn, tmp_path / "bn", 2, progress=False)
+        train_group(bn, tmp_path / "bn", 2, Settings(progress=False))
 
 
 def test_augmentation_and_a_random_start_selection_split_like_one_process(tmp_path):
@@ -150,7 +151,7 @@ def test_augmentation_and_a_random_start_selection_split_like_one_process(tmp_pa
     cfg["selection"]["attack"].update(steps=2, random_start="uniform")
     cfg["schedule"].update(augment="crop-flip", optimizer="sgd", lr=0.05)
     train(cfg, tmp_path / "one", **QUIET)
-    train_group(cfg, tmp_path / "two", 2, progress=False)
+    train_group(cfg, tmp_path / "two", 2, Settings(progress=False))
     assert max_diff(tmp_path / "one", tmp_path / "two", cfg) < TOL
     one, two = (records.read_jsonl(tmp_path / d / records.HISTORY) for d in ("one", "two"))
     assert [(r["nat_acc"], r["rob_acc"]) for r in two] == [(r["nat_acc"], r["rob_acc"]) for r in one]
@@ -167,7 +168,6 @@ def test_shards_cover_the_batch_once():
 def test_a_failed_group_exits_1_and_a_suite_marks_the_run_failed(tmp_path, monkeypatch, capsys):
     import cat_bench.orchestrate as orchestrate
     import cat_bench.train as train_module
-    from cat_bench.networks import resolve_device
     from cat_bench.suite import load_suite
 
     def killed(*args, **kwargs):
@@ -180,8 +180,8 @@ def test_a_failed_group_exits_1_and_a_suite_marks_the_run_failed(tmp_path, monke
     assert "rank 1 of 2 exited with code 9" in capsys.readouterr().err
     monkeypatch.setattr(orchestrate, "train_group", killed)
     spec = load_suite("smoke").runs[0]
-    outcome = orchestrate.run_local(tmp_path / "r", [spec], device=resolve_device("cpu"), progress=False,
-                                    log=lambda m: None, nproc=2)
+    outcome = orchestrate.run_local(tmp_path / "r", [spec], Settings("cpu", progress=False), log=lambda m: None,
+                                    nproc=2)
     assert outcome == {spec.name: "failed"}
     failed = records.read_json(orchestrate.run_dir(tmp_path / "r", spec) / records.FAILED)
     assert "rank 1 of 2" in failed["reason"] and "resumes" in failed["fix"]

@@ -29,6 +29,7 @@ from cat_bench.attacks import run_autoattack
 from cat_bench.data import load_split
 from cat_bench.errors import UsageError
 from cat_bench.evaluate import AUTOATTACK_STANDARD, evaluate, masking_flags
+from cat_bench.settings import Settings
 from cat_bench.train import resolve_config, train
 
 CPU = torch.device("cpu")
@@ -44,7 +45,7 @@ def quiet(_msg: str) -> None:
 def trained_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("evaluate") / "run"
     config = resolve_config("natural", "mnist-mini", 0.3, epochs=1, n_train=500, select_n=100, batch_size=10)
-    train(config, run, device=CPU, progress=False, log=quiet)
+    train(config, run, Settings("cpu", progress=False), log=quiet)
     return run
 
 
@@ -458,7 +459,7 @@ def test_evaluation_runs_a_batchnorm_model_in_eval_mode(tmp_path, monkeypatch):
     run = tmp_path / "bn-run"
     config = resolve_config("natural", "mnist-mini", 0.3, arch="preact-resnet18", epochs=1, n_train=20, select_n=10,
                             batch_size=10)
-    train(config, run, device=CPU, progress=False, log=quiet)
+    train(config, run, Settings("cpu", progress=False), log=quiet)
     seen = []
     real = ev.correct_under
 

@@ -25,6 +25,7 @@ from cat_bench.errors import UsageError
 from cat_bench.evaluate import evaluate
 from cat_bench.external import INFO, evaluate_external
 from cat_bench.models import build_classifier
+from cat_bench.settings import Settings
 from cat_bench.shipped import sha256
 from cat_bench.train import resolve_config, train
 
@@ -42,7 +43,7 @@ def trained(tmp_path_factory):
     run = base / "run"
     config = resolve_config("natural", "mnist-mini", 0.3, epochs=1, n_train=500, select_n=100, batch_size=10,
                             protocol="valid")
-    train(config, run, device=CPU, progress=False, log=lambda m: None)
+    train(config, run, Settings("cpu", progress=False), log=lambda m: None)
     result = evaluate(run, ATTACKS, n_examples=N, eps=EPS, device=CPU, progress=False, log=lambda m: None)
     state = records.load_checkpoint(run / records.BEST)["nets"]["f"]
     info = dataset_info("mnist-mini")

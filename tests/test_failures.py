@@ -14,7 +14,7 @@ import pytest
 from cat_bench import records
 from cat_bench.cli import main
 from cat_bench.orchestrate import run_dir, run_local, state
-from cat_bench.networks import resolve_device
+from cat_bench.settings import Settings
 from cat_bench.suite import load_suite
 from cat_bench.train import resolve_config
 
@@ -36,7 +36,7 @@ methods = ["natural", "at"]
 """
 TRAIN = ["train", "--method", "at", "--dataset", "mnist-mini", "--eps", "0.3", "--epochs", "1", "--n-train", "60",
          "--select-n", "20", "--no-progress"]
-QUIET = dict(device=resolve_device("cpu"), progress=False, log=lambda m: None)
+QUIET = dict(settings=Settings("cpu", progress=False), log=lambda m: None)
 
 
 def run(argv, capsys):

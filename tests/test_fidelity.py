@@ -9,6 +9,7 @@ from cat_bench import records
 from cat_bench.paper import load_authors_log
 from cat_bench.report import render_report
 from cat_bench.report.fidelity import EpochRow, FidelityRun, verdict
+from cat_bench.settings import Settings
 from cat_bench.suite import load_suite
 
 
@@ -79,12 +80,11 @@ def test_fidelity_section_renders_from_records(tmp_path):
                           'dataset = "mnist-mini"\neps = [0.4]\nn_train = 60\nbatch_size = 20\nselect_n = 20\n'
                           'attacks = ["natural"]\n')
     suite = load_suite(str(suite_file))
-    from cat_bench.networks import resolve_device
     from cat_bench.orchestrate import run_local
 
     results = tmp_path / "results"
-    assert run_local(results, suite.runs, device=resolve_device("cpu"), progress=False, log=lambda m: None,
-                     stop_after_epoch=1) == {suite.runs[0].name: "stopped"}
+    assert run_local(results, suite.runs, Settings("cpu", progress=False, stop_after_epoch=1),
+                     log=lambda m: None) == {suite.runs[0].name: "stopped"}
     out = tmp_path / "report"
     render_report(suite, results, out)
     index = (out / "index.html").read_text()

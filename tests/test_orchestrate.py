@@ -1,5 +1,5 @@
 """The orchestrator: a killed `cat-bench run` finishes with the same table, concurrent runs share the
-work, dry runs plan, Slurm jobs go through submitit (its local and debug executors here)."""
+work, dry runs plan (the Slurm executor: tests/test_slurm.py)."""
 
 import os
 import random
@@ -12,9 +12,9 @@ import time
 import pytest
 
 from cat_bench import records
-from cat_bench.orchestrate import SlurmJob, run_dir, run_local, state, submit_slurm
+from cat_bench.orchestrate import run_dir, run_local, state
+from cat_bench.settings import Settings
 from cat_bench.suite import load_suite
-from cat_bench.networks import resolve_device
 
 TINY = """
 description = "two tiny runs for the orchestrator tests"
@@ -151,47 +151,17 @@ def test_bad_suite_and_filter_exit_2(tiny, tmp_path):
     assert proc.returncode == 2 and "colour" in err
 
 
-@pytest.mark.parametrize("cluster", ["debug", "local"])
-def test_slurm_executor_through_submitit(tiny, tmp_path, cluster):
-    submitit = pytest.importorskip("submitit")
-    specs = load_suite(str(tiny)).runs[:1]
-    executor = submitit.AutoExecutor(folder=tmp_path / "slurm" / "%j", cluster=cluster)
-    executor.update_parameters(timeout_min=10)
-    jobs = submit_slurm(tmp_path / "r", specs, executor=executor)
-    assert [job.result() for job in jobs] == ["done"]
-    assert state(tmp_path / "r", specs[0]) == "done"
-
-
 def test_a_suite_trains_each_run_as_one_group(tiny, tmp_path):
     """`run --gpus-per-job 2` locally: each run trains as a two-process group (gloo on CPU), then is evaluated."""
     spec = load_suite(str(tiny)).runs[1]
-    outcome = run_local(tmp_path / "r", [spec], device=resolve_device("cpu"), progress=False, log=lambda m: None,
-                        nproc=2)
+    outcome = run_local(tmp_path / "r", [spec], Settings("cpu", progress=False), log=lambda m: None, nproc=2)
     assert outcome == {spec.name: "done"} and state(tmp_path / "r", spec) == "done"
     assert [s["ranks"] for s in records.read_jsonl(run_dir(tmp_path / "r", spec) / records.SESSIONS)] == [2]
 
 
-def test_a_slurm_job_of_two_tasks_trains_one_group(tiny, tmp_path):
-    submitit = pytest.importorskip("submitit")
-    spec = load_suite(str(tiny)).runs[1]
-    executor = submitit.AutoExecutor(folder=tmp_path / "slurm" / "%j", cluster="local")
-    executor.update_parameters(timeout_min=10, tasks_per_node=2)
-    jobs = submit_slurm(tmp_path / "r", [spec], executor=executor)
-    assert sorted(jobs[0].results()) == ["done", "rank"]  # rank 0 trained and evaluated, rank 1 trained
-    assert [s["ranks"] for s in records.read_jsonl(run_dir(tmp_path / "r", spec) / records.SESSIONS)] == [2]
-
-
-def test_slurm_job_requeues_itself_on_preemption(tiny, tmp_path):
-    submitit = pytest.importorskip("submitit")
-    spec = load_suite(str(tiny)).runs[0]
-    resubmission = SlurmJob(tmp_path, spec).checkpoint()
-    assert isinstance(resubmission, submitit.helpers.DelayedSubmission)
-    assert resubmission.function.spec == spec and resubmission.function.results == tmp_path
-
-
 def test_finished_runs_are_skipped(tiny, tmp_path):
     specs = load_suite(str(tiny)).runs
-    quiet = dict(device=resolve_device("cpu"), progress=False, log=lambda m: None)
+    quiet = dict(settings=Settings("cpu", progress=False), log=lambda m: None)
     assert set(run_local(tmp_path, specs, **quiet).values()) == {"done"}
     assert set(run_local(tmp_path, specs, **quiet).values()) == {"skipped"}
 
@@ -201,7 +171,7 @@ def test_parallel_workers_share_the_runs(tiny, tmp_path):
     from cat_bench.orchestrate import run_parallel
 
     specs = load_suite(str(tiny)).runs
-    outcome = run_parallel(tmp_path, specs, ["cpu", "cpu"])
+    outcome = run_parallel(tmp_path, specs, ["cpu", "cpu"], Settings("cpu"))
     assert set(outcome) == {s.name for s in specs} and set(outcome.values()) <= {"done", "skipped"}
     for spec in specs:
         assert [s["start_epoch"] for s in records.read_jsonl(run_dir(tmp_path, spec) / records.SESSIONS)] == [0]
@@ -211,8 +181,7 @@ def test_a_corrupt_checkpoint_fails_its_run_and_the_suite_goes_on(tiny, tmp_path
     """One corrupt checkpoint fails that run only; the summary names it and the fix; exit 1."""
     specs = load_suite(str(tiny)).runs
     results = tmp_path / "r"
-    quiet = dict(device=resolve_device("cpu"), progress=False, log=lambda m: None)
-    run_local(results, specs[:1], stop_after_epoch=1, **quiet)
+    run_local(results, specs[:1], Settings("cpu", progress=False, stop_after_epoch=1), log=lambda m: None)
     bad = run_dir(results, specs[0]) / records.LAST
     bad.write_bytes(bad.read_bytes()[:1000])  # truncated, as a full disk or a kill outside cat-bench leaves it
 

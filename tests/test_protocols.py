@@ -16,10 +16,10 @@ from cat_bench.evaluate import evaluate
 from cat_bench.methods import protocol_for
 from cat_bench.methods.base import lr_at
 from cat_bench.models.classifier import Classifier
-from cat_bench.networks import resolve_device
+from cat_bench.settings import Settings
 from cat_bench.train import resolve_config, train
 
-QUIET = dict(device=resolve_device("cpu"), progress=False, log=lambda m: None)
+QUIET = dict(settings=Settings("cpu", progress=False), log=lambda m: None)
 SMALL = dict(epochs=1, n_train=100, batch_size=50, select_n=20)
 
 
@@ -102,7 +102,8 @@ def test_stop_after_epoch_is_a_budget_and_the_mask_is_traced(tmp_path):
     """--stop-after-epoch leaves a resumable run without `done` (same identity); trace.jsonl holds CAT's
     mask every `trace_every` batches, and a resumed run ends as an uninterrupted one."""
     config = resolve_config("cat-cent", "mnist-mini", 0.3, epochs=2, n_train=100, batch_size=25, select_n=10)
-    first = train(config, tmp_path / "a", stop_after_epoch=1, trace_every=2, **QUIET)
+    first = train(config, tmp_path / "a", Settings("cpu", progress=False, stop_after_epoch=1), trace_every=2,
+                  log=lambda m: None)
     assert first == {"done": False, "epochs_trained": 1, "epochs": 2}
     assert not (tmp_path / "a" / records.DONE).exists()
     trace = records.read_jsonl(tmp_path / "a" / records.TRACE)

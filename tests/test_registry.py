@@ -16,9 +16,10 @@ import torch
 
 from cat_bench import records
 from cat_bench.methods import METHODS
+from cat_bench.settings import Settings
 from cat_bench.train import config_sources, resolve_config, train
 
-QUIET = dict(progress=False, log=lambda m: None)
+QUIET = dict(settings=Settings(progress=False), log=lambda m: None)
 NAMES = list(METHODS)
 
 
@@ -70,7 +71,7 @@ def test_resume_continues_to_the_same_weights(name, tmp_path):
     """Two epochs in one go, and one epoch, a stop and a resume: the same weights and method state."""
     config = tiny_config(name)
     train(config, tmp_path / "full", **QUIET)
-    stopped = train(config, tmp_path / "resumed", stop_after_epoch=1, **QUIET)
+    stopped = train(config, tmp_path / "resumed", Settings(progress=False, stop_after_epoch=1), log=lambda m: None)
     assert stopped["done"] is False
     train(config, tmp_path / "resumed", resume=True, **QUIET)
     full = records.load_checkpoint(tmp_path / "full" / records.LAST)

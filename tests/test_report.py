@@ -17,6 +17,7 @@ from cat_bench.paper import Target
 from cat_bench.report import read_cells, render_report
 from cat_bench.report.runs import load_runs
 from cat_bench.report.tables import build_tables, cells_frame, exact_filters, leaderboard
+from cat_bench.settings import Settings
 from cat_bench.suite import filter_runs, load_suite
 
 REPO = Path(__file__).resolve().parents[1]
@@ -324,7 +325,7 @@ def test_figure2_draws_from_a_trained_cat_model(tmp_path):
 
     config = resolve_config("cat-cent", "mnist-mini", 0.3, epochs=1, n_train=100, batch_size=50, select_n=20)
     out = tmp_path / "run"
-    summary = train(config, out, progress=False, log=lambda m: None, device=torch.device("cpu"))
+    summary = train(config, out, Settings("cpu", progress=False), log=lambda m: None)
     result = evaluate(out, "natural", n_examples=20, progress=False, log=lambda m: None, device=torch.device("cpu"))
     run = RunRecord(RunSpec(config, ("natural",), 20, ("Figure 2",)), out, "done", identity=config, provenance={},
                     done=summary, evaluation=result)

@@ -17,6 +17,7 @@ import torch
 from cat_bench import records, shipped
 from cat_bench.cli import _parser, main
 from cat_bench.evaluate import evaluate
+from cat_bench.settings import Settings
 from cat_bench.train import resolve_config, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ def run(tmp_path_factory):
     """CATcw on 100 mnist-mini digits for one epoch, evaluated (natural, PGD-20) on its first 100 test digits."""
     config = resolve_config("cat-cw", "mnist-mini", 0.3, epochs=1, n_train=100, batch_size=50, select_n=20)
     out = tmp_path_factory.mktemp("ship") / records.run_name(config)
-    train(config, out, progress=False, log=lambda m: None, device=torch.device("cpu"))
+    train(config, out, Settings("cpu", progress=False), log=lambda m: None)
     evaluate(out, "natural,pgd20", n_examples=100, progress=False, log=lambda m: None, device=torch.device("cpu"))
     return out
 

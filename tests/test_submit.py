@@ -18,6 +18,7 @@ from cat_bench import robustbench_compat as compat
 from cat_bench.cli import main
 from cat_bench.evaluate import evaluate
 from cat_bench.models import build_classifier
+from cat_bench.settings import Settings
 from cat_bench.submit import check_name, robustbench_architecture
 from cat_bench.train import resolve_config, train
 
@@ -45,7 +46,7 @@ def tiny_cifar_run(root, out, n_eval=None):
     """A WRN-10-1 trained for one epoch on the synthetic CIFAR-10 under `root`; evaluated when n_eval is given."""
     config = resolve_config("natural", "cifar10", 8 / 255, arch="wrn-10-1", epochs=1, batch_size=32, n_train=64,
                             select_n=8)
-    train(config, out, data_root=root, device=CPU, progress=False, log=quiet)
+    train(config, out, Settings("cpu", data_root=str(root), progress=False), log=quiet)
     if n_eval is not None:
         evaluate(out, "natural,autoattack", n_examples=n_eval, batch_size=n_eval, data_root=root, device=CPU,
                  progress=False, log=quiet)
@@ -88,7 +89,7 @@ def test_refusals_exit_2_with_a_clear_message(synthetic_cifar, tmp_path, capsys)
 
     mnist = tmp_path / "mnist"
     train(resolve_config("natural", "mnist-mini", 0.3, epochs=1, n_train=64, select_n=8, batch_size=32), mnist,
-          device=CPU, progress=False, log=quiet)
+          Settings("cpu", progress=False), log=quiet)
     code, _, err = run_cli(["submit", str(mnist), "--name", NAME, "--out", str(out)] + PAPER, capsys)
     assert code == 2 and "mnist-mini" in err and "RobustBench does not host" in err
     assert "cifar10, cifar100 and imagenet" in err

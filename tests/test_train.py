@@ -8,9 +8,10 @@ import torch
 
 from cat_bench import records
 from cat_bench.errors import CorruptRecord, UsageError
+from cat_bench.settings import Settings
 from cat_bench.train import resolve_config, train
 
-QUIET = dict(progress=False, log=lambda m: None)
+QUIET = dict(settings=Settings(progress=False), log=lambda m: None)
 
 
 def small_config(method="cat-cent", **kw):
@@ -243,6 +244,6 @@ def test_cifar_path_on_synthetic_cifar_files(synthetic_cifar, tmp_path):
     assert config["train_attack"]["eps"] == 0.031 and config["train_attack"]["alpha"] == 0.007  # as the script writes
     assert config["selection"]["attack"]["random_start"] == "uniform" and config["selection"]["rule"] == "final"
     assert not config["schedule"]["normalize"] and config["schedule"]["augment"] == "crop-flip"
-    train(config, tmp_path / "cifar", data_root=root, **QUIET)
+    train(config, tmp_path / "cifar", Settings(data_root=str(root), progress=False), log=lambda m: None)
     row = records.read_jsonl(tmp_path / "cifar" / records.HISTORY)[0]
     assert row["epoch"] == 1 and 0 <= row["nat_acc"] <= 1
