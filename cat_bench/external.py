@@ -33,6 +33,7 @@ has another SHA-256 and so another directory.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import re
 import sys
@@ -245,12 +246,26 @@ def load(source: str, kind: str, *, arch: str | None, dataset: str, model_dir=No
 # The external run directory
 
 
-def identity(source: str, kind: str, digest: str, arch: str | None, dataset: str, seed: int) -> dict:
-    """The external run's identity: what results tables group on, and what its directory name hashes."""
+def weights_sha256(model) -> str:
+    """SHA-256 of what the model computes with: every parameter and buffer as loaded (name, dtype, shape
+    and bytes, in `state_dict` order). The file's SHA-256 alone misses weights a `module:function`
+    loads from elsewhere, or a program that reads its weights at load time."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def identity(source: str, kind: str, digest: str, weights: str, arch: str | None, dataset: str, seed: int) -> dict:
+    """The external run's identity: what results tables group on, and what its directory name hashes:
+    the file (`digest`: its SHA-256, the program or source) and what it loads (`weights`)."""
     return {"method": "external", "dataset": dataset, "arch": arch or kind, "eps": dataset_info(dataset).test_eps,
             "seed": seed, "protocol": "valid", "n_train": 0, "hparams": {},
             "schedule": {"name": "external", "epochs": 0},
-            "external": {"source": source, "kind": kind, "sha256": digest, "label": label(source, kind)}}
+            "external": {"source": source, "kind": kind, "sha256": digest, "weights_sha256": weights,
+                         "label": label(source, kind)}}
 
 
 def label(source: str, kind: str) -> str:
@@ -260,22 +275,25 @@ def label(source: str, kind: str) -> str:
     return source if kind == "entry-point" else Path(source).name
 
 
-def prepare(results: Path, source: str, kind: str, model, path: Path, how: str, *, arch: str | None, dataset: str,
-            seed: int) -> Path:
-    """Create (or find) the external run directory of this model; returns it."""
+def prepare(results: Path, source: str, kind: str, model, path: Path, how: str, *, weights: str,
+            arch: str | None, dataset: str, seed: int) -> Path:
+    """Create (or find) the external run directory of this model (its file and its weights, `weights`:
+    `weights_sha256` as loaded); returns it."""
     from cat_bench.shipped import sha256
 
     digest = sha256(path)
-    ident = identity(source, kind, digest, arch, dataset, seed)
+    ident = identity(source, kind, digest, weights, arch, dataset, seed)
     run_dir = Path(results) / FOLDER / records.run_name(ident)
     info = {"format": FORMAT, "source": source, "kind": kind, "file": str(Path(path).resolve()), "sha256": digest,
-            "how": how, "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "weights_sha256": weights, "how": how,
+            "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
             "parameters": sum(p.numel() for p in model.parameters())}
     if (run_dir / INFO).is_file():
         stored = records.read_json(run_dir / INFO)
-        if stored.get("sha256") != digest:
-            raise CorruptRecord(f"{run_dir / INFO} records SHA-256 {stored.get('sha256')}, not {digest}; move "
-                                f"{run_dir} aside and evaluate again")
+        if (stored.get("sha256"), stored.get("weights_sha256")) != (digest, weights):
+            raise CorruptRecord(f"{run_dir / INFO} records SHA-256 {stored.get('sha256')} and weights "
+                                f"{stored.get('weights_sha256')}, not {digest} and {weights}; move {run_dir} aside "
+                                f"and evaluate again")
         return run_dir
     records.write_json(run_dir / INFO, info)
     records.write_json(run_dir / records.CONFIG, {"identity": ident, "external": info})
@@ -303,15 +321,16 @@ def evaluate_external(source: str, attacks: str, *, arch: str | None = None, dat
     precision_context("fp32", device)
     batch_size = batch_size or default_batch_size(device)
     model, path, how = load(source, kind, arch=arch, dataset=dataset, model_dir=model_dir)
+    weights = weights_sha256(model)
     model = model.to(device)
     x, y = load_test_examples(dataset, n_examples, data_root, device)
     checks = setup_checks(model, x, y, family=info.family, clip=True, strict=strict, where=source, log=log)
-    run_dir = prepare(results, source, kind, model, path, how, arch=arch, dataset=dataset, seed=seed)
-    log(f"{source}: {kind}, SHA-256 {records.read_json(run_dir / INFO)['sha256']}, loaded by {how}; run "
-        f"directory {run_dir}")
+    run_dir = prepare(results, source, kind, model, path, how, weights=weights, arch=arch, dataset=dataset,
+                      seed=seed)
+    digest = records.read_json(run_dir / INFO)["sha256"]
+    log(f"{source}: {kind}, SHA-256 {digest}, weights {weights[:12]}, loaded by {how}; run directory {run_dir}")
     test_eps = eps if eps is not None else info.test_eps
-    key = {"checkpoint": INFO, "sha256": records.read_json(run_dir / INFO)["sha256"], "n_examples": len(y),
-           "eps": test_eps}
+    key = {"checkpoint": INFO, "sha256": digest, "weights_sha256": weights, "n_examples": len(y), "eps": test_eps}
     with RunLock(run_dir):
         result = attack_all(run_dir, model, x, y, names, key=key, dataset=dataset, seed=seed, clip=True,
                             eps_override=eps is not None, batch_size=batch_size, device=device, progress=progress,

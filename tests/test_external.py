@@ -156,6 +156,29 @@ def test_evaluating_again_reuses_the_directory_and_a_changed_file_gets_another(t
     assert other != first and len(external_dirs(tmp_path)) == 2
 
 
+def test_new_weights_behind_an_entry_point_are_a_new_evaluation(trained, tmp_path, monkeypatch):
+    """The module's source is unchanged, the weights it loads are not: the numbers are the new weights'."""
+    _, _, _, weights, arch = trained
+    mine = tmp_path / "mine.pt"
+    shutil.copy(weights, mine)
+    (tmp_path / "loads_weights.py").write_text(
+        "import torch\nfrom cat_bench.models import build_classifier\n\n"
+        f"def model():\n    f = build_classifier({arch!r}, 10, 1)\n"
+        f"    f.load_state_dict(torch.load({str(mine)!r}, weights_only=True))\n    return f\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    options = dict(dataset="mnist-mini", results=tmp_path / "r", n_examples=N, device=CPU, progress=False)
+    first_dir, first = evaluate_external("loads_weights:model", "natural", log=lambda m: None, **options)
+    state = torch.load(weights, weights_only=True)
+    torch.save({k: torch.zeros_like(v) for k, v in state.items()}, mine)  # a constant model: chance level
+    logs = []
+    second_dir, second = evaluate_external("loads_weights:model", "natural", log=logs.append, **options)
+    assert second_dir != first_dir and not any("already evaluated" in m for m in logs)
+    assert first["attacks"]["natural"]["accuracy"] > 0.5 > second["attacks"]["natural"]["accuracy"]
+    info = json.loads((second_dir / INFO).read_text())
+    assert info["sha256"] == json.loads((first_dir / INFO).read_text())["sha256"]  # the same source file
+
+
 def test_external_runs_appear_in_results_and_the_report(trained, tmp_path, capsys):
     from cat_bench.report import read_cells, render_report
     from cat_bench.suite import load_suite
