@@ -4,7 +4,8 @@ The setup errors that make a model look robust in the issue trackers of AutoAtta
 TRADES and torchattacks, each tested on the first few test examples:
 
     eval-mode          the logits of an example depend neither on the batch it is in nor on the
-                       batch size (BatchNorm left in train mode, or using batch statistics)
+                       batch size (BatchNorm left in train mode, or using batch statistics); for a
+                       stochastic forward, on logits averaged over several forwards
     eps-zero           PGD at eps = 0 gives the clean predictions (the attack path itself changes
                        nothing: no hidden preprocessing, clipping or dtype change)
     input-range        the model takes [0, 1] pixels: none of the other usual conventions (mean/std
@@ -15,9 +16,10 @@ TRADES and torchattacks, each tested on the first few test examples:
                        20 draws, APGD-CE and APGD-DLR) and the check says so ("handled")
     finite-gradients   the input gradient of the cross-entropy is finite everywhere
 
-Each check is {"check", "status": "passed" | "failed" | "handled", "detail"}. A failed check is
-a flag shown beside the gradient-masking flags and a warning; `cat-bench eval --strict` makes it
-an error. The checks leave the model's parameters, buffers (BatchNorm running statistics) and
+Each check is {"check", "status": "passed" | "failed" | "handled" | "not run", "detail"}: a check
+that could not run says so and why, never "passed". Every check that did not pass is a flag shown
+beside the gradient-masking flags (results, report, leaderboard) and a failed one a warning;
+`cat-bench eval --strict` makes a failure an error. The checks leave the model's parameters, buffers (BatchNorm running statistics) and
 train/eval mode as they found them.
 """
 
@@ -29,9 +31,11 @@ from collections.abc import Iterator
 from cat_bench.lazy import F, nn, torch
 
 CHECKS = ("eval-mode", "eps-zero", "input-range", "deterministic", "finite-gradients")
-STATUSES = ("passed", "failed", "handled")
+STATUSES = ("passed", "failed", "handled", "not run")
 N_CHECK = 100  # examples the checks look at
 REL_TOL = 1e-3  # logits agreeing to this (relative to their scale) are "the same"
+DRAWS = 16  # forwards averaged per batch when the forward is stochastic
+NOISE_FACTOR = 2.0  # a stochastic model's mean batch effect must exceed its draws' own this many times to fail
 RANGE_MARGIN = 0.10  # another input convention must beat [0, 1] by this much clean accuracy to fail the check
 # The usual per-channel statistics for a normalisation left outside the model (torchvision's examples,
 # the MNIST and CIFAR repositories); a dataset with its own statistics (dataset_info.mean) uses those.
@@ -70,15 +74,14 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> tuple[bool, float]:
 
 
 def eval_mode(model: nn.Module, x: torch.Tensor, stochastic: bool) -> dict:
-    """The first quarter of `x`'s logits: in a batch of half `x`, in a batch half that size, and beside other examples.
-
-    A stochastic forward differs between any two calls, so the comparison says nothing there.
-    """
+    """The first quarter of `x`'s logits: in a batch of half `x`, in a batch half that size, and beside other
+    examples. A stochastic forward (dropout left on, a randomised defence) is compared on logits averaged
+    over DRAWS forwards (`_eval_mode_averaged`)."""
     h = len(x) // 4
-    if stochastic:
-        return _check("eval-mode", "passed", "not checked: the forward is stochastic (see deterministic)")
     if h < 2:
-        return _check("eval-mode", "passed", f"not checked: {len(x)} examples are too few (at least 8)")
+        return _check("eval-mode", "not run", f"{len(x)} examples are too few (at least 8)")
+    if stochastic:
+        return _eval_mode_averaged(model, x[:2 * h], h)
     ref = _logits(model, x[:2 * h])[:h]
     smaller, d1 = _same(ref, _logits(model, x[:h]))
     others, d2 = _same(ref, _logits(model, torch.cat([x[:h], x[2 * h:3 * h]]))[:h])
@@ -88,6 +91,28 @@ def eval_mode(model: nn.Module, x: torch.Tensor, stochastic: bool) -> dict:
     return _check("eval-mode", "failed", f"logits depend on the batch (max diff {d1:.3g} at half the batch size, "
                                          f"{d2:.3g} beside other examples): the model is in train mode or uses "
                                          f"batch statistics; call model.eval() before evaluating")
+
+
+def _mean_logits(model: nn.Module, batch: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.stack([_logits(model, batch)[:n] for _ in range(DRAWS)]).mean(0)
+
+
+def _eval_mode_averaged(model: nn.Module, batch: torch.Tensor, h: int) -> dict:
+    """Batch dependence under a stochastic forward: the first `h` examples' logits averaged over DRAWS
+    forwards beside their usual companions, again (the draws' own spread), and beside black images
+    (which move batch statistics far). Failed when the companions move the averages more than
+    NOISE_FACTOR times the draws' own spread does (mean absolute differences: a mean over every
+    logit, so the comparison is not at the mercy of one extreme draw)."""
+    ref = _mean_logits(model, batch, h)
+    spread = (ref - _mean_logits(model, batch, h)).abs().mean().item()
+    moved = (ref - _mean_logits(model, torch.cat([batch[:h], torch.zeros_like(batch[h:])]), h)).abs().mean().item()
+    detail = (f"stochastic forward, logits of {h} examples averaged over {DRAWS} forwards: black companions move "
+              f"them by {moved:.3g} on average, a second set of draws by {spread:.3g}")
+    if moved > NOISE_FACTOR * spread + REL_TOL * max(1.0, ref.abs().max().item()):
+        return _check("eval-mode", "failed", f"{detail}: the logits depend on the batch (train-mode BatchNorm or "
+                                             f"batch statistics, with dropout or noise); call model.eval() before "
+                                             f"evaluating, or export the model in eval mode")
+    return _check("eval-mode", "passed", detail)
 
 
 def eps_zero(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: bool, stochastic: bool) -> dict:

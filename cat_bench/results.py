@@ -17,12 +17,13 @@ import pandas as pd
 from cat_bench import records
 from cat_bench.errors import UsageError
 from cat_bench.per_example import WORST
+from cat_bench.checks import as_flags
 from cat_bench.presets import format_eps
 
 CONFIG_COLUMNS = ["method", "dataset", "arch", "protocol", "schedule", "eps", "seed", "epochs", "n_train"]
 HP_PREFIX = "hp."
 ATTACK_ORDER = ["natural", "fgsm", "pgd20", "pgd100", "cw", "square", "autoattack"]  # docs/method.md s4
-RUN_METRICS = ["best_epoch", "n_examples", "test_eps", "masking_flags", "mask_flag_epochs"]
+RUN_METRICS = ["best_epoch", "n_examples", "test_eps", "masking_flags", "setup_flags", "mask_flag_epochs"]
 FORMATS = ("csv", "markdown", "json")
 FLOAT_FORMAT = "%.4f"
 
@@ -33,7 +34,8 @@ def run_row(run_dir: Path) -> dict | None:
     Keys: the config columns (`epochs` is the schedule's), `hp.<key>` per method hyperparameter, one
     column per evaluated attack with its accuracy in percent, `best_epoch` (from `done`),
     `n_examples` and `test_eps` (eval.json's key: which evaluation the row shows), `masking_flags` (how many gradient-masking flags evaluation
-    raised), `mask_flag_epochs` (CAT: epochs whose mean mask collapsed or saturated; 0 for other
+    raised), `setup_flags` (how many setup checks did not pass: failed, handled or not run;
+    cat_bench.checks), `mask_flag_epochs` (CAT: epochs whose mean mask collapsed or saturated; 0 for other
     methods) and `run` (the directory's name). `protocol` is "valid" for runs recorded before
     protocols existed (they clipped to [0,1]). An external run (cat_bench.external) has method
     "external:<what was loaded>"; `worst-case` is there when the run has per-example records.
@@ -59,7 +61,8 @@ def run_row(run_dir: Path) -> dict | None:
     if WORST in result:  # correct under every attack run (cat_bench.per_example)
         row[WORST] = 100 * result[WORST]["accuracy"]
     row.update(best_epoch=done["best_epoch"], n_examples=result["key"]["n_examples"], test_eps=result["key"]["eps"],
-               masking_flags=len(result.get("flags", [])), mask_flag_epochs=len(done.get("mask_flag_epochs", [])),
+               masking_flags=len(result.get("flags", [])), setup_flags=len(as_flags(result.get("checks", []))),
+               mask_flag_epochs=len(done.get("mask_flag_epochs", [])),
                run=run_dir.name)
     return row
 
@@ -125,6 +128,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     stats["n_examples"] = grouped["n_examples"].agg(lambda v: "/".join(str(int(n)) for n in sorted(set(v))))
     stats["test_eps"] = grouped["test_eps"].agg(lambda v: "/".join(format_eps(e) for e in sorted(set(v))))
     stats["masking_flags"] = grouped["masking_flags"].sum()
+    stats["setup_flags"] = grouped["setup_flags"].sum()
     stats["mask_flag_epochs"] = grouped["mask_flag_epochs"].sum()
     out = stats.reset_index()
     return out.sort_values(keys, kind="mergesort", na_position="last").reset_index(drop=True)
@@ -177,6 +181,8 @@ def concise(summary: pd.DataFrame, numeric: bool = False) -> pd.DataFrame:
         out["mask flags"] = summary["mask_flag_epochs"]
     if summary["masking_flags"].any():
         out["masking flags"] = summary["masking_flags"]
+    if summary["setup_flags"].any():
+        out["setup flags"] = summary["setup_flags"]
     return out
 
 

@@ -127,6 +127,60 @@ def test_dropout_forward_is_handled_with_autoattack_rand(digits):
     assert checks["eps-zero"]["status"] == "passed"  # compared as accuracies for a stochastic forward
 
 
+class BatchNormDropout(nn.Module):
+    """A small CNN with BatchNorm and dropout: left in train mode, its forward is stochastic and batch-dependent."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.bn, self.fc = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Linear(4 * 26 * 26, 10)
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x):
+        return self.fc(self.drop(F.relu(self.bn(self.conv(x))).flatten(1)))
+
+
+def test_batchnorm_and_dropout_in_train_mode_fail_eval_mode_though_the_forward_is_stochastic(digits):
+    checks = by_name(run_checks(BatchNormDropout().train(), digits[0], digits[1], family="mnist", clip=True))
+    assert checks["deterministic"]["status"] == "handled"
+    assert checks["eval-mode"]["status"] == "failed" and "averaged over 16 forwards" in checks["eval-mode"]["detail"]
+    assert {"setup check eval-mode failed", "setup check deterministic handled"} <= {f["flag"] for f in
+                                                                                      as_flags(checks.values())}
+
+
+def test_a_randomised_defence_in_eval_mode_passes_eval_mode(digits):
+    checks = by_name(run_checks(Dropout(sound(digits)), digits[0], digits[1], family="mnist", clip=True))
+    assert checks["eval-mode"]["status"] == "passed", checks["eval-mode"]
+
+
+def test_a_check_that_cannot_run_is_not_run_and_a_flag(digits):
+    checks = by_name(run_checks(sound(digits), digits[0][:6], digits[1][:6], family="mnist", clip=True))
+    assert checks["eval-mode"]["status"] == "not run" and "too few" in checks["eval-mode"]["detail"]
+    assert "setup check eval-mode not run" in {f["flag"] for f in as_flags(checks.values())}
+
+
+@pytest.mark.parametrize("kind", ["torch-export", "torchscript"])
+def test_a_program_exported_in_train_mode_is_flagged(kind, digits, tmp_path):
+    """Exported or traced in train mode, BatchNorm and dropout are baked into the program: .eval() cannot undo
+    them, and the evaluation records the failed check as a flag."""
+    from cat_bench.external import evaluate_external
+
+    model, x = BatchNormDropout().train(), digits[0][:8]
+    path = tmp_path / ("model.pt2" if kind == "torch-export" else "model.ts")
+    if kind == "torch-export":
+        torch.export.save(torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},)), path)
+    else:
+        torch.jit.save(torch.jit.trace(model, x, check_trace=False), path)
+    run_dir, result = evaluate_external(str(path), "natural", dataset="mnist-mini", results=tmp_path / "r",
+                                        n_examples=100, device=CPU, progress=False, log=lambda m: None)
+    checks = by_name(result["checks"])
+    assert checks["eval-mode"]["status"] == "failed", checks["eval-mode"]
+    assert "setup check eval-mode failed" in {f["flag"] for f in as_flags(result["checks"])}
+    from cat_bench.results import run_row
+
+    assert run_row(run_dir)["setup_flags"] >= 1  # the results table counts it
+
+
 def test_non_finite_gradients_are_flagged(digits):
     check = by_name(run_checks(SqrtInput(sound(digits)), digits[0], digits[1], family="mnist", clip=True))
     assert check["finite-gradients"]["status"] == "failed"

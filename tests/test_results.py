@@ -49,8 +49,8 @@ def test_run_row(runs):
     assert row["n_examples"] == 50 and row["test_eps"] == 0.3 and row["best_epoch"] == 1 and row["run"] == run.name
     assert list(runs.columns[:9]) == ["method", "dataset", "arch", "protocol", "schedule", "eps", "seed", "epochs",
                                      "n_train"]
-    assert list(runs.columns[-9:]) == ["natural", "fgsm", "pgd20", "best_epoch", "n_examples", "test_eps",
-                                       "masking_flags", "mask_flag_epochs", "run"]
+    assert list(runs.columns[-10:]) == ["natural", "fgsm", "pgd20", "best_epoch", "n_examples", "test_eps",
+                                        "masking_flags", "setup_flags", "mask_flag_epochs", "run"]
 
 
 @pytest.mark.parametrize("missing", [records.DONE, records.EVAL])
