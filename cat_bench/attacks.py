@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -164,7 +165,7 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, attacks: list[str],
                    robust: torch.Tensor, *, batch_size: int, seed: int, device: torch.device,
                    on_attack_done: Callable[[str, torch.Tensor], None], log_file=None,
-                   version: str = "standard") -> torch.Tensor:
+                   version: str = "standard", log: Callable[[str], None] = lambda message: None) -> torch.Tensor:
     """Run pyautoattack's sub-attacks one at a time on the points still robust, in standard settings.
 
     `robust` flags the examples no earlier sub-attack broke (all True on a fresh start, or the flags
@@ -172,6 +173,8 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     lets the caller checkpoint, since pyautoattack's own `state_path` resume is unreliable.
     Returns the final robust flags. Square alone is `attacks=["square"]` (5000 queries, p_init 0.8).
     `version="rand"` (a stochastic forward): APGD with an expectation over 20 draws per step (EOT).
+    `log` gets a line as each sub-attack starts (the points it attacks) and ends (robust accuracy so
+    far, its time), so an evaluation of hours shows where it is.
     """
     from pyautoattack import AutoAttack
 
@@ -185,14 +188,18 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     try:
         adversary = AutoAttack(model, norm="Linf", eps=eps, version=version, device=device, seed=seed)
         robust = robust.clone()
-        for name in attacks:
+        for i, name in enumerate(attacks, start=1):
             idx = robust.nonzero().squeeze(1)
             if len(idx) > 0:
                 adversary.attacks_to_run = [name]
                 logger.info("running %s on %d robust points", name, len(idx))
+                log(f"  {name} ({i}/{len(attacks)}): attacking the {len(idx)} of {len(y)} examples still robust")
+                began = time.time()
                 _, y_adv = adversary.run_standard_evaluation(x[idx], y[idx], batch_size=batch_size)
                 robust[idx] = y_adv.to(robust.device) == y[idx].to(robust.device)
                 logger.info("robust accuracy after %s: %.4f", name, robust.float().mean().item())
+                log(f"  {name}: robust accuracy so far {100 * robust.float().mean().item():.2f}% "
+                    f"({time.time() - began:.0f} s)")
             on_attack_done(name, robust)
         return robust
     finally:

@@ -107,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--n-boot", type=positive_int, default=10_000, help="bootstrap resamples (default 10000)")
     c.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     c.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    c.add_argument("--allow-different", action="store_true",
+                   help="compare runs measured under different threat models (clip, protocol, attack settings) "
+                        "anyway, printing what differs; without it they are refused")
 
     x = sub.add_parser("export", help="ship a finished, evaluated run's selected model: weights, SHA-256 and model "
                                       "card in one folder")
@@ -474,8 +477,10 @@ def _compare(args) -> None:
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks is not None else None
     if attacks is not None and not attacks:
         raise UsageError(f"--attacks {args.attacks!r} names no attack; give e.g. --attacks natural,pgd20")
-    result = compare_runs(args.run_a, args.run_b, attacks, n_boot=args.n_boot, seed=args.seed)
-    print(json.dumps(result, indent=2) if args.json else format_comparison(result), end="\n" if args.json else "")
+    result = compare_runs(args.run_a, args.run_b, attacks, n_boot=args.n_boot, seed=args.seed,
+                          allow_different=args.allow_different)
+    print(json.dumps(result, indent=2) if args.json else format_comparison(result, bold=sys.stdout.isatty()),
+          end="\n" if args.json else "")
 
 
 def _export(args) -> None:
@@ -605,11 +610,11 @@ def _run(args) -> int:
               file=sys.stderr)
     if any(state(args.results, s) != "done" for s in specs):  # before hours of work, not after
         check_writable(args.results / "runs", "results directory")
-    settings = _settings(args, suite.log)
     if args.executor == "slurm":
-        return _submit_to_slurm(args, suite, specs, settings)
+        return _submit_to_slurm(args, suite, specs, _settings(args, suite.log))
     device = resolve_device(args.device)
     _confirm_cpu_hours(args, [s.config for s in specs if state(args.results, s) == "todo"], device)
+    settings = _settings(args, suite.log)  # the wall-clock budget counts from here, where the work starts
     workers = worker_devices(device, args.jobs_per_gpu) if args.gpus_per_job == 1 else [str(device)]
     if len(workers) > 1:
         outcome = run_parallel(args.results, specs, workers, settings)

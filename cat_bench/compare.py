@@ -18,6 +18,11 @@ ran, and for the worst case over their attacks:
 
 Two seeds of the same training differ by chance; a paired test on the same examples is what tells
 such a difference from a real one (one number per run cannot).
+
+Only equals are compared: both sides' threat models (eps, norm, clip to [0, 1] or not, the pixel
+protocol, the examples, each attack's settings) are printed, and two sides that differ in any of
+them are refused, or with `--allow-different` compared with every difference printed (in bold on
+a terminal). The networks are stated, not required equal: comparing two models is the point.
 """
 
 from __future__ import annotations
@@ -119,10 +124,42 @@ def _same_examples(a_dir: Path, a: dict, b_dir: Path, b: dict) -> None:
                          f"comparison needs both on the same ones: evaluate both with the same --n-examples and --eps")
 
 
+def threat_model(run_dir: Path, evaluation: dict, record: dict, attacks: list[str]) -> dict:
+    """What one side's numbers measure: eps, norm, whether attacks stay in [0, 1] (clip), the pixel
+    protocol, the test examples, each attack's settings; and, stated beside it, the network."""
+    identity = records.read_identity(run_dir) if (Path(run_dir) / records.CONFIG).is_file() else {}
+    entries = evaluation["attacks"]
+    clips = sorted({str(entries[a]["settings"].get("clip")) for a in attacks})
+    return {"eps": round(evaluation["key"]["eps"], 9), "norm": "Linf", "clip": "/".join(clips),
+            "protocol": identity.get("protocol", "?"),
+            "examples": f"{record['dataset']} test[{record['indices']['start']}:{record['indices']['stop']}]",
+            "attacks": {a: {k: v for k, v in entries[a]["settings"].items() if k != "source"} for a in attacks},
+            "network": identity.get("arch", "?")}
+
+
+THREAT_KEYS = ("eps", "norm", "clip", "protocol", "examples", "attacks")  # must be equal; `network` is stated
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    """The threat-model keys on which the two sides differ, in words ("clip: False vs True")."""
+    out = []
+    for key in THREAT_KEYS:
+        if a[key] != b[key]:
+            if key == "attacks":
+                out += [f"{name} settings: {a[key][name]} vs {b[key][name]}" for name in a[key]
+                        if a[key][name] != b[key][name]]
+            else:
+                out.append(f"{key}: {a[key]} vs {b[key]}")
+    return out
+
+
 def compare_runs(run_a: Path, run_b: Path, attacks: list[str] | None = None, *, n_boot: int = N_BOOT,
-                 seed: int = 0) -> dict:
-    """{"a", "b", "key_a", "key_b", "attacks": {name: compare_correct(...)}} over the attacks both runs' current
-    evaluations hold (or `attacks`), plus the worst case when both have it over the same attacks."""
+                 seed: int = 0, allow_different: bool = False) -> dict:
+    """{"a", "b", "key_a", "key_b", "threat_a", "threat_b", "different", "attacks": {name: compare_correct(...)}}
+    over the attacks both runs' current evaluations hold (or `attacks`), plus the worst case when both
+    have it over the same attacks. Two sides measured under different threat models (clip, protocol,
+    attack settings) are a UsageError naming what differs, unless `allow_different`: then `different`
+    lists it."""
     if not 100 <= n_boot <= MAX_BOOT:
         raise UsageError(f"--n-boot {n_boot!r}: allowed: 100 (enough for a 95% interval) to {MAX_BOOT:,} (the "
                          f"resamples are held in memory at once)")
@@ -144,18 +181,35 @@ def compare_runs(run_a: Path, run_b: Path, attacks: list[str] | None = None, *, 
     rec_a, rec_b = _records(run_a, ev_a, common), _records(run_b, ev_b, common)
     first = common[0]
     _same_examples(run_a, (ev_a, rec_a[first][0]), run_b, (ev_b, rec_b[first][0]))
+    threat_a = threat_model(run_a, ev_a, rec_a[first][0], common)
+    threat_b = threat_model(run_b, ev_b, rec_b[first][0], common)
+    different = differences(threat_a, threat_b)
+    if different and not allow_different:
+        raise UsageError(f"{run_a} and {run_b} were not measured under the same threat model ({'; '.join(different)})"
+                         f": their numbers do not compare; evaluate both the same way, or pass --allow-different to "
+                         f"compare them anyway with the differences printed")
     names = common + ([per_example.WORST] if per_example.WORST in rec_a and per_example.WORST in rec_b
                       and ev_a[per_example.WORST]["attacks"] == ev_b[per_example.WORST]["attacks"] else [])
-    return {"a": str(run_a), "b": str(run_b), "key_a": ev_a["key"], "key_b": ev_b["key"], "n_boot": n_boot,
-            "seed": seed, "attacks": {name: compare_correct(rec_a[name][1], rec_b[name][1], n_boot=n_boot, seed=seed)
-                                      for name in names}}
+    return {"a": str(run_a), "b": str(run_b), "key_a": ev_a["key"], "key_b": ev_b["key"], "threat_a": threat_a,
+            "threat_b": threat_b, "different": different, "n_boot": n_boot, "seed": seed,
+            "attacks": {name: compare_correct(rec_a[name][1], rec_b[name][1], n_boot=n_boot, seed=seed)
+                        for name in names}}
 
 
-def format_comparison(result: dict) -> str:
-    """The comparison as a plain-text table for people."""
-    lines = [f"A: {result['a']}", f"B: {result['b']}",
-             f"{'attack':<11} {'A %':>7} {'B %':>7} {'B - A':>7}  {'95% interval (paired bootstrap)':<32} "
-             f"{'McNemar p':>9}  disagreements"]
+BOLD, PLAIN = "\033[1m", "\033[0m"
+
+
+def format_comparison(result: dict, bold: bool = False) -> str:
+    """The comparison as a plain-text table for people: both sides' threat models (what differs marked
+    DIFFERENT, in bold on a terminal), then the statistics."""
+    lines = [f"A: {result['a']}", f"B: {result['b']}"]
+    for key in ("eps", "norm", "clip", "protocol", "examples", "network"):
+        a, b = result["threat_a"][key], result["threat_b"][key]
+        lines.append(f"  {key:<9} A {a}, B {b}" if a != b else f"  {key:<9} {a} (both)")
+    for line in result["different"]:
+        lines.append(f"{BOLD if bold else ''}DIFFERENT: {line}{PLAIN if bold else ''}")
+    lines.append(f"{'attack':<11} {'A %':>7} {'B %':>7} {'B - A':>7}  {'95% interval (paired bootstrap)':<32} "
+                 f"{'McNemar p':>9}  disagreements")
     for name, r in result["attacks"].items():
         lo, hi = (100 * v for v in r["interval"])
         lines.append(f"{name:<11} {100 * r['accuracy_a']:7.2f} {100 * r['accuracy_b']:7.2f} "

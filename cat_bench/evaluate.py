@@ -295,14 +295,14 @@ def attack_all(run_dir: Path, model: torch.nn.Module, x: torch.Tensor, y: torch.
         result["attacks"][name] = {"accuracy": correct.sum().item() / len(correct), "settings": settings,
                                    "seconds": time.time() - t0, "examples": rel}
         result["flags"] = masking_flags({k: v["accuracy"] for k, v in result["attacks"].items()})
-        records.write_json(path, result)
+        records.write_json(path, protocol_first(result, info.test_eps))
         log(f"{name}: {100 * result['attacks'][name]['accuracy']:.2f}% ({time.time() - t0:.1f} s)")
     result["flags"] = masking_flags({k: v["accuracy"] for k, v in result["attacks"].items()})
     worst = per_example.worst_case(run_dir, result)
     result.pop(per_example.WORST, None)
     if worst is not None:
         result[per_example.WORST] = worst
-    records.write_json(path, result)
+    records.write_json(path, protocol_first(result, info.test_eps))
     for flag in result["flags"]:
         log(f"WARNING, possible gradient masking: {flag['flag']} ({flag['detail']})")
     return result
@@ -328,17 +328,44 @@ def _has_examples(run_dir: Path, entry: dict) -> bool:
     return entry.get("examples") is not None and (run_dir / entry["examples"]).is_file()
 
 
-def _select_evaluation(stored: dict, key: dict) -> dict:
-    """eval.json's content with the evaluation of `key` on top, every other one kept under "earlier".
+FIELDS = ("key", "attacks", "flags", "provenance", "checks", per_example.WORST)  # one evaluation in eval.json
 
-    The top level (key, attacks, flags, provenance) is the evaluation run last; evaluations with
-    other keys (another eps, n_examples or checkpoint epoch) are never dropped, and coming back to
-    one of them reuses its finished attacks.
+
+def evaluations(stored: dict) -> list[dict]:
+    """Every evaluation eval.json holds: the one on top, then the others ("earlier")."""
+    return ([{k: stored[k] for k in FIELDS if k in stored}] if "key" in stored else []) + stored.get("earlier", [])
+
+
+def protocol_first(stored: dict, test_eps: float) -> dict:
+    """eval.json's content with the run's protocol evaluation on top, every other one under "earlier".
+
+    The protocol evaluation is the one at the dataset's test eps, of the newest checkpoint epoch, on
+    the most test examples (the newest of equals): what tables, the leaderboard and `compare` read.
+    An ad-hoc evaluation (another eps, a subset, other attacks on fewer examples) is kept beside it
+    and never replaces it.
     """
-    fields = ("key", "attacks", "flags", "provenance", "checks", per_example.WORST)
-    evaluations = ([{k: stored[k] for k in fields if k in stored}] if "key" in stored else []) + stored.get("earlier", [])
-    current = next((e for e in evaluations if e["key"] == key), {"key": key, "attacks": {}})
-    earlier = [e for e in evaluations if e is not current]
+    held = evaluations(stored)
+    if not held:
+        return stored
+
+    def rank(evaluation: dict) -> tuple:
+        key = evaluation["key"]
+        return abs(key["eps"] - test_eps) < 1e-9, key.get("epoch") or 0, key["n_examples"]
+
+    top = max(held, key=rank)  # the first of equals: the evaluation just run is first
+    rest = [e for e in held if e is not top]
+    return {**top, **({"earlier": rest} if rest else {})}
+
+
+def _select_evaluation(stored: dict, key: dict) -> dict:
+    """The evaluation of `key` (new, or held in eval.json) with every other one under "earlier": the
+    view an evaluation works on. Evaluations with other keys (another eps, n_examples or checkpoint
+    epoch) are never dropped, and coming back to one of them reuses its finished attacks; on disk
+    the protocol evaluation stays on top (`protocol_first`).
+    """
+    held = evaluations(stored)
+    current = next((e for e in held if e["key"] == key), {"key": key, "attacks": {}})
+    earlier = [e for e in held if e is not current]
     return {**current, **({"earlier": earlier} if earlier else {})}
 
 
@@ -354,7 +381,7 @@ def _autoattack(run_dir: Path | None, model, x, y, eps, settings, batch_size, se
     if run_dir is None:
         return run_autoattack(model, x, y, eps, settings["subattacks"], robust.to(device), batch_size=batch_size,
                               seed=seed, device=device, on_attack_done=lambda name, flags: None,
-                              version=settings.get("version", "standard"))
+                              version=settings.get("version", "standard"), log=log)
     state_path = run_dir / "eval_state" / f"{settings['name']}.pt"
     if state_path.exists():
         state = records.load_checkpoint(state_path)
@@ -374,6 +401,6 @@ def _autoattack(run_dir: Path | None, model, x, y, eps, settings, batch_size, se
     todo = [a for a in settings["subattacks"] if a not in finished]
     robust = run_autoattack(model, x, y, eps, todo, robust.to(device), batch_size=batch_size, seed=seed,
                             device=device, on_attack_done=save, log_file=run_dir / "autoattack.log",
-                            version=settings.get("version", "standard"))
+                            version=settings.get("version", "standard"), log=log)
     state_path.unlink(missing_ok=True)
     return robust

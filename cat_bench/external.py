@@ -120,10 +120,19 @@ def _state_dict(path: Path, arch: str, dataset: str):
         model.load_state_dict(state)
     except Exception as err:  # not a state dict, or not this network's
         raise UsageError(f"{path} does not load into --arch {arch} for {dataset}: {type(err).__name__}: "
-                         f"{str(err)[:300]}") from None
+                         f"{_first_lines(str(err))}; for a network cat-bench does not build, give MODULE:FUNCTION "
+                         f"returning your nn.Module with its weights loaded (docs/evaluation.md)") from None
     how = (f"torch.load(weights_only=True) into cat_bench.models.build_classifier({arch!r}) for {dataset}"
            f"{' (normalisation inside)' if info.mean else ''}")
     return model, path, how
+
+
+def _first_lines(message: str, limit: int = 400) -> str:
+    """A long message cut at a line or word boundary, never inside a word, saying how much was left out."""
+    if len(message) <= limit:
+        return message.strip()
+    cut = message[:limit].rsplit("\n", 1)[0] if "\n" in message[:limit] else message[:limit].rsplit(" ", 1)[0]
+    return f"{cut.strip()} ... ({len(message) - len(cut)} more characters)"
 
 
 def _check_archive_pickles(path: Path) -> None:

@@ -18,7 +18,7 @@ from torch import nn
 
 import cat_bench.evaluate as ev
 from cat_bench import records
-from cat_bench.checks import USUAL_STATS, as_flags, run_checks
+from cat_bench.checks import USUAL_STATS, as_flags, run_checks, wrong_range
 from cat_bench.data import load_split
 from cat_bench.errors import UsageError
 
@@ -118,6 +118,18 @@ def test_normalisation_outside_the_model_fails_input_range(digits):
     assert "mean/std normalised" in check["detail"]
     inside = Centroids((digits[2] - MEAN[0]) / STD[0], normalise_inside=True)  # the same model, normalising inside
     assert by_name(run_checks(inside, x, y, family="mnist", clip=True))["input-range"]["status"] == "passed"
+
+
+@pytest.mark.parametrize("base, best, expected", [
+    (0.90, 0.99, True),  # a 9-point gap is most of the error: normalisation left outside
+    (0.50, 0.65, True),  # more than 10 points
+    (0.97, 0.99, False),  # 2 of 100 examples: noise
+    (0.60, 0.68, False),  # 8 points of a 40-point error
+    (0.10, 0.22, False),  # chance level (10 classes): no alarm, however the conventions scatter
+    (0.05, 0.28, False),
+])
+def test_the_input_range_rule_sees_a_small_gap_at_high_accuracy_and_no_alarm_at_chance(base, best, expected):
+    assert wrong_range(base, best, 10) is expected
 
 
 def test_dropout_forward_is_handled_with_autoattack_rand(digits):

@@ -128,6 +128,25 @@ def test_different_examples_or_no_common_attack_are_refused(seeds, tmp_path):
     assert main(["compare", str(seeds[0]), str(tmp_path / "nothing")]) == 2
 
 
+def test_unequal_threat_models_are_refused_or_compared_with_the_difference_printed(seeds, tmp_path, capsys):
+    """The same run evaluated clipped and unclipped (planted in the record): refused by default; with
+    --allow-different, compared with the difference printed; equal sides print their shared threat model."""
+    other = shutil.copytree(seeds[1], tmp_path / "unclipped")
+    ev = json.loads((other / records.EVAL).read_text())
+    clip = ev["attacks"]["fgsm"]["settings"]["clip"]
+    for entry in ev["attacks"].values():
+        entry["settings"]["clip"] = not clip
+    (other / records.EVAL).write_text(json.dumps(ev))
+    with pytest.raises(UsageError, match=rf"not measured under the same threat model \(clip: {clip} vs {not clip}"):
+        compare_runs(seeds[0], other)
+    assert main(["compare", str(seeds[0]), str(other), "--allow-different"]) == 0
+    out = capsys.readouterr().out
+    assert f"DIFFERENT: clip: {clip} vs {not clip}" in out and "DIFFERENT: fgsm settings:" in out
+    assert main(["compare", str(seeds[0]), str(seeds[1])]) == 0
+    out = capsys.readouterr().out
+    assert "DIFFERENT" not in out and "  eps       0.1 (both)" in out and "  network   smallcnn (both)" in out
+
+
 @pytest.mark.parametrize("option,value,needle", [
     ("--seed", "-1", "--seed -1: allowed: a non-negative integer"),
     ("--n-boot", "10000000000", "--n-boot 10000000000: allowed: 100"),

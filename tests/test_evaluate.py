@@ -129,18 +129,22 @@ def test_rerun_skips_finished_attacks_and_adds_the_new_one(evaluated, tmp_path):
 @pytest.mark.parametrize("change", [{"n_examples": 50}, {"n_examples": N, "eps": 0.2}],
                          ids=["n_examples", "eps"])
 def test_another_evaluation_key_keeps_the_earlier_evaluation(evaluated, tmp_path, change):
-    """another --eps or --n-examples adds an evaluation; none is lost, and going back reuses it."""
+    """another --eps or --n-examples adds an evaluation beside the protocol one, which stays on top of
+    eval.json (what tables and compare read); none is lost, and going back reuses it."""
     src, first, _ = evaluated
     run = copy_run(src, tmp_path / "run")
     logs: list[str] = []
     result = evaluate(run, "natural", device=CPU, progress=False, log=logs.append, **change)
     assert not any("already evaluated" in m for m in logs)
-    assert set(result["attacks"]) == {"natural"}  # the top level is the evaluation just run
+    assert set(result["attacks"]) == {"natural"}  # what this evaluation ran, returned
     assert result["key"]["n_examples"] == change["n_examples"]
     assert result["key"]["eps"] == change.get("eps", 0.3)
     stored = json.loads((run / records.EVAL).read_text())
-    assert [e["key"] for e in stored["earlier"]] == [first["key"]]
-    assert stored["earlier"][0]["attacks"] == first["attacks"]
+    assert stored["key"] == first["key"] and stored["attacks"] == first["attacks"]  # the protocol's, on top
+    assert [e["key"] for e in stored["earlier"]] == [result["key"]]
+    from cat_bench.results import run_row
+
+    assert run_row(run)["n_examples"] == N and "pgd20" in run_row(run)  # tables read the protocol evaluation
 
     logs.clear()
     back = evaluate(run, ",".join(FIRST), n_examples=N, device=CPU, progress=False, log=logs.append)

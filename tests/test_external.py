@@ -197,6 +197,8 @@ def test_external_runs_appear_in_results_and_the_report(trained, tmp_path, capsy
     assert ext.name in html and not (tmp_path / "report" / "runs" / f"{ext.name}.html").exists()
     cell = read_cells(html)[f"leaderboard/{ext.name}/external"]
     assert str(weights) in cell["text"] and sha256(weights)[:12] in cell["text"]
+    grid = html.split('<section id="grid">')[1].split("</section>")[0]
+    assert "external:f.pt" in grid  # the over-seeds table lists what `results` lists
 
 
 def test_robustbench_model_from_a_local_model_dir(tmp_path, synthetic_cifar):
@@ -246,6 +248,20 @@ def test_a_robustbench_checkpoint_holding_a_pickle_is_refused_unloaded(tmp_path)
         evaluate_external("robustbench:Standard", "natural", model_dir=model_dir, results=tmp_path / "results",
                           device=CPU, progress=False, log=lambda m: None)
     assert not ran.exists() and not (tmp_path / "results").exists()
+
+
+def test_a_wrong_arch_message_is_cut_between_words_and_points_to_module_function(trained, tmp_path, capsys):
+    weights = trained[3]
+    code = main(["eval", str(weights), "--arch", "preact-resnet18", "--dataset", "mnist-mini", "--results",
+                 str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "MODULE:FUNCTION" in err
+    cut = err.split("RuntimeError: ", 1)[1].split(" ... (")[0]
+    model = build_classifier("preact-resnet18", 10, 1, *(dataset_info("mnist-mini").mean,
+                                                          dataset_info("mnist-mini").std))
+    with pytest.raises(RuntimeError) as full:
+        model.load_state_dict(torch.load(weights, weights_only=True))
+    assert str(full.value).startswith(cut) and str(full.value)[len(cut)] in " \n"  # cut between words
 
 
 @pytest.mark.parametrize("argv, expected", [

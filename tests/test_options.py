@@ -30,8 +30,8 @@ def test_the_flag_the_suite_key_and_the_keyword_make_one_run(option, tmp_path, m
                      f'eps = [0.3]\nattacks = ["natural"]\n{option.name} = {value!r}\n'.replace("'", '"'))
     assert load_suite(str(suite)).runs[0].config == config
     trained = []
-    monkeypatch.setattr(train_module, "train", lambda config, out, **kw: trained.append(config) or {"done": False,
-                        "epochs_trained": 0, "epochs": 1})
+    monkeypatch.setattr(train_module, "train", lambda config, out, *args, **kw: trained.append(config)
+                        or {"done": False, "epochs_trained": 0, "epochs": 1})
     assert main(["train", "--method", "at", "--dataset", "mnist-mini", "--eps", "0.3", option.flag, str(value),
                  "--out", str(tmp_path / "run")]) == 0
     assert trained == [config]

@@ -16,6 +16,7 @@ from cat_bench.evaluate import evaluate
 from cat_bench.methods import protocol_for
 from cat_bench.methods.base import lr_at
 from cat_bench.models.classifier import Classifier
+from cat_bench.networks import resolve_device
 from cat_bench.settings import Settings
 from cat_bench.train import resolve_config, train
 
@@ -65,7 +66,8 @@ def test_cat_on_mnist_clips_only_under_the_valid_protocol(tmp_path, protocol):
         train(config, tmp_path, **QUIET)
     # The attacks' inputs only: the setup checks feed other ranges on purpose (the input-range check).
     with InputRange() as during_eval, mock.patch("cat_bench.evaluate.run_checks", return_value=[]):
-        result = evaluate(tmp_path, "natural,pgd20", n_examples=20, **QUIET)
+        result = evaluate(tmp_path, "natural,pgd20", n_examples=20, device=resolve_device("cpu"), progress=False,
+                          log=lambda m: None)
     assert result["attacks"]["pgd20"]["settings"]["clip"] == (protocol == "valid")
     for seen in (during_training, during_eval):
         if protocol == "paper":

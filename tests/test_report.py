@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cat_bench import records
 from cat_bench.paper import Target
 from cat_bench.report import read_cells, render_report
 from cat_bench.report.runs import load_runs
@@ -156,6 +157,54 @@ def test_one_page_per_finished_run(report):
         assert section in page
     for src in re.findall(r'<img src="([^"]+)"', page):
         assert (out / "runs" / src).is_file()
+
+
+def test_the_curves_caption_names_every_panel_drawn(report):
+    out, _ = report
+    pages = {p.stem: p.read_text() for p in (out / "runs").glob("*.html")}
+    cat = [name for name in pages if name.startswith("cat-")]
+    assert cat and any(not name.startswith("cat-") for name in pages)
+    for name, page in pages.items():
+        if name.startswith("cat-"):  # three panels: accuracy, losses, the mask
+            assert "Middle: training losses" in page and "Right: mask_mean" in page, name
+        else:
+            assert "Right: training losses" in page and "Middle" not in page, name
+
+
+def test_a_run_measured_under_another_threat_model_is_flagged_on_the_leaderboard():
+    from types import SimpleNamespace
+
+    from cat_bench.report.tables import differing_settings, unequal_threat_models
+
+    def run(name, clip, n=500, external=False):
+        identity = {"method": "external" if external else "at", "hparams": {}, "precision": "fp32",
+                    "schedule": {"name": "external" if external else "official", "epochs": 0 if external else 2,
+                                 **({} if external else {"batch_size": 50})}, "n_train": 0 if external else 100}
+        if external:
+            identity["external"] = {"kind": "torch-export"}
+        attacks = {"pgd20": {"accuracy": 0.5, "settings": {"clip": clip}}}
+        return SimpleNamespace(name=name, identity=identity, evaluation={"key": {"eps": 0.3, "n_examples": n},
+                                                                         "attacks": attacks})
+
+    runs = [run("a", False), run("b", False), run("c", True, external=True), run("d", False, n=100)]
+    flags = unequal_threat_models(runs)
+    assert set(flags) == {"c", "d"}
+    assert flags["c"][0]["detail"] == "clip True (most runs here: False)"
+    assert flags["d"][0]["detail"] == "examples 100 (most runs here: 500)"
+    assert unequal_threat_models(runs[:2]) == {}
+    settings = differing_settings(runs)
+    assert settings["c"] == "external torch-export, not trained here" and "None" not in " ".join(settings.values())
+
+
+def test_a_trained_but_unevaluated_run_says_so(tmp_path):
+    from cat_bench.report.runs import RunRecord
+    from cat_bench.suite import RunSpec
+
+    spec = RunSpec({"method": "at"}, ("natural",), None, ("x",))
+    run = RunRecord(spec, tmp_path, "partial")
+    assert run.state_label == "in progress"
+    (tmp_path / records.DONE).write_text("{}")
+    assert run.state_label == "trained, not evaluated"
 
 
 def test_static_page_needs_no_server_or_network(report):
@@ -331,6 +380,7 @@ def test_figure2_draws_from_a_trained_cat_model(tmp_path):
                     done=summary, evaluation=result)
     name, text = figure2([run], tmp_path / "figure2.png")
     assert name == run.name and "epoch 1" in text
+    assert "x + M δ, not clipped (paper protocol)" in text  # CAT's MNIST protocol never clips
     assert (tmp_path / "figure2.png").is_file()
 
 

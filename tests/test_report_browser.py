@@ -166,3 +166,47 @@ def test_browser_sees_the_worst_case_column_and_reference_rows(tmp_path, write_r
     assert "Reference" in references and "not measured here" in references
     assert references.count('class="reference-row"') == 26 and "reference-row" not in measured
     assert re.search(r'data-cell="reference/Zhang2019Theoretically/eps" data-mark="eps-mismatch"', references)
+
+
+LEADERBOARD_FIT = """<script>
+window.addEventListener('load', () => {
+  const heads = [...document.querySelectorAll('#leaderboard table.board thead th')];
+  const out = document.createElement('pre');
+  out.id = 'leaderboard-fit';
+  out.textContent = JSON.stringify({width: window.innerWidth, columns: heads.length,
+    hidden: heads.filter(th => th.getBoundingClientRect().right > window.innerWidth).map(th => th.textContent),
+    overflow: Math.max(...[...document.querySelectorAll('#leaderboard .scroll')]
+                            .map(s => s.scrollWidth - s.clientWidth))});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def test_every_leaderboard_column_is_visible_at_1280_pixels(tmp_path):
+    """The smoke runs beside an external model with a long path: at 1,280 pixels every column of the
+    leaderboard, accuracies and flags included, is on screen without scrolling (screenshot kept)."""
+    import torch
+
+    from cat_bench.external import evaluate_external
+
+    results = shutil.copytree(REPO / "results" / "smoke", tmp_path / "results")
+    folder = tmp_path / "models-of-a-research-group" / "robust-mnist-classifiers-evaluated-against-cat-bench"
+    folder.mkdir(parents=True)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    path = folder / "a-linear-model-with-a-long-descriptive-file-name-trained-elsewhere.pt2"
+    torch.export.save(torch.export.export(model, (torch.zeros(2, 1, 28, 28),),
+                                          dynamic_shapes=({0: torch.export.Dim("batch")},)), path)
+    evaluate_external(str(path), "natural,fgsm,pgd20", dataset="mnist-mini", results=results, n_examples=100,
+                      device="cpu", progress=False, log=lambda m: None)
+    out = tmp_path / "report"
+    render_report(load_suite("smoke"), results, out)
+    probe = out / "probe-fit.html"
+    probe.write_text((out / "index.html").read_text().replace("</body>", LEADERBOARD_FIT + "</body>"))
+    dom = chromium(tmp_path, "--window-size=1280,1000", "--virtual-time-budget=10000", "--dump-dom",
+                   probe.as_uri()).stdout
+    chromium(tmp_path, f"--screenshot={tmp_path / 'leaderboard.png'}", "--window-size=1280,1000", probe.as_uri())
+    found = re.search(r'<pre id="leaderboard-fit">(.*?)</pre>', dom, re.S)
+    assert found, "the load event never ran"
+    fit = json.loads(html.unescape(found.group(1)))
+    assert fit["columns"] >= 12 and fit["hidden"] == [] and fit["overflow"] <= 0, fit
+    assert (tmp_path / "leaderboard.png").is_file()

@@ -40,13 +40,12 @@ from cat_bench.suite import SUITES_DIR, Suite, folder_suite, load_suite
 
 from .fidelity import TOLERANCE, accuracy_plot, fidelity_runs, fmt, log_epochs, mask_plot
 from .figures import draw_figure2, figure2_networks, figure2_panels, paper_figures, run_curves
-from .runs import RunRecord, in_progress, load_runs
+from .runs import STATE_LABELS, RunRecord, in_progress, load_runs
 from .tables import (ARCH_LABELS, DATASET_LABELS, METRIC_LABELS, Table, build_tables, leaderboard, mask_flags)
 
 __all__ = ["render_report", "read_cells", "suite_reference"]
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-STATE_LABELS = {"done": "finished", "partial": "in progress", "failed": "failed", "todo": "not started"}
 
 
 def suite_reference(suite: Suite) -> str:
@@ -71,7 +70,7 @@ def _env() -> Environment:
     env.filters["eps"] = format_eps
     env.filters["value"] = format_value
     env.globals.update(metric_labels=METRIC_LABELS, arch_labels=ARCH_LABELS, dataset_labels=DATASET_LABELS,
-                       state_labels=STATE_LABELS, version=__version__)
+                       version=__version__)
     return env
 
 
@@ -114,7 +113,7 @@ def _fmt_seconds(s: float) -> str:
     return f"{s / 3600:.2f} h"
 
 
-def _run_page(run: RunRecord, tables: list[Table], curves: bool) -> dict:
+def _run_page(run: RunRecord, tables: list[Table], curves: str | None) -> dict:
     """The context of one run page."""
     ev = run.evaluation
     attacks = ev.get("attacks", {})
@@ -143,7 +142,7 @@ def _run_page(run: RunRecord, tables: list[Table], curves: bool) -> dict:
         "train_provenance": _flatten(run.provenance or {}), "eval_provenance": _flatten(ev.get("provenance", {})),
         "train_seconds": _fmt_seconds(train_s), "eval_seconds": _fmt_seconds(eval_s),
         "total_seconds": _fmt_seconds(train_s + eval_s), "sessions": len(sessions),
-        "curves": f"{run.name}.png" if curves else None, "history": run.history, "loss_keys": loss_keys,
+        "curves": f"{run.name}.png" if curves else None, "curves_caption": curves, "history": run.history, "loss_keys": loss_keys,
         "best_epoch": best, "best_row": best_row, "serves": serves,
         "hparams": ", ".join(f"{k}={format_value(v)}" for k, v in sorted(run.identity["hparams"].items())) or "none",
     }

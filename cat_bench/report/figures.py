@@ -37,7 +37,8 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 
 FIGURES = {
     "2": ("MNIST: five test digits (columns); rows: the natural image, its PGD-20 adversarial example (eps 0.3), "
-          "the mask M = g(x + δ) and the calibrated example clip(x + M δ, 0, 1); f's prediction under each.",
+          "the mask M = g(x + δ) and the calibrated example x + M δ (clipped to [0, 1] only under a protocol "
+          "that clips; the line below says which); f's prediction under each.",
           "a finished CATcent or CATcw run on MNIST with its checkpoint (checkpoints/best.pt) or its exported "
           "model folder"),
     "3": ("Natural and PGD-20 accuracy (and their sum) against the training eps, for AT, TRADES and CATcent.",
@@ -174,9 +175,13 @@ def figure2(runs: Sequence[RunRecord], out: Path, *, device: str = "cpu", data_r
             return None, f"could not draw it from {run.name}: {type(err).__name__}: {err}"
         draw_figure2(panels, out)
         ident = run.identity
+        from cat_bench.presets import clips
+
+        domain = ("clip(x + M δ, 0, 1)" if clips("mnist", ident["protocol"])
+                  else f"x + M δ, not clipped ({ident['protocol']} protocol)")
         return run.name, (f"{run.name}: {method_label(ident['method'])} on {ident['dataset']}, "
                           f"eps_train {format_eps(ident['eps'])}, seed {ident['seed']}, {found[1]}; "
-                          f"five test images drawn with seed 0")
+                          f"calibrated example {domain}; five test images drawn with seed 0")
     return None, (f"{len(cands)} finished mask-net run(s) on MNIST, but none has its checkpoint ({records.BEST}) "
                   f"on disk or a model folder under {models}")
 
@@ -418,12 +423,13 @@ def paper_figures(runs: Sequence[RunRecord], folder: Path, suite_ref: str | None
 # A run's training curves
 
 
-def run_curves(run: RunRecord, out: Path) -> bool:
+def run_curves(run: RunRecord, out: Path) -> str | None:
     """Natural and robust (selection attack) accuracy per epoch, the training losses, and on a third axis
-    the epoch statistics that are not losses (CAT's mask mean and spread, in [0, 1]); False without history."""
+    the epoch statistics that are not losses (CAT's mask mean and spread, in [0, 1]); returns the
+    caption naming each panel drawn, or None without history (nothing drawn)."""
     hist = run.history
     if not hist:
-        return False
+        return None
     epochs = [h["epoch"] for h in hist]
     marker = "o" if len(epochs) < 30 else None
     keys = list(dict.fromkeys(k for h in hist for k in h.get("train", {})))
@@ -444,8 +450,12 @@ def run_curves(run: RunRecord, out: Path) -> bool:
                     color=PALETTE[(i + offset) % len(PALETTE)], label=k)
     _finish_axes(acc, "Accuracy on the selection split", "epoch", "accuracy (%)")
     _finish_axes(loss, "Training losses (epoch mean)", "epoch")
+    third = "Mask (epoch mean)" if any("mask" in k for k in others) else "Other statistics"
     if others:
-        _finish_axes(axes[2], "Mask (epoch mean)" if any("mask" in k for k in others) else "Other statistics",
-                     "epoch")
+        _finish_axes(axes[2], third, "epoch")
     save_png(fig, out)
-    return True
+    caption = ("Left: natural and robust accuracy (%) per epoch on the selection split; the dashed line marks the "
+               "selected epoch. " + ("Middle" if others else "Right") + ": training losses (epoch means).")
+    if others:
+        caption += f" Right: {', '.join(others)} (epoch means)."
+    return caption

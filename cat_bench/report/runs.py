@@ -19,6 +19,9 @@ from cat_bench.results import collect
 from cat_bench.suite import RunSpec, Suite
 
 
+STATE_LABELS = {"done": "finished", "partial": "in progress", "failed": "failed", "todo": "not started"}
+
+
 @dataclass
 class RunRecord:
     """One run of the suite: its spec, state ('done', 'partial', 'failed', 'todo') and, when finished (and not
@@ -43,6 +46,13 @@ class RunRecord:
         return self.identity is not None
 
     @property
+    def state_label(self) -> str:
+        """The state in words: 'finished', 'trained, not evaluated', 'in progress', 'failed' or 'not started'."""
+        if self.state == "partial" and not self.finished and (self.path / records.DONE).is_file():
+            return "trained, not evaluated"
+        return STATE_LABELS[self.state]
+
+    @property
     def external(self) -> dict | None:
         """What an external run evaluated (identity["external"]: source, kind, SHA-256); None for a trained run."""
         return (self.identity or {}).get("external")
@@ -55,7 +65,8 @@ class RunRecord:
 
 def load_runs(suite: Suite, results: Path) -> tuple[list[RunRecord], pd.DataFrame]:
     """Every run of the suite, in suite order, then the external runs of its datasets (RESULTS/external,
-    cat_bench.external), and `collect`'s table of the suite's finished runs."""
+    cat_bench.external), and `collect`'s table of the finished ones, external runs included (as
+    `cat-bench results` lists them)."""
     runs = []
     for spec in suite.runs:
         path = run_dir(results, spec)
@@ -67,8 +78,8 @@ def load_runs(suite: Suite, results: Path) -> tuple[list[RunRecord], pd.DataFram
             rec.evaluation = records.read_json(path / records.EVAL)
             rec.history = records.read_jsonl(path / records.HISTORY)
         runs.append(rec)
-    table = collect([r.path for r in runs if r.finished])
-    return runs + external_records(results, {s.config["dataset"] for s in suite.runs}), table
+    runs += external_records(results, {s.config["dataset"] for s in suite.runs})
+    return runs, collect([r.path for r in runs if r.finished])
 
 
 def in_progress(runs: Sequence[RunRecord]) -> dict[str, list[dict]]:

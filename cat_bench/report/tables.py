@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -635,12 +636,14 @@ def _settings(identity: dict) -> dict[str, str]:
 def differing_settings(runs: Sequence[RunRecord]) -> dict[str, str]:
     """Per run, "key=value, ..." of the settings that differ between the runs, and of the hyperparameters
     that differ between runs of one method (another method's hyperparameters say nothing)."""
-    flat = {r.name: _settings(r.identity) for r in runs}
+    trained = [r for r in runs if "external" not in r.identity]
+    flat = {r.name: _settings(r.identity) for r in trained}
     keys = [k for k in (next(iter(flat.values()), {})) if len({f[k] for f in flat.values()}) > 1]
     by_method: dict[str, list[RunRecord]] = {}
-    for r in runs:
+    for r in trained:
         by_method.setdefault(r.identity["method"], []).append(r)
-    out = {}
+    out = {r.name: f"external {r.identity['external']['kind']}, not trained here" for r in runs
+           if "external" in r.identity}
     for method, group in by_method.items():
         hp = sorted({k for r in group for k in r.identity["hparams"]})
         hp = [k for k in hp if len({format_value(r.identity["hparams"].get(k)) for r in group}) > 1]
@@ -649,6 +652,27 @@ def differing_settings(runs: Sequence[RunRecord]) -> dict[str, str]:
             parts += [f"{k}={format_value(r.identity['hparams'].get(k))}" for k in hp]
             out[r.name] = ", ".join(parts)
     return out
+
+
+def threat_model(run: RunRecord) -> tuple:
+    """What a run's numbers measure: the evaluation's eps, its test examples, and whether its attacks
+    keep inputs in [0, 1] (clip)."""
+    ev = run.evaluation
+    clip = sorted({str(a["settings"].get("clip")) for a in ev.get("attacks", {}).values() if "settings" in a})
+    return round(ev["key"]["eps"], 9), ev["key"]["n_examples"], "/".join(clip)
+
+
+def unequal_threat_models(runs: Sequence[RunRecord]) -> dict[str, list[dict]]:
+    """A flag for each run measured under another threat model than most runs ranked beside it
+    (`threat_model`): its numbers do not compare with theirs."""
+    models = {r.name: threat_model(r) for r in runs if r.evaluation.get("key")}
+    if len(set(models.values())) < 2:
+        return {}
+    common = Counter(models.values()).most_common(1)[0][0]
+    words = ("eps", "examples", "clip")
+    return {name: [{"flag": "threat model differs", "detail": "; ".join(
+        f"{w} {mine} (most runs here: {theirs})" for w, mine, theirs in zip(words, model, common) if mine != theirs)}]
+        for name, model in models.items() if model != common}
 
 
 def leaderboard(runs: Sequence[RunRecord]) -> list[Board]:
@@ -680,8 +704,9 @@ def leaderboard(runs: Sequence[RunRecord]) -> list[Board]:
         present = {k for _, _, _, acc in scored for k in acc if k != "natural"}
         attacks = in_attack_order(present)
         settings = differing_settings([run for run, *_ in scored])
+        unequal = unequal_threat_models([run for run, *_ in scored])
         entries = [Entry(i, run, score, by, acc, run.evaluation.get("flags", []) + as_flags(run.evaluation.get("checks", []))
-                         + mask_flags(run.history), settings[run.name])
+                         + mask_flags(run.history) + unequal.get(run.name, []), settings[run.name])
                    for i, (run, score, by, acc) in enumerate(scored, start=1)]
         board = Board(dataset, attacks, entries)
         if dataset == REFERENCE_DATASET and references:
