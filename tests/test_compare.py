@@ -120,7 +120,7 @@ def test_committed_smoke_runs_without_records_say_how_to_create_them(capsys):
 
 def test_different_examples_or_no_common_attack_are_refused(seeds, tmp_path):
     other = shutil.copytree(seeds[1], tmp_path / "other")
-    evaluate(other, "natural", n_examples=100, eps=0.1, device=CPU, progress=False, log=lambda m: None)
+    evaluate(other, "natural", n_examples=2 * N, eps=0.1, device=CPU, progress=False, log=lambda m: None)
     with pytest.raises(UsageError, match="not evaluated on the same examples"):
         compare_runs(seeds[0], other, ["natural"])
     with pytest.raises(UsageError, match=r"--attacks cw: not evaluated in both runs"):
