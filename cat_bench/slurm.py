@@ -111,8 +111,8 @@ def partition(name: str | None) -> Partition | None:
     found = [row for row in rows if (row[0].rstrip("*") == name if name else row[0].endswith("*"))]
     if not found:
         return None
-    return Partition(found[0][0].rstrip("*"), min(_gpus(r[1]) for r in found),
-                     min(int(r[2].rstrip("+")) for r in found if r[2].rstrip("+").isdigit()))
+    cpus = [int(r[2].rstrip("+")) for r in found if r[2].rstrip("+").isdigit()]
+    return Partition(found[0][0].rstrip("*"), min(_gpus(r[1]) for r in found), min(cpus, default=DEFAULT_CPUS))
 
 
 def parameters(res: SlurmResources, part: Partition | None, job_name: str) -> dict:
