@@ -210,13 +210,13 @@ def jobs_of(results: Path) -> dict[str, str]:
     return {run: row["job"] for run, row in slurm.submitted(results).items()}
 
 
-def wait_until(condition, results: Path, timeout: float = 400) -> None:
-    """Poll until `condition()` holds; on timeout, fail with the queue and the jobs' logs."""
+def wait_until(condition, results: Path, timeout: float = 400, every: float = 2) -> None:
+    """Poll every `every` seconds until `condition()` holds; on timeout, fail with the queue and the jobs' logs."""
     end = time.time() + timeout
     while time.time() < end:
         if condition():
             return
-        time.sleep(2)
+        time.sleep(every)
     logs = "\n".join(f"--- {row['log']}\n{_tail(row['log'])}\n{_tail(row['err'])}"
                      for row in slurm.submitted(results).values())
     queue = subprocess.run(["squeue", "-t", "all"], capture_output=True, text=True).stdout
@@ -262,8 +262,8 @@ def test_a_requeued_job_resumes_without_losing_or_repeating_an_epoch(cluster, tm
     """`scontrol requeue` in the middle of training: the job comes back, resumes from its checkpoint,
     and ends with one history line per epoch and the uninterrupted run's numbers."""
     only = ["--only", "method=at"]
-    tiny = tmp_path / "longer.toml"  # three epochs: the requeue lands in the middle of training
-    tiny.write_text(TINY.replace("epochs = 2", "epochs = 3"))
+    tiny = tmp_path / "longer.toml"  # six epochs of a few seconds: the requeue lands in the middle of training
+    tiny.write_text(TINY.replace("epochs = 2", "epochs = 6"))
     local = subprocess.Popen([sys.executable, "-m", "cat_bench.cli", "run", "--suite", tiny, "--results",
                               tmp_path / "local", "--no-progress", *only], env={**os.environ, "OMP_NUM_THREADS": "1"},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -273,14 +273,14 @@ def test_a_requeued_job_resumes_without_losing_or_repeating_an_epoch(cluster, tm
     assert submitted.returncode == 0, submitted.stderr
     (spec,) = [s for s in load_suite(str(tiny)).runs if s.config["method"] == "at"]
     history = run_dir(results, spec) / records.HISTORY
-    wait_until(lambda: history.is_file() and len(records.read_jsonl(history)) >= 1, results)
+    wait_until(lambda: history.is_file() and len(records.read_jsonl(history)) >= 1, results, every=0.2)
     job = jobs_of(results)[spec.name]
     requeue = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
     assert requeue.returncode == 0, requeue.stderr
     wait_until(lambda: state(results, spec) == "done", results)
-    assert [row["epoch"] for row in records.read_jsonl(history)] == [1, 2, 3]
+    assert [row["epoch"] for row in records.read_jsonl(history)] == [1, 2, 3, 4, 5, 6]
     starts = [s["start_epoch"] for s in records.read_jsonl(run_dir(results, spec) / records.SESSIONS)]
-    assert len(starts) == 2 and starts[0] == 0 and 1 <= starts[1] < 3  # resumed from a checkpoint, not from 0
+    assert len(starts) == 2 and starts[0] == 0 and 1 <= starts[1] < 6  # resumed from a checkpoint, not from 0
     assert local.wait(timeout=600) == 0, local.communicate()[1]
     table = ["results", "--suite", tiny, "--format", "csv", "--per-seed", *only, "--results"]
     assert cli(*table, results).stdout == cli(*table, tmp_path / "local").stdout
