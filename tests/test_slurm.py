@@ -277,7 +277,7 @@ def test_a_requeued_job_resumes_without_losing_or_repeating_an_epoch(cluster, tm
     job = jobs_of(results)[spec.name]
     requeue = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
     assert requeue.returncode == 0, requeue.stderr
-    # A requeued job waits (its begin time moved about two minutes on); make it eligible now.
+    # Slurm keeps a requeued job pending a few minutes before it is eligible again; make it eligible now.
     wait_until(lambda: "PENDING" in slurm.queue_states([job])[job], results, every=0.5)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
     wait_until(lambda: state(results, spec) == "done", results)
