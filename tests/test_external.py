@@ -84,6 +84,18 @@ def test_state_dict_of_a_trained_run_gives_exactly_its_numbers(trained, tmp_path
     assert "worst-case" in capsys.readouterr().out
 
 
+def entry_point(folder, monkeypatch, module, arch, weights) -> str:
+    """A `module:function` in `folder` (importable, the working directory) returning `arch` with the
+    weights it loads from the file `weights` each time it is called."""
+    (folder / f"{module}.py").write_text(
+        "import torch\nfrom cat_bench.models import build_classifier\n\n"
+        f"def model():\n    f = build_classifier({arch!r}, 10, 1)\n"
+        f"    f.load_state_dict(torch.load({str(weights)!r}, weights_only=True))\n    return f\n")
+    monkeypatch.chdir(folder)
+    monkeypatch.syspath_prepend(str(folder))
+    return f"{module}:model"
+
+
 def test_torch_export_torchscript_and_entry_point_give_the_same_numbers(trained, tmp_path, monkeypatch):
     _, run_result, f, weights, arch = trained
     x = torch.rand(2, 1, 28, 28)
@@ -95,13 +107,7 @@ def test_torch_export_torchscript_and_entry_point_give_the_same_numbers(trained,
         sources["torchscript"] = tmp_path / "f_scripted.pt"
     except Exception as err:  # a torch without TorchScript
         pytest.skip(f"torch.jit cannot save here: {err}")
-    (tmp_path / "my_models.py").write_text(
-        "import torch\nfrom cat_bench.models import build_classifier\n\n"
-        f"def smallcnn():\n    f = build_classifier({arch!r}, 10, 1)\n"
-        f"    f.load_state_dict(torch.load({str(weights)!r}, weights_only=True))\n    return f\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sources["entry-point"] = "my_models:smallcnn"
+    sources["entry-point"] = entry_point(tmp_path, monkeypatch, "my_models", arch, weights)
     for kind, source in sources.items():
         results = tmp_path / f"results-{kind}"
         run_dir, result = evaluate_external(str(source), ATTACKS, dataset="mnist-mini", results=results,
@@ -161,18 +167,13 @@ def test_new_weights_behind_an_entry_point_are_a_new_evaluation(trained, tmp_pat
     _, _, _, weights, arch = trained
     mine = tmp_path / "mine.pt"
     shutil.copy(weights, mine)
-    (tmp_path / "loads_weights.py").write_text(
-        "import torch\nfrom cat_bench.models import build_classifier\n\n"
-        f"def model():\n    f = build_classifier({arch!r}, 10, 1)\n"
-        f"    f.load_state_dict(torch.load({str(mine)!r}, weights_only=True))\n    return f\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
+    source = entry_point(tmp_path, monkeypatch, "loads_weights", arch, mine)
     options = dict(dataset="mnist-mini", results=tmp_path / "r", n_examples=N, device=CPU, progress=False)
-    first_dir, first = evaluate_external("loads_weights:model", "natural", log=lambda m: None, **options)
+    first_dir, first = evaluate_external(source, "natural", log=lambda m: None, **options)
     state = torch.load(weights, weights_only=True)
     torch.save({k: torch.zeros_like(v) for k, v in state.items()}, mine)  # a constant model: chance level
     logs = []
-    second_dir, second = evaluate_external("loads_weights:model", "natural", log=logs.append, **options)
+    second_dir, second = evaluate_external(source, "natural", log=logs.append, **options)
     assert second_dir != first_dir and not any("already evaluated" in m for m in logs)
     assert first["attacks"]["natural"]["accuracy"] > 0.5 > second["attacks"]["natural"]["accuracy"]
     info = json.loads((second_dir / INFO).read_text())
