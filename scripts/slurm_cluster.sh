@@ -108,9 +108,19 @@ start() {
 
 stop() {
   [ -n "$dir" ] || { echo "usage: $0 stop DIR" >&2; exit 2; }
+  pids=()
   for pidfile in "$dir"/slurmd-*.pid "$dir"/slurmctld.pid; do
-    [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+    [ -f "$pidfile" ] && pids+=("$(cat "$pidfile")")
   done
+  [ ${#pids[@]} -gt 0 ] || return 0
+  kill "${pids[@]}" 2>/dev/null || true
+  for _ in $(seq 30); do  # the daemons save their state as they exit: wait, so DIR can then be removed
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 1 ] || return 0
+    sleep 0.5
+  done
+  kill -9 "${pids[@]}" 2>/dev/null || true
 }
 
 case "$action" in

@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -180,21 +181,24 @@ def _free(port: int) -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory):
-    """A one-node Slurm cluster for the session (scripts/slurm_cluster.sh), its SLURM_CONF exported."""
+@pytest.fixture(scope="module")
+def cluster():
+    """A one-node Slurm cluster for this module (scripts/slurm_cluster.sh), its SLURM_CONF exported. Its folder
+    is outside pytest's temporary root: the daemons write their state there while other tests check that
+    refused commands leave that root untouched."""
     if shutil.which("sbatch") is None or shutil.which("slurmctld") is None:
         pytest.skip("Slurm is not installed here (sbatch, slurmctld); `bash scripts/slurm_cluster.sh install` "
                     "installs it, as CI does")
     if os.geteuid() != 0:
         pytest.skip("the test cluster's daemons run as root; run the tests as root, or start a cluster yourself")
-    folder = tmp_path_factory.mktemp("cluster")
+    folder = Path(tempfile.mkdtemp(prefix="cat-bench-cluster-"))
     env = {**os.environ, "SLURM_CLUSTER_PORT": str(_free_port_base())}
     subprocess.run(["bash", str(SCRIPT), "start", str(folder)], check=True, env=env, capture_output=True)
     old = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(folder / "slurm.conf")
     yield folder
     subprocess.run(["bash", str(SCRIPT), "stop", str(folder)], check=False)
+    shutil.rmtree(folder, ignore_errors=True)
     if old is None:
         os.environ.pop("SLURM_CONF", None)
     else:
