@@ -162,6 +162,43 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+AUTOATTACK_LOG_EVERY = 30.0  # seconds between two progress lines within a sub-attack
+
+
+def _clean_correct(adversary, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Which examples the model classifies correctly: pyautoattack's own first step (a misclassified
+    example is not robust), done once here so that every later call gets correct examples only."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(y), batch_size):
+            xb, yb = x[start:start + batch_size].to(adversary.device), y[start:start + batch_size].to(adversary.device)
+            out.append(adversary.get_logits(xb).argmax(1) == yb)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=adversary.device)
+
+
+def _subattack(adversary, name: str, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, robust: torch.Tensor,
+               batch_size: int, log: Callable[[str], None]) -> None:
+    """One sub-attack on the examples `idx` (all classified correctly), a batch at a time, clearing the
+    flags in `robust` of the examples it breaks; a line at most every AUTOATTACK_LOG_EVERY seconds and
+    one at the end: examples done, robust accuracy so far, time left.
+
+    Each call of `run_standard_evaluation` gets exactly one of the batches its single call on all of
+    `idx` would form (the same examples, in order), and pyautoattack seeds every batch afresh
+    (`get_seed()` before each `perturb`), so the flags are those of that single call."""
+    began = last = time.monotonic()
+    for start in range(0, len(idx), batch_size):
+        chunk = idx[start:start + batch_size]
+        _, y_adv = adversary.run_standard_evaluation(x[chunk], y[chunk], batch_size=batch_size)
+        robust[chunk] = y_adv.to(robust.device) == y[chunk].to(robust.device)
+        done, now = start + len(chunk), time.monotonic()
+        if done == len(idx) or now - last >= AUTOATTACK_LOG_EVERY:
+            last = now
+            left = (now - began) / done * (len(idx) - done)
+            tail = f"{now - began:.0f} s" if done == len(idx) else f"about {left:.0f} s left"
+            log(f"  {name}: {done}/{len(idx)} examples attacked, robust accuracy so far "
+                f"{100 * robust.float().mean().item():.2f}% ({tail})")
+
+
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, attacks: list[str],
                    robust: torch.Tensor, *, batch_size: int, seed: int, device: torch.device,
                    on_attack_done: Callable[[str, torch.Tensor], None], log_file=None,
@@ -173,8 +210,8 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     lets the caller checkpoint, since pyautoattack's own `state_path` resume is unreliable.
     Returns the final robust flags. Square alone is `attacks=["square"]` (5000 queries, p_init 0.8).
     `version="rand"` (a stochastic forward): APGD with an expectation over 20 draws per step (EOT).
-    `log` gets a line as each sub-attack starts (the points it attacks) and ends (robust accuracy so
-    far, its time), so an evaluation of hours shows where it is.
+    `log` gets a line as each sub-attack starts (the points it attacks), lines while it runs (examples
+    done, robust accuracy so far, time left) and one as it ends, so an evaluation of hours shows where it is.
     """
     from pyautoattack import AutoAttack
 
@@ -188,18 +225,16 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     try:
         adversary = AutoAttack(model, norm="Linf", eps=eps, version=version, device=device, seed=seed)
         robust = robust.clone()
+        idx = robust.nonzero().squeeze(1)
+        robust[idx] = _clean_correct(adversary, x[idx], y[idx], batch_size).to(robust.device)
         for i, name in enumerate(attacks, start=1):
             idx = robust.nonzero().squeeze(1)
             if len(idx) > 0:
                 adversary.attacks_to_run = [name]
                 logger.info("running %s on %d robust points", name, len(idx))
                 log(f"  {name} ({i}/{len(attacks)}): attacking the {len(idx)} of {len(y)} examples still robust")
-                began = time.time()
-                _, y_adv = adversary.run_standard_evaluation(x[idx], y[idx], batch_size=batch_size)
-                robust[idx] = y_adv.to(robust.device) == y[idx].to(robust.device)
+                _subattack(adversary, name, x, y, idx, robust, batch_size, log)
                 logger.info("robust accuracy after %s: %.4f", name, robust.float().mean().item())
-                log(f"  {name}: robust accuracy so far {100 * robust.float().mean().item():.2f}% "
-                    f"({time.time() - began:.0f} s)")
             on_attack_done(name, robust)
         return robust
     finally:

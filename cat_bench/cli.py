@@ -73,8 +73,9 @@ def _parser() -> argparse.ArgumentParser:
                                     "attacks (docs/method.md s4)")
     e.add_argument("run_dir", type=Path, metavar="SOURCE",
                    help="a run directory (cat-bench train --out, or RESULTS/runs/NAME; writes its eval.json), a model "
-                        "folder (cat-bench export; its SHA-256 is verified, the numbers are printed beside its card's, "
-                        "nothing is written unless --record), or an external model evaluated into RESULTS/external/NAME: a state-dict "
+                        "folder (cat-bench export; its SHA-256 is verified, the numbers are printed beside its card's and "
+                        "kept in RESULTS/external/NAME, the folder is written only with --record), or an external model "
+                        "evaluated into RESULTS/external/NAME: a state-dict "
                         "file with --arch and --dataset, a torch.export .pt2 or TorchScript file, robustbench:NAME "
                         "with --model-dir, or module:function returning an nn.Module (docs/evaluation.md)")
     e.add_argument("--attacks", default="natural,fgsm,pgd20,pgd100,cw",
@@ -88,12 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", help="external models: the dataset to evaluate on (robustbench:NAME: default cifar10)")
     e.add_argument("--model-dir", type=Path, help="robustbench:NAME: the local RobustBench model directory")
     e.add_argument("--results", type=Path, default=Path("results"),
-                   help="external models: the results directory whose external/ gets the run (default: ./results)")
+                   help="model folders and external models: the results directory whose external/ gets the run "
+                        "(default: ./results)")
     e.add_argument("--seed", type=int, default=0, help="external models: the seed torch gets before each attack")
     e.add_argument("--record", action="store_true",
-                   help="model folders: add this evaluation to the card (card.json and README.md, beside the "
-                        "export's); AutoAttack and Square keep their finished sub-attacks in the user cache, so a "
-                        "stopped evaluation continues there")
+                   help="model folders: also add this evaluation to the card (card.json and README.md, beside the "
+                        "export's)")
     e.add_argument("--strict", action="store_true",
                    help="a failed setup check (eval mode, eps 0, input range, finite gradients) is an error "
                         "(exit 2) instead of a recorded flag and a warning")
@@ -101,12 +102,16 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="is the accuracy difference between two evaluated runs real? paired "
                                        "bootstrap interval and McNemar's exact test, per attack")
-    c.add_argument("run_a", type=Path, help="an evaluated run directory (with per-example records)")
+    c.add_argument("run_a", type=Path, help="an evaluated run directory (with per-example records) or a model folder "
+                                            "evaluated with cat-bench eval")
     c.add_argument("run_b", type=Path, help="another, evaluated on the same test examples at the same eps")
     c.add_argument("--attacks", help="comma-separated attacks to compare (default: every attack both runs have)")
     c.add_argument("--n-boot", type=positive_int, default=10_000, help="bootstrap resamples (default 10000)")
     c.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     c.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    c.add_argument("--results", type=Path, default=Path("results"),
+                   help="where a model folder's evaluation is found (RESULTS/external, as `cat-bench eval FOLDER` "
+                        "writes it; default: ./results)")
     c.add_argument("--allow-different", action="store_true",
                    help="compare runs measured under different threat models (clip, protocol, attack settings) "
                         "anyway, printing what differs; without it they are refused")
@@ -413,10 +418,13 @@ def _eval_external(args) -> None:
 
 
 def _eval_model_folder(args) -> None:
-    """`cat-bench eval MODEL_FOLDER`: verify the weights' SHA-256, evaluate, print beside the card's numbers."""
+    """`cat-bench eval MODEL_FOLDER`: verify the weights' SHA-256, evaluate into RESULTS/external (the folder
+    stays as it is), print beside the card's numbers; with --record, also add the evaluation to the card."""
     from cat_bench.data import dataset_info
     from cat_bench.evaluate import check_options, default_batch_size, parse_attacks
-    from cat_bench.shipped import card_numbers, measure_folder, read_card, record_evaluation, verify
+    from cat_bench.external import evaluate_folder
+    from cat_bench.networks import resolve_device
+    from cat_bench.shipped import card_entry, read_card, verify
 
     if args.unfinished:
         raise UsageError(f"--unfinished is for run directories; {args.run_dir} is a model folder of a finished run")
@@ -425,48 +433,55 @@ def _eval_model_folder(args) -> None:
     names = parse_attacks(args.attacks, info.family)
     eps = parse_eps(args.eps) if args.eps is not None else None
     check_options(batch_size=args.batch_size, n_examples=args.n_examples, eps=eps)
+    _check_results(args.results)
     digest = verify(args.run_dir, card)
     print(f"{card['weights']['file']}: SHA-256 verified ({digest})", file=sys.stderr)
-
-    from cat_bench.networks import resolve_device
-
     device = resolve_device(args.device)
     batch_size = args.batch_size or card.get("check", {}).get("batch_size") or default_batch_size(device)
-    state_dir = _folder_eval_state(digest) if args.record else None
-    result = measure_folder(args.run_dir, card, names, n_examples=args.n_examples, eps=eps, batch_size=batch_size,
-                            device=device, data_root=args.data_root, progress=not args.no_progress,
-                            log=lambda m: print(m, file=sys.stderr), state_dir=state_dir)
+    run_dir, result, examples = evaluate_folder(
+        args.run_dir, card, names, results=args.results, n_examples=args.n_examples, eps=eps, batch_size=batch_size,
+        device=device, data_root=args.data_root, progress=not args.no_progress,
+        log=lambda m: print(m, file=sys.stderr), strict=args.strict)
+    _print_beside_card(card, result, names, examples)
+    print(f"record: {run_dir / 'eval.json'}")
+    if args.record:
+        _record_in_card(args, card, card_entry(run_dir, result, names, examples), device, batch_size)
+
+
+def _print_beside_card(card: dict, result: dict, names: list[str], examples: str) -> None:
+    """Each attack's accuracy measured now beside the card's for the same examples and eps, and the flags."""
+    from cat_bench.checks import as_flags
+    from cat_bench.shipped import card_numbers
+
     n, test_eps = result["key"]["n_examples"], result["key"]["eps"]
     recorded = card_numbers(card, n, test_eps)
     width = max(map(len, names))
-    print(f"{card['name']}: {n} test examples ({result['examples']}), eps {test_eps:g}; measured here, then the "
-          f"card's number for the same examples")
-    for name, entry in result["attacks"].items():
-        mine = 100 * entry["accuracy"]
+    print(f"{card['name']}: {n} test examples ({examples}), eps {test_eps:g}; measured here, then the card's number "
+          f"for the same examples")
+    for name in names:
+        mine = 100 * result["attacks"][name]["accuracy"]
         if name in recorded:
             theirs = 100 * recorded[name]
             same = "same" if abs(mine - theirs) < 1e-9 else f"differs by {mine - theirs:+.2f}"
             print(f"{name:<{width}}  {mine:6.2f}%  card {theirs:6.2f}%  {same}")
         else:
             print(f"{name:<{width}}  {mine:6.2f}%  card has no number for these examples")
-    if args.record:
-        entry = record_evaluation(args.run_dir, card, result, device=device, batch_size=batch_size,
-                                  command=command("eval", str(args.run_dir), "--attacks", ",".join(names),
-                                                  *(["--n-examples", str(n)] if args.n_examples else []),
-                                                  *(["--eps", args.eps] if args.eps is not None else []), "--record"))
-        for flag in entry["flags"]:
-            print(f"flag: {flag['flag']}: {flag['detail']}")
-        print(f"recorded in {args.run_dir / 'card.json'} and README.md", file=sys.stderr)
+    for flag in as_flags(result.get("checks", [])):
+        print(f"flag: {flag['flag']}: {flag['detail']}")
 
 
-def _folder_eval_state(digest: str) -> Path:
-    """Where `eval FOLDER --record` keeps AutoAttack's finished sub-attacks: the user cache, by the weights'
-    SHA-256 (the model folder itself is written only once, when the evaluation is complete)."""
-    import platformdirs
+def _record_in_card(args, card: dict, entry: dict, device, batch_size: int) -> None:
+    """`eval FOLDER --record`: the evaluation just made (`shipped.card_entry`) added to the card."""
+    from cat_bench.shipped import record_evaluation
 
-    state = Path(platformdirs.user_cache_dir("cat-bench")) / "eval-state" / digest[:16]
-    state.mkdir(parents=True, exist_ok=True)
-    return state
+    n = entry["key"]["n_examples"]
+    how = command("eval", str(args.run_dir), "--attacks", ",".join(entry["attacks"]),
+                  *(["--n-examples", str(n)] if args.n_examples else []),
+                  *(["--eps", args.eps] if args.eps is not None else []), "--record")
+    recorded = record_evaluation(args.run_dir, card, entry, device=device, batch_size=batch_size, command=how)
+    for flag in recorded["flags"]:
+        print(f"flag: {flag['flag']}: {flag['detail']}")
+    print(f"recorded in {args.run_dir / 'card.json'} and README.md", file=sys.stderr)
 
 
 def _compare(args) -> None:
@@ -477,10 +492,27 @@ def _compare(args) -> None:
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks is not None else None
     if attacks is not None and not attacks:
         raise UsageError(f"--attacks {args.attacks!r} names no attack; give e.g. --attacks natural,pgd20")
-    result = compare_runs(args.run_a, args.run_b, attacks, n_boot=args.n_boot, seed=args.seed,
+    run_a, run_b = _evaluated(args.run_a, args.results), _evaluated(args.run_b, args.results)
+    result = compare_runs(run_a, run_b, attacks, n_boot=args.n_boot, seed=args.seed,
                           allow_different=args.allow_different)
     print(json.dumps(result, indent=2) if args.json else format_comparison(result, bold=sys.stdout.isatty()),
           end="\n" if args.json else "")
+
+
+def _evaluated(path: Path, results: Path) -> Path:
+    """One side of `compare`: a run directory as given; for a model folder, the run directory of its
+    evaluation under RESULTS/external (`cat-bench eval FOLDER` makes it; the folder holds no per-example records)."""
+    from cat_bench.external import folder_run
+    from cat_bench.shipped import is_model_folder, read_card
+
+    if not is_model_folder(path):
+        return path
+    found = folder_run(results, read_card(path))
+    if found is None:
+        raise UsageError(f"{path} is a model folder not yet evaluated into {results}; evaluate it with "
+                         f"{command('eval', path, '--results', results, '--n-examples', 'N')} (N: the other "
+                         f"side's examples), then compare again")
+    return found
 
 
 def _export(args) -> None:

@@ -48,7 +48,7 @@ from cat_bench.lazy import torch
 FOLDER = "external"
 INFO = "external.json"
 FORMAT = "cat-bench external model 1"
-KINDS = ("state-dict", "torch-export", "torchscript", "robustbench", "entry-point")
+KINDS = ("state-dict", "torch-export", "torchscript", "robustbench", "entry-point", "model-folder")
 ENTRY_POINT = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 THREAT_MODEL = "Linf"
 SOURCES = ("a run directory, a model folder (cat-bench export), a state-dict file (.pt/.pth with --arch), "
@@ -267,11 +267,13 @@ def weights_sha256(model) -> str:
     return digest.hexdigest()
 
 
-def identity(source: str, kind: str, digest: str, weights: str, arch: str | None, dataset: str, seed: int) -> dict:
+def identity(source: str, kind: str, digest: str, weights: str, arch: str | None, dataset: str, seed: int,
+             protocol: str = "valid") -> dict:
     """The external run's identity: what results tables group on, and what its directory name hashes:
-    the file (`digest`: its SHA-256, the program or source) and what it loads (`weights`)."""
+    the file (`digest`: its SHA-256, the program or source) and what it loads (`weights`). `protocol`:
+    "valid" (attacks stay in [0, 1], RobustBench's convention) but for a model folder, whose card says."""
     return {"method": "external", "dataset": dataset, "arch": arch or kind, "eps": dataset_info(dataset).test_eps,
-            "seed": seed, "protocol": "valid", "n_train": 0, "hparams": {},
+            "seed": seed, "protocol": protocol, "n_train": 0, "hparams": {},
             "schedule": {"name": "external", "epochs": 0},
             "external": {"source": source, "kind": kind, "sha256": digest, "weights_sha256": weights,
                          "label": label(source, kind)}}
@@ -281,17 +283,17 @@ def label(source: str, kind: str) -> str:
     """A short name for tables: the file's name, RobustBench's model name, or the entry point."""
     if kind == "robustbench":
         return source.partition(":")[2]
-    return source if kind == "entry-point" else Path(source).name
+    return source if kind in ("entry-point", "model-folder") else Path(source).name
 
 
 def prepare(results: Path, source: str, kind: str, model, path: Path, how: str, *, weights: str,
-            arch: str | None, dataset: str, seed: int) -> Path:
+            arch: str | None, dataset: str, seed: int, protocol: str = "valid") -> Path:
     """Create (or find) the external run directory of this model (its file and its weights, `weights`:
     `weights_sha256` as loaded); returns it."""
     from cat_bench.shipped import sha256
 
     digest = sha256(path)
-    ident = identity(source, kind, digest, weights, arch, dataset, seed)
+    ident = identity(source, kind, digest, weights, arch, dataset, seed, protocol)
     run_dir = Path(results) / FOLDER / records.run_name(ident)
     info = {"format": FORMAT, "source": source, "kind": kind, "file": str(Path(path).resolve()), "sha256": digest,
             "weights_sha256": weights, "how": how,
@@ -345,6 +347,57 @@ def evaluate_external(source: str, attacks: str, *, arch: str | None = None, dat
                             eps_override=eps is not None, batch_size=batch_size, device=device, progress=progress,
                             log=log, checks=checks)
     return run_dir, result
+
+
+def evaluate_folder(folder: Path, card: dict, names: list[str], *, results=Path("results"),
+                    n_examples: int | None = None, eps: float | None = None, batch_size: int, device,
+                    data_root=None, progress: bool = True, log=print, strict: bool = False) -> tuple[Path, dict, str]:
+    """Evaluate a model folder's f (`cat-bench export`; its weights verified by the caller) in its external
+    run directory under RESULTS/external, leaving the folder untouched: (run directory, eval.json's
+    content, which examples: `shipped.check_examples`). The same checks, attacks, seeding (the card's seed) and protocol (the card's: the MNIST
+    paper protocol stays unclipped) as the run it was exported from; the examples are the folder's
+    own check examples when they suffice and no `data_root` is given (the same first test examples).
+    Its identity: the card's name and dataset, network and protocol, the weights file's SHA-256 and
+    the weights as loaded."""
+    from cat_bench.evaluate import attack_all, setup_checks
+    from cat_bench.networks import precision_context
+    from cat_bench.presets import clips
+    from cat_bench.rundir import RunLock, check_writable
+    from cat_bench.shipped import check_examples, load_networks
+
+    ident = card["identity"]
+    info = dataset_info(ident["dataset"])
+    check_writable(Path(results) / FOLDER, "results directory")
+    precision_context("fp32", device)  # the paper's evaluation: fp32, TF32 off
+    model = load_networks(folder, card, device).f
+    weights = weights_sha256(model)
+    x, y, examples = check_examples(folder, card, n_examples, device, data_root)
+    clip = clips(info.family, ident["protocol"])
+    checks = setup_checks(model, x, y, family=info.family, clip=clip, strict=strict, where=folder, log=log)
+    path = Path(folder) / card["weights"]["file"]
+    run_dir = prepare(results, card["name"], "model-folder", model, path, f"cat-bench model folder {folder}",
+                      weights=weights, arch=ident["arch"], dataset=ident["dataset"], seed=ident["seed"],
+                      protocol=ident["protocol"])
+    log(f"{folder}: model folder {card['name']}, weights {weights[:12]}; run directory {run_dir}")
+    test_eps = eps if eps is not None else info.test_eps
+    key = {"checkpoint": INFO, "sha256": card["weights"]["sha256"], "weights_sha256": weights,
+           "n_examples": len(y), "eps": test_eps}
+    with RunLock(run_dir):
+        result = attack_all(run_dir, model, x, y, names, key=key, dataset=ident["dataset"], seed=ident["seed"],
+                            clip=clip, eps_override=eps is not None, batch_size=batch_size, device=device,
+                            progress=progress, log=log, checks=checks)
+    return run_dir, result, examples
+
+
+def folder_run(results: Path, card: dict) -> Path | None:
+    """The external run directory under RESULTS/external in which a model folder (its card) was evaluated,
+    or None."""
+    for run_dir in external_runs(results, [card["identity"]["dataset"]]):
+        loaded = records.read_identity(run_dir).get("external", {})
+        if loaded.get("kind") == "model-folder" and loaded.get("sha256") == card["weights"]["sha256"] \
+                and loaded.get("source") == card["name"]:
+            return run_dir
+    return None
 
 
 def external_runs(results: Path, datasets=None) -> list[Path]:

@@ -425,40 +425,59 @@ def folder_examples(folder: Path, card: dict, n_examples: int | None, device):
 
 
 def measure_folder(folder: Path, card: dict, attacks: list[str], *, n_examples: int | None, eps: float | None,
-                   batch_size: int, device, data_root=None, progress: bool = True, log=print,
-                   state_dir: Path | None = None) -> dict:
-    """Evaluate the folder's f on the first `n_examples` test examples: {"key", "examples", "attacks": {name:
-    {"accuracy", "correct", "settings", "seconds", "wrong": indices of the examples it got wrong}}}. The same
-    presets, settings and seeding as `cat-bench eval RUN_DIR`. AutoAttack and Square keep their finished
-    sub-attacks under `state_dir` (`evaluate.measure`), so a stopped evaluation continues where it was.
-
-    The examples are the folder's own (`folder_examples`) unless there are too few or `data_root` is given;
-    then the dataset's test split. "examples" says which.
+                   batch_size: int, device, data_root=None, progress: bool = True, log=print) -> dict:
+    """The export's check: the folder's f on the first `n_examples` test examples, {"key", "examples",
+    "attacks": {name: {"accuracy", "correct", "settings"}}}, with the same presets, settings and seeding as
+    `cat-bench eval RUN_DIR`. The examples are the folder's own (`folder_examples`) unless there are too
+    few or `data_root` is given; then the dataset's test split. "examples" says which.
     """
-    from cat_bench.evaluate import _settings, load_test_examples, measure
+    from cat_bench.evaluate import _settings, measure
     from cat_bench.networks import precision_context
 
     identity = card["identity"]
     info = dataset_info(identity["dataset"])
     precision_context("fp32", device)  # the paper's evaluation: fp32, TF32 off
     model = load_networks(folder, card, device).f
-    found = None if data_root is not None else folder_examples(folder, card, n_examples, device)
-    x, y = found if found is not None else load_test_examples(identity["dataset"], n_examples, data_root, device)
-    source = (f"{card['check']['examples']['file']} (the model folder's)" if found is not None
-              else f"{identity['dataset']}'s test split")
+    x, y, source = check_examples(folder, card, n_examples, device, data_root)
     test_eps = eps if eps is not None else info.test_eps
     clip = clips(info.family, identity["protocol"])
     out = {"key": {"n_examples": len(y), "eps": test_eps}, "examples": source, "attacks": {}}
     for name in attacks:
         preset = eval_attack(info.family, name, test_eps, override=eps is not None)
         settings = _settings(name, preset, identity["seed"], clip)
-        began = time.time()
         correct = measure(model, x, y, preset, settings, seed=identity["seed"], batch_size=batch_size, device=device,
-                          progress=progress, log=log, state_dir=state_dir, key={**out["key"], "weights": card["weights"]["sha256"]})
+                          progress=progress, log=log)
         out["attacks"][name] = {"accuracy": correct.sum().item() / len(correct), "correct": int(correct.sum().item()),
-                                "settings": settings, "seconds": time.time() - began,
-                                "wrong": (~correct.bool()).nonzero().flatten().tolist()}
+                                "settings": settings}
     return out
+
+
+def check_examples(folder: Path, card: dict, n_examples: int | None, device, data_root=None):
+    """(x, y, where they come from): the folder's own check examples when they suffice and no `data_root`
+    is given, else the dataset's test split; both are the first test examples."""
+    from cat_bench.evaluate import load_test_examples
+
+    found = None if data_root is not None else folder_examples(folder, card, n_examples, device)
+    if found is not None:
+        return (*found, f"{card['check']['examples']['file']} (the model folder's)")
+    dataset = card["identity"]["dataset"]
+    return (*load_test_examples(dataset, n_examples, data_root, device), f"{dataset}'s test split")
+
+
+def card_entry(run_dir: Path, result: dict, names: list[str], examples: str) -> dict:
+    """An evaluation of a model folder in its results run directory (`external.evaluate_folder`: eval.json's
+    content `result`) as `record_evaluation` keeps it in the card: per attack of `names`, its accuracy, count,
+    settings, time and the indices of the examples it got wrong (from the per-example records)."""
+    from cat_bench import per_example
+
+    attacks = {}
+    for name in names:
+        entry = result["attacks"][name]
+        _, correct = per_example.read(Path(run_dir) / entry["examples"])
+        attacks[name] = {"accuracy": entry["accuracy"], "correct": int(correct.sum()), "settings": entry["settings"],
+                         "seconds": entry["seconds"], "wrong": [int(i) for i in (~correct.astype(bool)).nonzero()[0]]}
+    return {"key": {"n_examples": result["key"]["n_examples"], "eps": result["key"]["eps"]}, "examples": examples,
+            "attacks": attacks}
 
 
 def _check(folder: Path, card: dict, final: Path, device, batch_size: int, progress: bool) -> dict:
@@ -467,8 +486,6 @@ def _check(folder: Path, card: dict, final: Path, device, batch_size: int, progr
     result = measure_folder(folder, card, list(CHECK_ATTACKS), n_examples=CHECK_N, eps=None, batch_size=batch_size,
                             device=device, progress=progress, log=lambda m: None)
     result.pop("examples")  # the card's check records its examples file instead
-    for entry in result["attacks"].values():
-        del entry["seconds"], entry["wrong"]
     return {**result, "batch_size": batch_size, "provenance": records.provenance(device),
             "command": f"cat-bench eval {shlex.quote(str(final))} --attacks {','.join(CHECK_ATTACKS)} "
                        f"--n-examples {CHECK_N}"}
@@ -487,7 +504,7 @@ def card_numbers(card: dict, n_examples: int, eps: float) -> dict[str, float]:
 
 
 def record_evaluation(folder: Path, card: dict, result: dict, *, device, batch_size: int, command: str) -> dict:
-    """Add a `measure_folder` result to the card's further evaluations (`card.json` "evaluations": those
+    """Add a `card_entry` to the card's further evaluations (`card.json` "evaluations": those
     measured after export, e.g. AutoAttack beside PGD-100) and rewrite card.json and README.md, each
     atomically. An evaluation of the same examples and eps is merged, a re-measured attack replacing its
     earlier number. Each entry keeps the indices of the examples every attack got wrong, so any two attacks

@@ -273,6 +273,27 @@ def test_run_autoattack_checkpoints_after_each_subattack_and_resumes(fast_autoat
         assert torch.equal(a, b)
 
 
+def test_run_autoattack_in_batches_gives_the_flags_of_one_reference_call_and_shows_progress(
+        fast_autoattack, linear_setup, monkeypatch):
+    import pyautoattack
+
+    import cat_bench.attacks
+
+    model, x, y = linear_setup
+    reference = pyautoattack.AutoAttack(model, norm="Linf", eps=0.1, version="standard", device=CPU, seed=0)
+    reference.attacks_to_run = list(AUTOATTACK_STANDARD)
+    _, y_adv = reference.run_standard_evaluation(x, y, batch_size=6)
+    monkeypatch.setattr(cat_bench.attacks, "AUTOATTACK_LOG_EVERY", 0.0)  # a line after every batch
+    lines: list[str] = []
+    flags = run_autoattack(model, x, y, 0.1, AUTOATTACK_STANDARD, torch.ones(len(y), dtype=torch.bool), batch_size=6,
+                           seed=0, device=CPU, on_attack_done=lambda name, f: None, log=lines.append)
+    assert torch.equal(flags, y_adv == y)
+    assert 0 < int(flags.sum()) < len(y)
+    first = [line for line in lines if line.startswith("  apgd-ce: ")]
+    assert len(first) >= 2 and "left)" in first[0] and "examples attacked, robust accuracy so far" in first[0]
+    assert re.search(r"apgd-ce: (\d+)/\1 examples attacked", first[-1])
+
+
 def test_run_autoattack_leaves_broken_points_alone(fast_autoattack, linear_setup, monkeypatch):
     import pyautoattack
 
@@ -286,11 +307,12 @@ def test_run_autoattack_leaves_broken_points_alone(fast_autoattack, linear_setup
 
     monkeypatch.setattr(pyautoattack.AutoAttack, "run_standard_evaluation", spy)
     robust = torch.zeros(len(y), dtype=torch.bool)
-    robust[:3] = True
+    kept = (model(x).argmax(1) == y).nonzero().flatten()[:3]  # three examples classified correctly
+    robust[kept] = True
     calls: list = []
     final = aa(model, x, y, ["apgd-ce", "square"], robust, calls)
     assert [name for name, _ in calls] == ["apgd-ce", "square"]
-    assert not final[3:].any()
+    assert not (final & ~robust).any()
     assert ran[0] == (["apgd-ce"], 3)  # only the points still robust are attacked
     assert all(n <= 3 for _, n in ran)
 

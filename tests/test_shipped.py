@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from cat_bench import records, shipped
+from cat_bench import external, records, shipped
 from cat_bench.cli import _parser, main
 from cat_bench.evaluate import evaluate
 from cat_bench.settings import Settings
@@ -184,10 +184,15 @@ def test_the_cards_command_trains_the_same_run(run, model):
     assert "--epochs 1" in command and "--n-train 100" in command and "--set" not in command
 
 
-def test_eval_of_the_folder_prints_the_cards_numbers_and_writes_nothing(run, model, capsys):
+def test_eval_of_the_folder_prints_the_cards_numbers_and_keeps_them_in_the_results(run, model, tmp_path, capsys):
+    """The folder is left as it is; the evaluation goes to RESULTS/external with per-example records, under the
+    card's protocol and seed, so `compare` can pair it with the run it was exported from."""
     before = _snapshot(model)
+    results = tmp_path / "results"
+    code, _, err = run_cli(["compare", run, model, "--results", results], capsys)
+    assert code == 2 and "not yet evaluated" in err and f"cat-bench eval {model} --results {results}" in err, err
     code, out, err = run_cli(["eval", model, "--attacks", "natural,pgd20", "--n-examples", 100, "--device", "cpu",
-                              "--no-progress"], capsys)
+                              "--no-progress", "--results", results], capsys)
     assert code == 0, err
     assert "SHA-256 verified" in err
     evaluation = records.read_json(run / records.EVAL)["attacks"]
@@ -196,15 +201,25 @@ def test_eval_of_the_folder_prints_the_cards_numbers_and_writes_nothing(run, mod
         assert f"{name:<7}  {acc:6.2f}%  card {acc:6.2f}%  same" in out
     assert "(check-examples.npz (the model folder's))" in out
     assert _snapshot(model) == before
+    [kept] = external.external_runs(results)
+    card = shipped.read_card(model)
+    assert external.folder_run(results, card) == kept and f"record: {kept / records.EVAL}" in out
+    identity = records.read_identity(kept)
+    assert identity["protocol"] == card["identity"]["protocol"] and identity["seed"] == card["identity"]["seed"]
+    assert identity["external"]["kind"] == "model-folder" and identity["external"]["label"] == card["name"]
+    stored = records.read_json(kept / records.EVAL)["attacks"]
+    assert {name: stored[name]["accuracy"] for name in stored} == {n: evaluation[n]["accuracy"] for n in stored}
+    code, out, err = run_cli(["compare", run, model, "--results", results, "--n-boot", 100], capsys)
+    assert code == 0 and "pgd20" in out, err
 
 
 def test_eval_record_adds_the_evaluation_to_the_card(run, model, tmp_path, capsys, monkeypatch):
     """`--record` keeps the evaluation in card.json (with the examples each attack got wrong) and README.md,
     merges a second one of the same examples, and leaves the weights and the export's numbers alone."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     folder = _copy(model, tmp_path / "folder")
     before = shipped.read_card(folder)
-    argv = ["eval", folder, "--n-examples", 100, "--device", "cpu", "--no-progress", "--record"]
+    argv = ["eval", folder, "--n-examples", 100, "--device", "cpu", "--no-progress", "--record",
+            "--results", tmp_path / "results"]
     assert run_cli([*argv, "--attacks", "natural,pgd20"], capsys)[0] == 0
     assert run_cli([*argv, "--attacks", "fgsm"], capsys)[0] == 0
     card = shipped.read_card(folder)
@@ -220,8 +235,9 @@ def test_eval_record_adds_the_evaluation_to_the_card(run, model, tmp_path, capsy
     text = (folder / "README.md").read_text()
     assert "### Beyond the paper: the first 100 test examples" in text and "| fgsm |" in text
     assert text == shipped.readme(card)
-    code, out, err = run_cli(["eval", folder, "--attacks", "fgsm", "--n-examples", 100, "--no-progress"], capsys)
-    assert code == 0 and "card" in out and "same" in out, err
+    code, out, err = run_cli(["eval", folder, "--attacks", "fgsm", "--n-examples", 100, "--no-progress",
+                              "--results", tmp_path / "results"], capsys)
+    assert code == 0 and "card" in out and "same" in out and "fgsm: " in err and "already evaluated" in err, err
 
 
 def test_recorded_autoattack_is_compared_with_pgd100_on_the_same_examples(run, model, tmp_path):
@@ -262,11 +278,11 @@ def test_the_folder_gives_its_check_numbers(model):
     assert_card_check(model)
 
 
-def test_the_dataset_gives_the_same_check_numbers(model, capsys):
+def test_the_dataset_gives_the_same_check_numbers(model, tmp_path, capsys):
     """--data-root reads the dataset's test split instead of the folder's examples: the same numbers."""
     assert_card_check(model, data_root="unused-by-mnist-mini")
     code, out, err = run_cli(["eval", model, "--attacks", "natural", "--n-examples", 500, "--no-progress",
-                              "--data-root", "unused-by-mnist-mini"], capsys)
+                              "--data-root", "unused-by-mnist-mini", "--results", tmp_path], capsys)
     assert code == 0 and "(mnist-mini's test split)" in out and "same" in out, err
 
 
