@@ -27,7 +27,8 @@ from cat_bench.data import load_split
 from cat_bench.evaluate import AUTOATTACK_STANDARD
 from cat_bench.models import build_classifier
 from cat_bench.settings import Settings
-from cat_bench.train import resolve_config, train
+from cat_bench.config import resolve_config
+from cat_bench.train import train
 
 
 def trained_here(tmp: Path) -> torch.nn.Module:

@@ -33,7 +33,8 @@ def worker(args) -> None:
     from cat_bench import distributed
     from cat_bench.methods.base import lr_at
     from cat_bench.networks import resolve_device
-    from cat_bench.train import _Session, resolve_config
+    from cat_bench.config import resolve_config
+    from cat_bench.train import _Session
 
     config = resolve_config(args.method, args.dataset, args.eps)
     torch.manual_seed(config["seed"])

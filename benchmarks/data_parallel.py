@@ -22,7 +22,8 @@ import torch
 from cat_bench import records
 from cat_bench.networks import resolve_device
 from cat_bench.settings import Settings
-from cat_bench.train import resolve_config, train, train_group
+from cat_bench.config import resolve_config
+from cat_bench.train import train, train_group
 
 
 def images_per_s(out: Path) -> float:

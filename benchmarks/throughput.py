@@ -42,8 +42,8 @@ from cat_bench.data import dataset_info, load_split
 from cat_bench.evaluate import correct_under, default_batch_size
 from cat_bench.methods import TrainAttack, default_arch
 from cat_bench.networks import Networks, compiled, precision_context, resolve_device
-from cat_bench.presets import eval_attack
-from cat_bench.train import resolve_config
+from cat_bench.eval_attacks import eval_attack
+from cat_bench.config import resolve_config
 
 
 def _sync(device: torch.device) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from cat_bench.eval_attacks import AUTOATTACK_RAND
 from cat_bench.lazy import F, nn, torch
 
 CHECKS = ("eval-mode", "eps-zero", "input-range", "deterministic", "finite-gradients")
@@ -43,7 +44,6 @@ ABOVE_CHANCE = 0.20  # ... and only when that convention is this far above chanc
 # the MNIST and CIFAR repositories); a dataset with its own statistics (dataset_info.mean) uses those.
 USUAL_STATS = {"mnist": ((0.1307,), (0.3081,)),
                "cifar": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))}
-AUTOATTACK_RAND = ["apgd-ce", "apgd-dlr"]
 
 
 def _check(name: str, status: str, detail: str) -> dict:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cat_bench import distributed
 from cat_bench.errors import CorruptRecord, Diverged, GroupFailed, UsageError
+from cat_bench.eval_attacks import attack_order
 from cat_bench.options import RUN_OPTIONS, add_flags, schema
 from cat_bench.presets import parse_eps
 from cat_bench.settings import SLURM_OPTIONS, Settings, parse_sbatch, slurm_resources
@@ -79,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
                         "file with --arch and --dataset, a torch.export .pt2 or TorchScript file, robustbench:NAME "
                         "with --model-dir, or module:function returning an nn.Module (docs/evaluation.md)")
     e.add_argument("--attacks", default="natural,fgsm,pgd20,pgd100,cw",
-                   help="comma-separated: natural,fgsm,pgd20,pgd100,cw,square,autoattack")
+                   help=f"comma-separated: {','.join(attack_order())} (`cat-bench list attacks`)")
     e.add_argument("--n-examples", type=int, help="first N test examples (default: the full test set)")
     e.add_argument("--eps", help="override the dataset's test eps (0.3 MNIST, 8/255 CIFAR)")
     e.add_argument("--batch-size", type=int, help="default: 500 on CUDA, 100 on CPU")
@@ -327,7 +328,8 @@ def _settings(args, suite_log: tuple[str, ...] = ()) -> Settings:
 
 def _train(args) -> None:
     from cat_bench import records
-    from cat_bench.train import resolve_config, train, train_group
+    from cat_bench.config import resolve_config
+    from cat_bench.train import train, train_group
 
     config = resolve_config(args.method, args.dataset, parse_eps(args.eps), seed=args.seed,
                             overrides=parse_sets(args.set), **{o.name: getattr(args, o.name) for o in RUN_OPTIONS})
@@ -859,7 +861,7 @@ def _doctor(args) -> int:
         raise UsageError(f"--only {' '.join(unknown)} matches no check; checks: {', '.join(names)}")
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
-    results = run_checks(device, args.only, log=lambda m: print(m, file=sys.stderr, flush=True), work=args.keep)
+    results = run_checks(device, main, args.only, log=lambda m: print(m, file=sys.stderr, flush=True), work=args.keep)
     print(table(results), end="")
     failed = [r.check for r in results if r.status == "FAIL"]
     if args.json is not None:
@@ -903,10 +905,11 @@ def _list(args) -> None:
         for name, info in DATASETS.items():
             print(f"{name}: {info.description}")
     elif args.what == "attacks":
-        from cat_bench.presets import EVAL_ATTACKS
-        for family, presets in EVAL_ATTACKS.items():
-            for name, p in presets.items():
-                print(f"{family:<6} {name:<11} {p.source}")
+        from cat_bench.eval_attacks import ATTACKS
+        for family in dict.fromkeys(f for a in ATTACKS.values() for f in a.presets):
+            for name, attack in ATTACKS.items():
+                if family in attack.presets:
+                    print(f"{family:<6} {name:<11} {attack.presets[family].source}")
     elif args.what == "options":
         print("run options (a suite block's key, `cat-bench train`'s flag, what is allowed: what it does); "
               "each is part of the run's identity")

@@ -33,7 +33,7 @@ from cat_bench.errors import UsageError
 from cat_bench.lazy import torch
 from cat_bench.methods import get_method
 from cat_bench.models import build_classifier
-from cat_bench.presets import eval_attack
+from cat_bench.eval_attacks import eval_attack
 
 DEFAULT_TFLOPS = 50.0
 QUERY_ATTACKS = {"square": 5000 / 3 / 2, "autoattack": (100 + 9 * 100 + 9 * 100 + 5000 / 3) / 2}

@@ -40,6 +40,11 @@ class DatasetInfo:
     n_test: int  # size of the test split (a suite's evaluation without n_examples uses all of it)
     n_train: int  # size of the training split (`--n-train` takes at most this many, less the protocol's skip)
     description: str
+    protocols: str = ""  # the dataset whose official scripts' protocols it trains with (default: its own)
+
+    def __post_init__(self):
+        if not self.protocols:
+            object.__setattr__(self, "protocols", self.name)
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -52,6 +57,7 @@ DATASETS: dict[str, DatasetInfo] = {
         name="mnist-mini", family="mnist", num_classes=10, shape=(1, 28, 28), mean=None, std=None, test_eps=0.3,
         n_test=2000, n_train=10000, description="class-balanced MNIST subset shipped with cat-bench, 10000 train (1000 a class) / 2000 test "
                     "(200 a class); works offline, for smoke runs (scripts/make_mnist_mini.py rebuilds it)",
+        protocols="mnist",
     ),
     "cifar10": DatasetInfo(
         name="cifar10", family="cifar", num_classes=10, shape=(3, 32, 32),

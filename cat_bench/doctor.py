@@ -34,6 +34,7 @@ from pathlib import Path
 from cat_bench import attacks as attacks_module
 from cat_bench import records
 from cat_bench.data import TensorLoader, dataset_info, load_split
+from cat_bench.eval_attacks import attack_order
 from cat_bench.lazy import torch
 from cat_bench.methods import METHODS, ONE_NETWORK, PLAIN, UNIFORM
 from cat_bench.networks import Networks, compiled, precision_context
@@ -44,7 +45,6 @@ UPDATE_RTOL = 1e-2
 FORWARD_ATOL = 1e-4  # logits and input gradients of one network, two code paths (channels_last, compile)
 FULL = UNIFORM.name  # the method of the uniform protocol (CAT): two networks, both stepped, a traced mask
 CIFAR_METHODS = (ONE_NETWORK.name, FULL)  # BatchNorm networks (PreAct ResNet-18) with the CIFAR protocols
-EVAL_ATTACKS = ("natural", "fgsm", "pgd20", "pgd100", "cw", "square", "autoattack")
 
 
 class Skip(Exception):
@@ -70,6 +70,7 @@ class Context:
     device: torch.device
     work: Path
     log: Callable[[str], None]
+    command_line: Callable[[list[str]], int]  # `cat-bench ARGS` in this process (cat_bench.cli.main): the pipeline's
     tiny_run: Path | None = None
     attack_run: Path | None = None
 
@@ -94,7 +95,7 @@ def random_starts_on_cpu() -> Iterator[None]:
 
 
 def _config(method: str, dataset: str, precision: str = "fp32", batch_size: int = 16) -> dict:
-    from cat_bench.train import resolve_config
+    from cat_bench.config import resolve_config
 
     info = dataset_info(dataset)
     schedule = "uniform" if info.family == "mnist" else "official"  # MNIST: CAT's SmallCNN for all (no dropout)
@@ -321,7 +322,7 @@ def check_loader(ctx: Context) -> str:
 # --- checkpoints, groups, attacks ----------------------------------------------------------------------
 
 def _tiny_config() -> dict:
-    from cat_bench.train import resolve_config
+    from cat_bench.config import resolve_config
 
     return resolve_config(FULL, "mnist-mini", 0.3, epochs=2, n_train=100, batch_size=50, select_n=20)
 
@@ -397,7 +398,8 @@ def check_group(ctx: Context) -> str:
 def attack_run(ctx: Context) -> Path:
     """A naturally trained SmallCNN (1,000 shipped digits, 2 epochs), trained once on the device: a model
     the attacks break within a few queries, so the query attacks (Square, AutoAttack) end early."""
-    from cat_bench.train import resolve_config, train
+    from cat_bench.config import resolve_config
+    from cat_bench.train import train
 
     if ctx.attack_run is None:
         config = resolve_config(PLAIN.name, "mnist-mini", 0.3, epochs=2, n_train=1000, batch_size=50, select_n=20)
@@ -436,12 +438,10 @@ methods = ["{method}"]
 """
 
 
-def _cli(*args: str) -> None:
-    from cat_bench.cli import main
-
+def _cli(ctx: Context, *args: str) -> None:
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        code = main([str(a) for a in args])
+        code = ctx.command_line([str(a) for a in args])
     if code != 0:
         raise Failed(f"`cat-bench {' '.join(map(str, args))}` exited {code}: {out.getvalue()[-400:]}")
 
@@ -456,10 +456,10 @@ def check_pipeline(ctx: Context) -> str:
     suite.write_text(PIPELINE_SUITE.format(method=FULL))
     common = ["--data-root", data, "--device", str(ctx.device)]
     with unverified_cifar():
-        _cli("run", "--suite", suite, "--results", results, "--no-progress", *common)
-        _cli("report", "--suite", suite, "--results", results, *common)
+        _cli(ctx, "run", "--suite", suite, "--results", results, "--no-progress", *common)
+        _cli(ctx, "report", "--suite", suite, "--results", results, *common)
         run = next((results / "runs").iterdir())
-        _cli("submit", run, "--name", "Doctor2026Synthetic", "--n-examples", "16", "--verify", "--verify-n", "8",
+        _cli(ctx, "submit", run, "--name", "Doctor2026Synthetic", "--n-examples", "16", "--verify", "--verify-n", "8",
              "--out", ctx.work / "submission", *common)
     return "CATcent on 32 synthetic CIFAR-10 images: run, report, submit --verify (robustbench load_model)"
 
@@ -475,19 +475,20 @@ def checks() -> list[tuple[str, Callable[[Context], str]]]:
     out += [("loader on device", check_loader), ("channels_last", check_channels_last),
             ("torch.compile", check_compile), ("cuda graphs", check_cuda_graphs),
             ("save and resume", check_resume), ("process group", check_group)]
-    out += [(f"attack {a}", lambda c, a=a: check_attack(c, a)) for a in EVAL_ATTACKS]
+    out += [(f"attack {a}", lambda c, a=a: check_attack(c, a)) for a in attack_order()]
     out += [("pipeline", check_pipeline)]
     return out
 
 
-def run_checks(device: torch.device, only: list[str] | None = None, log: Callable[[str], None] = print,
-               work: Path | None = None) -> list[Result]:
-    """Run the checks (those whose name contains one of `only`, else all); log each as it finishes."""
+def run_checks(device: torch.device, command_line: Callable[[list[str]], int], only: list[str] | None = None,
+               log: Callable[[str], None] = print, work: Path | None = None) -> list[Result]:
+    """Run the checks (those whose name contains one of `only`, else all); log each as it finishes.
+    `command_line`: the command line's entry point, which the pipeline check drives as a user would."""
     results = []
     with contextlib.ExitStack() as stack:
         if work is None:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cat-bench-doctor-")))
-        ctx = Context(device, Path(work), log)
+        ctx = Context(device, Path(work), log, command_line)
         for name, fn in checks():
             if only and not any(o in name for o in only):
                 continue

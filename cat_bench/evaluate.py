@@ -12,20 +12,18 @@ from pathlib import Path
 
 from cat_bench import per_example, records
 from cat_bench.attacks import PGD, run_autoattack
-from cat_bench.checks import AUTOATTACK_RAND, is_stochastic, run_checks
+from cat_bench.checks import is_stochastic, run_checks
 from cat_bench.checks import failed as checks_failed
 from cat_bench.data import dataset_info, load_split
 from cat_bench.errors import CorruptRecord, UsageError
 from cat_bench.lazy import torch
 from cat_bench.networks import Networks, precision_context, resolve_device
-from cat_bench.presets import EVAL_ATTACKS, AttackPreset, clips, eval_attack
+from cat_bench.eval_attacks import AUTOATTACK_RAND, AUTOATTACK_STANDARD, attacks_for, eval_attack, multi_step, white_box
+from cat_bench.presets import AttackPreset, clips
 from cat_bench.progress import progress_bar
 from cat_bench.rundir import RunLock, check_writable, claim
 from cat_bench.shell import command
 
-AUTOATTACK_STANDARD = ["apgd-ce", "apgd-t", "fab-t", "square"]
-WHITE_BOX = ("fgsm", "pgd20", "pgd100", "cw", "autoattack")
-MULTI_STEP = ("pgd20", "pgd100", "cw")
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -63,13 +61,13 @@ def masking_flags(acc: dict[str, float]) -> list[dict]:
                       "detail": f"autoattack {acc['autoattack']:.4f} < pgd100 {acc['pgd100']:.4f} by more than "
                                 f"{100 * PGD_OVERSTATES:g} points"})
     if "fgsm" in acc:
-        for name in MULTI_STEP:
+        for name in multi_step():
             if name in acc and acc[name] > acc["fgsm"]:
                 flags.append({"flag": "multi-step weaker than single-step",
                               "detail": f"{name} accuracy {acc[name]:.4f} > fgsm {acc['fgsm']:.4f}"})
     if "pgd20" in acc and "pgd100" in acc and acc["pgd100"] > acc["pgd20"]:
         flags.append({"flag": "more steps weaker", "detail": f"pgd100 {acc['pgd100']:.4f} > pgd20 {acc['pgd20']:.4f}"})
-    white = {k: acc[k] for k in WHITE_BOX if k in acc}
+    white = {k: acc[k] for k in white_box() if k in acc}
     if "square" in acc and white and acc["square"] < min(white.values()):
         best = min(white, key=white.get)
         flags.append({"flag": "black-box stronger than white-box",
@@ -83,7 +81,7 @@ def _settings(name: str, preset: AttackPreset, seed: int, clip: bool, stochastic
     if preset.kind in ("square", "autoattack"):
         s["clip"] = True  # pyautoattack keeps every iterate in [0,1]
         s.update(seed=seed, norm="Linf", library="pyautoattack")
-        s["subattacks"] = ["square"] if preset.kind == "square" else AUTOATTACK_STANDARD
+        s["subattacks"] = ["square"] if preset.kind == "square" else list(AUTOATTACK_STANDARD)
         if preset.kind == "autoattack" and stochastic:
             s.update(version="rand", subattacks=list(AUTOATTACK_RAND))
     return s
@@ -93,10 +91,10 @@ def parse_attacks(spec: str, family: str) -> list[str]:
     """Split `--attacks a,b,c` and check every name against the presets."""
     names = [a.strip() for a in spec.split(",") if a.strip()]
     if not names:
-        raise UsageError(f"--attacks {spec!r} names no attack; allowed: {', '.join(EVAL_ATTACKS[family])}")
+        raise UsageError(f"--attacks {spec!r} names no attack; allowed: {', '.join(attacks_for(family))}")
     for name in names:
-        if name not in EVAL_ATTACKS[family]:
-            raise UsageError(f"unknown attack {name!r}; allowed: {', '.join(EVAL_ATTACKS[family])}")
+        if name not in attacks_for(family):
+            raise UsageError(f"unknown attack {name!r}; allowed: {', '.join(attacks_for(family))}")
     return names
 
 

@@ -1,7 +1,8 @@
 """The paper's evaluation constants, declared once, each with its source.
 
 Checkpoint selection's attack is docs/method.md section 3 ("Checkpoint selection", Appendix C),
-evaluation attacks are section 4, the pixel-domain protocols section 4. Each method's training
+the pixel-domain protocols section 4; `AttackPreset` is the settings of one attack, and the evaluation
+attacks' presets are in the registry of cat_bench.eval_attacks. Each method's training
 protocol (schedule, train attack, selection rule) and hyperparameters live with its adapter in
 `cat_bench.methods`.
 """
@@ -40,23 +41,47 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
+@dataclass(frozen=True)
+class Family:
+    """A dataset family (DatasetInfo.family): what its datasets share. Its selection attack is `SELECTION`'s
+    entry, its evaluation presets the registry's (cat_bench.eval_attacks), its hyperparameter defaults
+    each method's `Hparam`s; a family without one of them is refused by name where it is needed."""
+
+    name: str
+    label: str
+    paper_clips: bool  # under --protocol paper, selection and evaluation keep x + delta in [0,1]
+    evaluation_note: str  # how every method is selected and evaluated, for `list methods` and the tables
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("mnist", "MNIST", paper_clips=False,
+           evaluation_note="every method selected and evaluated as Train_MNIST.py tests: no [0,1] clip under "
+                           "--protocol paper (one harness for all rows of Table 1; the baselines train with their "
+                           "scripts' clip), clipped under --protocol valid"),
+    Family("cifar", "CIFAR", paper_clips=True,
+           evaluation_note="every method selected and evaluated with x + delta clipped to [0,1], as every CIFAR "
+                           "script does"),
+)}
+EVALUATION_NOTE = {name: f.evaluation_note for name, f in FAMILIES.items()}
+
+
+def get_family(name: str) -> Family:
+    """The family record `name`; UsageError naming the known ones."""
+    if name not in FAMILIES:
+        raise UsageError(f"unknown dataset family {name!r}; known: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
 def clips(family: str, protocol: str) -> bool:
     """Whether selection and evaluation attacks keep x + delta in [0,1] under `protocol`.
 
     One harness for every row of a table: under "paper", every MNIST run, the baselines' too, is
     selected and evaluated as CAT's Train_MNIST.py tests (no clip), since the paper's Table 1 puts
     all rows under its own test code; the baselines still train with their scripts' clip
-    (`Method.clips_on_mnist`). CIFAR is clipped everywhere, as every CIFAR script does.
+    (`Method.clips_on_mnist`). CIFAR is clipped everywhere, as every CIFAR script does: each family
+    says (`Family.paper_clips`).
     """
-    return family == "cifar" or protocol == "valid"
-
-
-EVALUATION_NOTE = {
-    "mnist": "every method selected and evaluated as Train_MNIST.py tests: no [0,1] clip under --protocol "
-             "paper (one harness for all rows of Table 1; the baselines train with their scripts' clip), "
-             "clipped under --protocol valid",
-    "cifar": "every method selected and evaluated with x + delta clipped to [0,1], as every CIFAR script does",
-}
+    return protocol == "valid" or get_family(family).paper_clips
 
 
 @dataclass(frozen=True)
@@ -76,30 +101,6 @@ class AttackPreset:
         return {k: v for k, v in asdict(self).items() if k != "source"}
 
 
-# Evaluation presets by dataset family (docs/method.md s4).
-EVAL_ATTACKS: dict[str, dict[str, AttackPreset]] = {
-    "cifar": {
-        "natural": AttackPreset("natural", source="clean test accuracy"),
-        "fgsm": AttackPreset("pgd", steps=1, alpha=None, source="docs/method.md s4: one step of size eps, no random start"),
-        "pgd20": AttackPreset("pgd", steps=20, alpha=0.003, source="docs/method.md s4: CE, step 0.003, no random start"),
-        "pgd100": AttackPreset("pgd", steps=100, alpha=0.003, source="docs/method.md s4: CE, step 0.003, no random start"),
-        "cw": AttackPreset("pgd", steps=30, alpha=0.003, loss="cw", random_start="uniform", kappa=50.0,
-                           eps=0.031, source="docs/method.md s4: 30 steps on the CW margin, kappa 50, eps 0.031, random start"),
-        "square": AttackPreset("square", steps=5000, source="pyautoattack Square, 5000 queries, p_init 0.8 (AutoAttack standard)"),
-        "autoattack": AttackPreset("autoattack", source="pyautoattack version='standard' (RobustBench's ranking)"),
-    },
-    "mnist": {
-        "natural": AttackPreset("natural", source="clean test accuracy"),
-        "fgsm": AttackPreset("pgd", steps=1, alpha=None, source="docs/method.md s4: one step of size eps (inferred for MNIST)"),
-        "pgd20": AttackPreset("pgd", steps=20, alpha=0.015, source="docs/method.md s4 (MNIST test code): CE, step 0.015, no random start"),
-        "pgd100": AttackPreset("pgd", steps=100, alpha=0.015, source="docs/method.md s4 (MNIST test code): CE, step 0.015, no random start"),
-        "cw": AttackPreset("pgd", steps=30, alpha=0.015, loss="cw", random_start="uniform", kappa=150.0,
-                           source="inferred: CIFAR's CW-inf protocol with MNIST's step 0.015 and kappa 150 (docs/method.md s1)"),
-        "square": AttackPreset("square", steps=5000, source="pyautoattack Square, 5000 queries, p_init 0.8 (AutoAttack standard)"),
-        "autoattack": AttackPreset("autoattack", source="pyautoattack version='standard' (RobustBench's ranking)"),
-    },
-}
-
 # The attack of per-epoch checkpoint selection (docs/method.md s3, Appendix C); the rule (natural +
 # robust, robust, final) is the method's protocol.
 SELECTION: dict[str, AttackPreset] = {
@@ -108,20 +109,6 @@ SELECTION: dict[str, AttackPreset] = {
     "mnist": AttackPreset("pgd", steps=20, alpha=0.015, eps=0.3,
                           source="docs/method.md s3: PGD-20, eps 0.3, step 0.015, no random start"),
 }
-
-
-def eval_attack(family: str, name: str, test_eps: float, override: bool = False) -> AttackPreset:
-    """The evaluation preset `name` for a dataset family, with eps and FGSM's step resolved.
-
-    A preset's own eps (CW's 0.031) holds unless the user overrides the test eps (`override`).
-    """
-    presets = EVAL_ATTACKS[family]
-    if name not in presets:
-        raise UsageError(f"unknown attack {name!r}; allowed: {', '.join(presets)}")
-    p = presets[name]
-    eps = p.eps if p.eps is not None and not override else test_eps
-    alpha = eps if p.alpha is None else p.alpha
-    return AttackPreset(p.kind, p.steps, alpha, p.loss, p.random_start, p.kappa, eps, p.source)
 
 
 def parse_eps(text: str) -> float:

@@ -18,12 +18,22 @@ from cat_bench import records
 from cat_bench.errors import UsageError
 from cat_bench.per_example import WORST
 from cat_bench.checks import as_flags
+from cat_bench.eval_attacks import attack_order
 from cat_bench.presets import format_eps
 
 CONFIG_COLUMNS = ["method", "dataset", "arch", "protocol", "schedule", "eps", "seed", "epochs", "n_train"]
 HP_PREFIX = "hp."
-ATTACK_ORDER = ["natural", "fgsm", "pgd20", "pgd100", "cw", "square", "autoattack"]  # docs/method.md s4
-RUN_METRICS = ["best_epoch", "n_examples", "test_eps", "masking_flags", "setup_flags", "mask_flag_epochs"]
+
+
+def health_columns() -> dict[str, str]:
+    """One column per health flag a registered method declares (`Method.HEALTH_FLAGS`), "<key>_epochs" (the
+    `done` summary's list, counted), with what it watches ("mask")."""
+    from cat_bench.methods import health_keys
+
+    return {f"{key}_epochs": what for key, what in health_keys().items()}
+
+
+RUN_METRICS = ["best_epoch", "n_examples", "test_eps", "masking_flags", "setup_flags", *health_columns()]
 FORMATS = ("csv", "markdown", "json")
 FLOAT_FORMAT = "%.4f"
 
@@ -35,8 +45,8 @@ def run_row(run_dir: Path) -> dict | None:
     column per evaluated attack with its accuracy in percent, `best_epoch` (from `done`),
     `n_examples` and `test_eps` (eval.json's key: which evaluation the row shows), `masking_flags` (how many gradient-masking flags evaluation
     raised), `setup_flags` (how many setup checks did not pass: failed, handled or not run;
-    cat_bench.checks), `mask_flag_epochs` (CAT: epochs whose mean mask collapsed or saturated; 0 for other
-    methods) and `run` (the directory's name). `protocol` is "valid" for runs recorded before
+    cat_bench.checks), one `<flag>_epochs` per method health flag (`health_columns`: how many epochs
+    raised it, e.g. CAT's collapsed or saturated mask; 0 for other methods) and `run` (the directory's name). `protocol` is "valid" for runs recorded before
     protocols existed (they clipped to [0,1]). An external run (cat_bench.external) has method
     "external:<what was loaded>"; `worst-case` is there when the run has per-example records.
     """
@@ -62,8 +72,7 @@ def run_row(run_dir: Path) -> dict | None:
         row[WORST] = 100 * result[WORST]["accuracy"]
     row.update(best_epoch=done["best_epoch"], n_examples=result["key"]["n_examples"], test_eps=result["key"]["eps"],
                masking_flags=len(result.get("flags", [])), setup_flags=len(as_flags(result.get("checks", []))),
-               mask_flag_epochs=len(done.get("mask_flag_epochs", [])),
-               run=run_dir.name)
+               **{column: len(done.get(column, [])) for column in health_columns()}, run=run_dir.name)
     return row
 
 
@@ -75,14 +84,16 @@ def _attack_columns(df: pd.DataFrame) -> list[str]:
     """Attack accuracy columns: the evaluation order of docs/method.md s4, then any other attack by name, then the
     worst case over them (where the runs have per-example records)."""
     known = set(_config_columns(df)) | set(RUN_METRICS) | {"run", WORST}
-    others = sorted(c for c in df.columns if c not in known and c not in ATTACK_ORDER)
-    return [c for c in ATTACK_ORDER if c in df.columns] + others + ([WORST] if WORST in df.columns else [])
+    order = attack_order()
+    others = sorted(c for c in df.columns if c not in known and c not in order)
+    return [c for c in order if c in df.columns] + others + ([WORST] if WORST in df.columns else [])
 
 
 def in_attack_order(names: Iterable[str]) -> list[str]:
-    """The attacks in the paper's column order (ATTACK_ORDER), any others after them by name."""
+    """The attacks in the paper's column order (the registry's, cat_bench.eval_attacks), any others after them by name."""
     names = set(names)
-    return [a for a in ATTACK_ORDER if a in names] + sorted(names - set(ATTACK_ORDER))
+    order = attack_order()
+    return [a for a in order if a in names] + sorted(names - set(order))
 
 
 def collect(run_dirs: Iterable[Path]) -> pd.DataFrame:
@@ -106,8 +117,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     of natural and all robust accuracies in the row), computed per run over the attacks it was
     evaluated on and then averaged over seeds as `avg_mean` (with `avg_std`). Columns: group keys,
     `n_seeds`, attacks (evaluation order), avg, then what is not averaged: `best_epochs` (each seed's,
-    "40/38"), `n_examples` and `test_eps` (the evaluations shown), `masking_flags` and `mask_flag_epochs`
-    (totals); rows
+    "40/38"), `n_examples` and `test_eps` (the evaluations shown), `masking_flags`, `setup_flags` and the
+    health columns (totals); rows
     sorted by the group keys. Two runs sharing every config column and the seed differ only in
     settings the table does not show, and would be averaged as if they were seeds: UsageError.
     """
@@ -129,7 +140,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     stats["test_eps"] = grouped["test_eps"].agg(lambda v: "/".join(format_eps(e) for e in sorted(set(v))))
     stats["masking_flags"] = grouped["masking_flags"].sum()
     stats["setup_flags"] = grouped["setup_flags"].sum()
-    stats["mask_flag_epochs"] = grouped["mask_flag_epochs"].sum()
+    for column in health_columns():
+        stats[column] = grouped[column].sum()
     out = stats.reset_index()
     return out.sort_values(keys, kind="mergesort", na_position="last").reset_index(drop=True)
 
@@ -177,8 +189,9 @@ def concise(summary: pd.DataFrame, numeric: bool = False) -> pd.DataFrame:
     for c in ("n_examples", "test_eps"):  # which evaluation each row shows, when the rows differ
         if summary[c].nunique() > 1:
             out[c] = summary[c]
-    if summary["mask_flag_epochs"].any():
-        out["mask flags"] = summary["mask_flag_epochs"]
+    for column, what in health_columns().items():
+        if summary[column].any():
+            out[f"{what} flags"] = summary[column]
     if summary["masking_flags"].any():
         out["masking flags"] = summary["masking_flags"]
     if summary["setup_flags"].any():

@@ -42,7 +42,8 @@ from pathlib import Path
 from cat_bench import records
 from cat_bench.data import dataset_info
 from cat_bench.errors import CorruptRecord, UsageError
-from cat_bench.presets import clips, eval_attack, format_eps, format_value
+from cat_bench.eval_attacks import eval_attack
+from cat_bench.presets import clips, format_eps, format_value
 
 WEIGHTS = "weights.pt"
 SHA256 = "weights.pt.sha256"
@@ -226,11 +227,14 @@ def training(run_dir: Path, identity: dict, config: dict, done: dict, history: l
              sessions: list[dict], earlier: int) -> dict:
     """How the run was trained: the command, where and how long (history, the sessions from its last start
     at epoch 0 and the number before it, config.json provenance)."""
+    from cat_bench.methods import get_method
+
     command, note = train_command(identity, str(run_dir))
+    health = {f"{key}_epochs": done.get(f"{key}_epochs", []) for key in get_method(identity["method"]).HEALTH_FLAGS}
     return {
         "command": command, "command_note": note, "suites": suites_with(run_dir.name),
         "provenance": config.get("provenance", {}), "epochs": len(history), "selected_epoch": done["best_epoch"],
-        "selection_rule": done.get("selection"), "mask_flag_epochs": done.get("mask_flag_epochs", []),
+        "selection_rule": done.get("selection"), **health,
         "train_seconds": sum(h.get("train_seconds", 0.0) for h in history),
         "wall_seconds": sum(h.get("seconds", 0.0) for h in history),
         "sessions": sessions, "sessions_before_restart": earlier,
@@ -248,7 +252,7 @@ def train_command(identity: dict, out: str) -> tuple[str | None, str]:
     Options are given only where they differ from what the method, dataset and eps resolve to; the
     command is resolved again and kept only if it gives the run's config hash (its directory name).
     """
-    from cat_bench.train import resolve_config
+    from cat_bench.config import resolve_config
 
     method, dataset, eps = identity["method"], identity["dataset"], identity["eps"]
     argv = ["cat-bench", "train", "--method", method, "--dataset", dataset, "--eps", format_eps(eps)]
@@ -584,7 +588,7 @@ def readme(card: dict) -> str:
              f"{', '.join(tr['suites']) or 'none'}",
              f"- Protocol: {card['sources'].get('protocol', 'not recorded')}",
              f"- Epochs trained: {tr['epochs']}, selected epoch {tr['selected_epoch']} (rule {tr['selection_rule']})"
-             + (f"; mask flagged in epochs {tr['mask_flag_epochs']}" if tr["mask_flag_epochs"] else ""),
+             + _health_note(card["identity"]["method"], tr),
              f"- Time: {_duration(tr['train_seconds'])} of training, {_duration(tr['wall_seconds'])} with the "
              f"per-epoch selection measurement (history.jsonl), in {len(tr['sessions'])} training session(s) "
              f"(sessions.jsonl), the first started {tr['started']}"
@@ -599,6 +603,14 @@ def readme(card: dict) -> str:
         lines.append(f"- `{key}` = {value!r}: {card['sources'].get('hparams', {}).get(key, '')}")
     lines += ["", "## Identity", "", "```json", json.dumps(ident, indent=2, sort_keys=True), "```", ""]
     return "\n".join(lines)
+
+
+def _health_note(method: str, training: dict) -> str:
+    """"; mask flagged in epochs [...]" for each health flag of the method (`Method.HEALTH_FLAGS`) the run raised."""
+    from cat_bench.methods import get_method
+
+    return "".join(f"; {what} flagged in epochs {training[f'{key}_epochs']}"
+                   for key, what in get_method(method).HEALTH_FLAGS.items() if training.get(f"{key}_epochs"))
 
 
 def _further_evaluations(card: dict) -> list[str]:

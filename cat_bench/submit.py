@@ -33,6 +33,7 @@ from pathlib import Path
 from cat_bench import records
 from cat_bench.data import dataset_info, load_split, resolve_data_root
 from cat_bench.errors import UsageError
+from cat_bench.eval_attacks import AUTOATTACK_STANDARD
 from cat_bench.lazy import torch
 from cat_bench.methods import get_method
 from cat_bench.rundir import claim
@@ -42,7 +43,6 @@ THREAT_MODEL = "Linf"
 ROBUSTBENCH_DATASETS = ("cifar10", "cifar100", "imagenet")  # what RobustBench hosts
 TEST_SET_SIZE = {"cifar10": 10000, "cifar100": 10000}  # the cat-bench datasets RobustBench hosts
 LINF_EPS = Fraction(8, 255)  # RobustBench's CIFAR-10/100 Linf threat model
-AUTOATTACK_STANDARD = ["apgd-ce", "apgd-t", "fab-t", "square"]
 VERIFY_N = 100  # examples `verify` runs robustbench.eval.benchmark on, by default
 
 # RobustBench's model-zoo names: Surname (several surnames, '-' allowed, as in

@@ -46,9 +46,10 @@ from cat_bench.data import dataset_info
 from cat_bench.errors import CorruptRecord, UsageError
 from cat_bench.methods import METHODS, get_method
 from cat_bench.options import OPTIONS, RUN_OPTIONS
-from cat_bench.presets import EVAL_ATTACKS, format_eps, parse_eps
+from cat_bench.eval_attacks import attacks_for
+from cat_bench.presets import format_eps, parse_eps
 from cat_bench.settings import check_slurm_table
-from cat_bench.train import resolve_config
+from cat_bench.config import resolve_config
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -290,9 +291,9 @@ def _expand(path: Path, where: str, block: dict) -> list[RunSpec]:
     except UsageError as err:
         raise fail("eps", str(err)) from None
     for attack in block["attacks"]:
-        if attack not in EVAL_ATTACKS[family]:
+        if attack not in attacks_for(family):
             raise fail("attacks", f"unknown attack {attack!r} for {block['dataset']}; "
-                                  f"allowed: {', '.join(EVAL_ATTACKS[family])}")
+                                  f"allowed: {', '.join(attacks_for(family))}")
     hparams = block.get("hparams", {})
     axes = [v if isinstance(v, list) else [v] for v in hparams.values()]
     size = math.prod(map(len, [block["methods"], eps_values, block["seeds"], *axes]))

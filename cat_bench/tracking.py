@@ -68,6 +68,9 @@ class _WandB:
         self.run.finish()
 
 
+TRACE_POSITION = ("epoch", "batch", "step")  # where a trace.jsonl row is in training; the rest are the method's
+
+
 class Trackers:
     """The run's trackers; every method is a no-op when none was asked for."""
 
@@ -76,8 +79,8 @@ class Trackers:
         self.sinks = [sinks[name](Path(out), first_step) for name in names]
 
     def batch(self, row: dict) -> None:
-        """One trace.jsonl row (CAT's mask and losses at a global step)."""
-        scalars = {f"trace/{k}": row[k] for k in ("mask_mean", "mask_std", "loss_f", "loss_g") if k in row}
+        """One trace.jsonl row: every value the method traces (`Method.trace`), at its global step."""
+        scalars = {f"trace/{k}": v for k, v in row.items() if k not in TRACE_POSITION}
         for sink in self.sinks if scalars else ():
             sink.log(scalars, row["step"])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from cat_bench.data import dataset_info
 from cat_bench.errors import UsageError
 from cat_bench.presets import SCHEDULES
 from cat_bench.methods.base import Hparam, Method, Protocol, TrainAttack
@@ -32,7 +33,7 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (
     ATAWP, TRADESAWP,
 )}
 
-__all__ = ["METHODS", "SCHEDULES", "Hparam", "Method", "Protocol", "TrainAttack", "default_arch", "get_method",
+__all__ = ["METHODS", "SCHEDULES", "Hparam", "Method", "Protocol", "TrainAttack", "default_arch", "get_method", "health_keys",
            "protocol_for", "resolve_hparams"]
 
 UNIFORM = CATcent
@@ -46,6 +47,11 @@ def get_method(name: str) -> type[Method]:
     if name not in METHODS:
         raise UsageError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def health_keys() -> dict[str, str]:
+    """Every health flag any registered method declares (`Method.HEALTH_FLAGS`): history key -> what it watches."""
+    return {key: what for method in METHODS.values() for key, what in method.HEALTH_FLAGS.items()}
 
 
 def _check_schedule(schedule: str) -> None:
@@ -66,7 +72,7 @@ def protocol_for(name: str, dataset: str, arch: str, schedule: str = "official")
     mnist-mini takes MNIST's protocol. Under `schedule="uniform"` every method takes CAT's.
     """
     _check_schedule(schedule)
-    base = "mnist" if dataset.startswith("mnist") else dataset
+    base = dataset_info(dataset).protocols
     own = get_method(name)
     for cls in ((own, UNIFORM) if schedule == "official" else (UNIFORM,)):
         for key in ((base, arch), (base, "*")):
@@ -84,6 +90,10 @@ def resolve_hparams(name: str, family: str, overrides: dict[str, str],
     """A method's defaults for a dataset family, then its protocol's values, then `--set key=value`
     overrides, each checked."""
     cls = get_method(name)
+    lacking = [k for k, hp in cls.HPARAMS.items() if family not in hp.values()]
+    if lacking:
+        raise UsageError(f"method {name!r} has no default for dataset family {family!r} of its hyperparameter(s) "
+                         f"{', '.join(lacking)}; its defaults are for: {', '.join(cls.HPARAMS[lacking[0]].values())}")
     hparams = {k: hp.default(family) for k, hp in cls.HPARAMS.items()}
     if protocol is not None:
         hparams.update({k: v for k, v in protocol.hparams.items() if k in hparams})

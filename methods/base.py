@@ -36,8 +36,13 @@ class Hparam:
     low: float = 0.0
     high: float = math.inf
 
+    def values(self) -> dict[str, Any]:
+        """The default per dataset family."""
+        return {"cifar": self.cifar, "mnist": self.mnist}
+
     def default(self, family: str) -> Any:
-        return self.cifar if family == "cifar" else self.mnist
+        """The default for a dataset family; KeyError for a family it has none for (`resolve_hparams` names it)."""
+        return self.values()[family]
 
 
 SELECTIONS = ("nat+rob", "rob", "final")
@@ -143,8 +148,12 @@ class Method:
     color: ClassVar[str]
     mask_figure: ClassVar[bool] = False
     PAPER: ClassVar[dict[str, str] | None] = None
-    HEALTH_FLAGS: ClassVar[tuple[str, ...]] = ()  # the history keys `check_health` may set
+    # Health: the history keys `check_health` may set, each with what it watches in words ("mask"): the
+    # `done` summary lists the epochs of each (`<key>_epochs`), and results, cards and the report show them.
+    HEALTH_FLAGS: ClassVar[dict[str, str]] = {}
     TRACE_KEY: ClassVar[str | None] = None  # a key of `update`'s losses marking a step `trace` records
+    TRACE_LABEL: ClassVar[str] = ""  # TRACE_KEY in words, for tables and plots ("mean mask")
+    HEALTH_BAND: ClassVar[tuple[float, float] | None] = None  # TRACE_KEY's healthy range, where it has one
     HPARAMS: ClassVar[dict[str, Hparam]] = {}
     PROTOCOLS: ClassVar[dict[tuple[str, str], Protocol]] = {}
     DEFAULT_ARCH: ClassVar[dict[str, str]] = {"mnist": "smallcnn", "cifar": "preact-resnet18"}
@@ -200,6 +209,45 @@ class Method:
         """Flags for an epoch from its mean losses: (history key in HEALTH_FLAGS, value, warning).
         The core records each in the epoch's history row and logs its warning."""
         return []
+
+    @classmethod
+    def health(cls, value: float | None) -> str | None:
+        """The state of one TRACE_KEY value (an epoch's mean or a traced step's): "collapsed" below
+        HEALTH_BAND, "saturated" above it, None inside it or without a band."""
+        if cls.HEALTH_BAND is None or value is None:
+            return None
+        low, high = cls.HEALTH_BAND
+        return "collapsed" if value < low else "saturated" if value > high else None
+
+    @classmethod
+    def health_flags(cls, history: list[dict]) -> list[dict]:
+        """A run's health flags from its history rows: one {"flag", "detail"} per flag key and value, with
+        the epochs that raised it."""
+        epochs: dict[tuple[str, str], list[int]] = {}
+        for row in history:
+            for key in cls.HEALTH_FLAGS:
+                if key in row:
+                    epochs.setdefault((key, row[key]), []).append(row["epoch"])
+        where = (f"{cls.TRACE_LABEL} outside [{cls.HEALTH_BAND[0]:g}, {cls.HEALTH_BAND[1]:g}]"
+                 if cls.HEALTH_BAND is not None else "flagged")
+        return [{"flag": f"{cls.HEALTH_FLAGS[key]} {value}", "detail": f"{where} in epoch(s) {', '.join(map(str, e))}"}
+                for (key, value), e in epochs.items()]
+
+    @classmethod
+    def excursions(cls, trace: list[dict]) -> list[tuple[str, tuple[int, int], tuple[int, int], bool]]:
+        """Stretches of trace.jsonl whose TRACE_KEY value left HEALTH_BAND: (`health`'s state, (epoch, batch)
+        of the first and of the last row outside, whether a later row came back inside)."""
+        out: list[list] = []
+        for i, row in enumerate(trace):
+            state = cls.health(row.get(cls.TRACE_KEY)) if cls.TRACE_KEY else None
+            where = (row["epoch"], row["batch"])
+            if state and out and out[-1][0] == state and out[-1][4] == i - 1:
+                out[-1][2], out[-1][4] = where, i
+            elif state:
+                out.append([state, where, where, False, i])
+        for ex in out:
+            ex[3] = ex[4] + 1 < len(trace)
+        return [tuple(ex[:4]) for ex in out]
 
     @classmethod
     def epoch_means(cls, means: dict[str, float]) -> dict[str, float]:

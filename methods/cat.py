@@ -21,13 +21,6 @@ _CODE = "TienjinHuang/Calibrated-adversarial-training Codes/"
 MASK_HEALTHY = (0.01, 0.99)  # an epoch's mean mask outside this range: collapsed (M ~ 0) or saturated (M ~ 1)
 
 
-def mask_flag(means: dict) -> str | None:
-    """"collapsed" or "saturated" when an epoch's mean mask leaves MASK_HEALTHY, else None."""
-    mean = means.get("mask_mean")
-    if mean is None or MASK_HEALTHY[0] <= mean <= MASK_HEALTHY[1]:
-        return None
-    return "collapsed" if mean < MASK_HEALTHY[0] else "saturated"
-
 
 def calibrate(x: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor | float, clip: bool = True) -> torch.Tensor:
     """Calibrated adversarial example x_cal = clip(x + M * delta, 0, 1) (Eq. 10-11).
@@ -116,8 +109,10 @@ class CATcent(Method):
     PAPER = {"title": "Calibrated Adversarial Training",
              "authors": "Tianjin Huang, Vlado Menkovski, Yulong Pei, Mykola Pechenizkiy",
              "venue": "ACML 2021", "link": "https://arxiv.org/abs/2110.00623"}
-    HEALTH_FLAGS = ("mask_flag",)
+    HEALTH_FLAGS = {"mask_flag": "mask"}
     TRACE_KEY = "mask_mean"  # absent under ablation A1 (no mask)
+    TRACE_LABEL = "mean mask"
+    HEALTH_BAND = MASK_HEALTHY
     clips_on_mnist = False  # Train_MNIST.py clamps delta to [-eps, eps] only (docs/method.md s4)
     HPARAMS = {
         "beta": Hparam(5.0, 1.0, "Train_CIFAR10.py --b 5 (paper's a); Train_MNIST.py: KL term unweighted (1)"),
@@ -182,7 +177,7 @@ class CATcent(Method):
     @classmethod
     def check_health(cls, means):
         """A mean mask outside MASK_HEALTHY: x_cal is x (collapsed) or x + delta (saturated), no calibration."""
-        flag = mask_flag(means)
+        flag = cls.health(means.get(cls.TRACE_KEY))
         if flag is None:
             return []
         return [("mask_flag", flag, f"mask {flag} (mean mask {means['mask_mean']:.4g}; healthy within {MASK_HEALTHY}): "

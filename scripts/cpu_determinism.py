@@ -20,7 +20,8 @@ import tempfile
 CHILD = """
 import json, sys, torch
 from cat_bench.settings import Settings
-from cat_bench.train import resolve_config, train
+from cat_bench.config import resolve_config
+from cat_bench.train import train
 config = resolve_config("cat-cent", "mnist-mini", 0.3, epochs=1, n_train=int(sys.argv[2]), select_n=100, batch_size=50)
 train(config, sys.argv[1], Settings("cpu", progress=False), log=lambda m: None)
 row = json.loads(open(sys.argv[1] + "/history.jsonl").readline())

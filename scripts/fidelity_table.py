@@ -37,7 +37,7 @@ def markdown(suite: str, results: Path) -> str:
             bar = "—" if r.within is None else "within" if r.within else "**outside**"
             lines.append(f"| {fr.run.name} | {fr.title} | {r.epoch} | {why} | {fmt(r.natural)} | {fmt(r.log_natural)} | "
                          f"{fmt(r.d_natural, True)} | {fmt(r.pgd20)} | {fmt(r.log_pgd20)} | {fmt(r.d_pgd20, True)} | "
-                         f"{bar} | {r.mask_mean:.3g} | {r.mask_flag or 'healthy'} |")
+                         f"{bar} | {r.traced:.3g} | {r.flag or 'healthy'} |")
     lines.append("")
     lines += [f"- {fr.run.name}: **{fr.verdict}**. {fr.verdict_text}" for fr in frs]
     return "\n".join(lines) + "\n"

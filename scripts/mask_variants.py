@@ -31,8 +31,8 @@ from cat_bench.attacks import PGD
 from cat_bench.data import TensorLoader, load_split
 from cat_bench.evaluate import correct_under
 from cat_bench.networks import Networks
-from cat_bench.report.fidelity import excursions
-from cat_bench.train import resolve_config
+from cat_bench.methods import CATcent
+from cat_bench.config import resolve_config
 
 VARIANTS = {
     "code": "the released code, unchanged (the reference: the mnist-fidelity run's first batches)",
@@ -107,7 +107,7 @@ def run(variant: str, batches: int, n_test: int, seed: int, measure_every: int, 
 
 def _episodes(trace: list[dict]) -> str:
     """Batch ranges where the traced mean mask was below 0.01 (collapsed) or above 0.99 (saturated)."""
-    spans = excursions([{**row, "epoch": 1} for row in trace])  # a variant's batches count from its first
+    spans = CATcent.excursions([{**row, "epoch": 1} for row in trace])  # a variant's batches count from its first
     return "; ".join(f"{fate} {first[1]}-{last[1]}" for fate, first, last, _ in spans) or "none"
 
 

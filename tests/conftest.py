@@ -64,8 +64,9 @@ def _write_run_records(results: Path, spec, *, history: list[dict] | None = None
     from cat_bench.data import dataset_info
     from cat_bench.evaluate import _settings
     from cat_bench.orchestrate import run_dir
-    from cat_bench.presets import clips, eval_attack
-    from cat_bench.train import config_sources
+    from cat_bench.eval_attacks import eval_attack
+    from cat_bench.presets import clips
+    from cat_bench.config import config_sources
 
     out = run_dir(results, spec)
     info = dataset_info(spec.config["dataset"])

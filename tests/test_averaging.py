@@ -7,7 +7,8 @@ from cat_bench import records
 from cat_bench.errors import UsageError
 from cat_bench.settings import Settings
 from cat_bench.suite import load_suite
-from cat_bench.train import resolve_config, train
+from cat_bench.config import resolve_config
+from cat_bench.train import train
 
 QUIET = dict(settings=Settings(progress=False), log=lambda m: None)
 

@@ -24,7 +24,8 @@ from cat_bench.compare import compare_correct, compare_runs, mcnemar_exact, pair
 from cat_bench.errors import UsageError
 from cat_bench.evaluate import evaluate
 from cat_bench.settings import Settings
-from cat_bench.train import resolve_config, train
+from cat_bench.config import resolve_config
+from cat_bench.train import train
 
 CPU = torch.device("cpu")
 ATTACKS = "natural,fgsm"

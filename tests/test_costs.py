@@ -8,7 +8,7 @@ import pytest
 
 from cat_bench import costs
 from cat_bench.errors import UsageError
-from cat_bench.train import resolve_config
+from cat_bench.config import resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,8 @@ from cat_bench.errors import GroupFailed, UsageError
 from cat_bench.methods.base import Method
 from cat_bench.networks import Networks
 from cat_bench.settings import Settings
-from cat_bench.train import resolve_config, train, train_group
+from cat_bench.config import resolve_config
+from cat_bench.train import train, train_group
 
 QUIET = dict(settings=Settings(progress=False), log=lambda m: None)
 TOL = 1e-4  # relative to each network's update: float32 sums in another order stay below 1e-5

@@ -30,7 +30,8 @@ from cat_bench.data import load_split
 from cat_bench.errors import UsageError
 from cat_bench.evaluate import AUTOATTACK_STANDARD, evaluate, masking_flags
 from cat_bench.settings import Settings
-from cat_bench.train import resolve_config, train
+from cat_bench.config import resolve_config
+from cat_bench.train import train
 
 CPU = torch.device("cpu")
 FIRST = ("natural", "fgsm", "pgd20")

@@ -27,7 +27,8 @@ from cat_bench.external import INFO, evaluate_external
 from cat_bench.models import build_classifier
 from cat_bench.settings import Settings
 from cat_bench.shipped import sha256
-from cat_bench.train import resolve_config, train
+from cat_bench.config import resolve_config
+from cat_bench.train import train
 
 CPU = torch.device("cpu")
 ATTACKS = "natural,fgsm,pgd20"

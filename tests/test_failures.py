@@ -16,7 +16,7 @@ from cat_bench.cli import main
 from cat_bench.orchestrate import run_dir, run_local, state
 from cat_bench.settings import Settings
 from cat_bench.suite import load_suite
-from cat_bench.train import resolve_config
+from cat_bench.config import resolve_config
 
 TINY = """
 description = "two tiny runs for the failure tests"

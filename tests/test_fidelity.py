@@ -52,12 +52,12 @@ def test_verdicts_follow_the_numbers(rows, kind):
 
 
 def test_excursions_name_where_the_mask_left_the_healthy_band():
-    from cat_bench.report.fidelity import excursions
+    from cat_bench.methods import CATcw
 
     trace = [{"epoch": 1, "batch": b, "mask_mean": m} for b, m in
              [(1, 0.5), (11, 0.004), (21, 1e-7), (31, 0.3), (41, 0.995), (51, 0.999)]]
     trace.append({"epoch": 2, "batch": 1, "mask_mean": 0.9999})
-    assert excursions(trace) == [("collapsed", (1, 11), (1, 21), True), ("saturated", (1, 41), (2, 1), False)]
+    assert CATcw.excursions(trace) == [("collapsed", (1, 11), (1, 21), True), ("saturated", (1, 41), (2, 1), False)]
     fr = _run([EpochRow(1, 96.1, 75.0, 0.49, None, 96.2, 78.5)])
     fr.trace = trace
     kind, text = verdict(fr, has_log=True)

@@ -11,7 +11,7 @@ import pytest
 
 from cat_bench.report import read_cells, render_report
 from cat_bench.suite import RunSpec, folder_suite, load_suite
-from cat_bench.train import resolve_config
+from cat_bench.config import resolve_config
 from test_failures import run as run_cli  # (code, stdout, stderr) of one CLI call
 
 REPO = Path(__file__).resolve().parents[1]

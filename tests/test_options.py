@@ -8,7 +8,7 @@ from cat_bench import train as train_module
 from cat_bench.cli import main
 from cat_bench.options import RUN_OPTIONS
 from cat_bench.suite import SUITES_DIR, load_suite
-from cat_bench.train import resolve_config
+from cat_bench.config import resolve_config
 
 # one value other than the default for every option: a test fails here when an option is added without one
 OTHER = {"arch": "smallcnn", "schedule": "uniform", "protocol": "valid", "precision": "bf16", "ema": 0.99,

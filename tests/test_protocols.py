@@ -18,7 +18,8 @@ from cat_bench.methods.base import lr_at
 from cat_bench.models.classifier import Classifier
 from cat_bench.networks import resolve_device
 from cat_bench.settings import Settings
-from cat_bench.train import resolve_config, train
+from cat_bench.config import resolve_config
+from cat_bench.train import train
 
 QUIET = dict(settings=Settings("cpu", progress=False), log=lambda m: None)
 SMALL = dict(epochs=1, n_train=100, batch_size=50, select_n=20)
@@ -125,7 +126,7 @@ def test_rice_schedule_scales_with_epochs_as_train_cifar_does_and_fixed_schedule
     """train_cifar.py's piecewise schedule: lr_max while t / epochs < 0.5, /10 while < 0.75, then /100,
     t = epoch + (i+1)/n; other scripts drop at fixed epochs (TRADES) whatever --epochs says."""
     from cat_bench.methods.base import lr_at
-    from cat_bench.train import resolve_config
+    from cat_bench.config import resolve_config
 
     def official(t, epochs, lr_max=0.1):
         return lr_max if t / epochs < 0.5 else lr_max / 10 if t / epochs < 0.75 else lr_max / 100

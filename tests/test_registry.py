@@ -17,7 +17,8 @@ import torch
 from cat_bench import records
 from cat_bench.methods import METHODS
 from cat_bench.settings import Settings
-from cat_bench.train import config_sources, resolve_config, train
+from cat_bench.config import config_sources, resolve_config
+from cat_bench.train import train
 
 QUIET = dict(settings=Settings(progress=False), log=lambda m: None)
 NAMES = list(METHODS)

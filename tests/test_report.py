@@ -324,7 +324,7 @@ def test_every_published_row_is_trained_by_a_shipped_suite():
     matched by a run of the paper suite; the same run under --protocol valid or --schedule uniform is not."""
     from cat_bench.paper import load_published
     from cat_bench.report.tables import locate_shipped
-    from cat_bench.train import resolve_config
+    from cat_bench.config import resolve_config
 
     pub = pd.concat([load_published(t) for t in ("1", "2", "3", "4", "7", "8")])
     seen = 0
@@ -370,7 +370,8 @@ def test_figure2_draws_from_a_trained_cat_model(tmp_path):
     from cat_bench.report.figures import figure2
     from cat_bench.report.runs import RunRecord
     from cat_bench.suite import RunSpec
-    from cat_bench.train import resolve_config, train
+    from cat_bench.config import resolve_config
+    from cat_bench.train import train
 
     config = resolve_config("cat-cent", "mnist-mini", 0.3, epochs=1, n_train=100, batch_size=50, select_n=20)
     out = tmp_path / "run"

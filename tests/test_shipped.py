@@ -18,7 +18,8 @@ from cat_bench import external, records, shipped
 from cat_bench.cli import _parser, main
 from cat_bench.evaluate import evaluate
 from cat_bench.settings import Settings
-from cat_bench.train import resolve_config, train
+from cat_bench.config import resolve_config
+from cat_bench.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "results" / "models"

@@ -20,7 +20,8 @@ from cat_bench.evaluate import evaluate
 from cat_bench.models import build_classifier
 from cat_bench.settings import Settings
 from cat_bench.submit import check_name, robustbench_architecture
-from cat_bench.train import resolve_config, train
+from cat_bench.config import resolve_config
+from cat_bench.train import train
 
 CPU = torch.device("cpu")
 NAME = "Huang2021Calibrated_WRN-10-1"

@@ -8,7 +8,7 @@ from collections import defaultdict
 import pytest
 
 from cat_bench.errors import UsageError
-from cat_bench.presets import eval_attack
+from cat_bench.eval_attacks import eval_attack
 from cat_bench.suite import SUITES, filter_runs, load_suite
 
 load = functools.cache(load_suite)  # shipped files do not change during the session

@@ -41,7 +41,8 @@ from cat_bench.suite import SUITES_DIR, Suite, folder_suite, load_suite
 from .fidelity import TOLERANCE, accuracy_plot, fidelity_runs, fmt, log_epochs, mask_plot
 from .figures import draw_figure2, figure2_networks, figure2_panels, paper_figures, run_curves
 from .runs import STATE_LABELS, RunRecord, in_progress, load_runs
-from .tables import (ARCH_LABELS, DATASET_LABELS, METRIC_LABELS, Table, build_tables, leaderboard, mask_flags)
+from .tables import (ARCH_LABELS, DATASET_LABELS, Table, build_tables, health_flags, health_trend, leaderboard,
+                     metric_label)
 
 __all__ = ["render_report", "read_cells", "suite_reference"]
 
@@ -69,7 +70,7 @@ def _env() -> Environment:
     env.filters["pct"] = lambda v, d=2: "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
     env.filters["eps"] = format_eps
     env.filters["value"] = format_value
-    env.globals.update(metric_labels=METRIC_LABELS, arch_labels=ARCH_LABELS, dataset_labels=DATASET_LABELS,
+    env.globals.update(metric_label=metric_label, arch_labels=ARCH_LABELS, dataset_labels=DATASET_LABELS,
                        version=__version__)
     return env
 
@@ -118,11 +119,11 @@ def _run_page(run: RunRecord, tables: list[Table], curves: str | None) -> dict:
     ev = run.evaluation
     attacks = ev.get("attacks", {})
     order = in_attack_order(attacks)
-    rows = [{"name": a, "label": METRIC_LABELS.get(a, a), "accuracy": 100 * attacks[a]["accuracy"],
+    rows = [{"name": a, "label": metric_label(a), "accuracy": 100 * attacks[a]["accuracy"],
              "settings": _attack_settings(attacks[a].get("settings", {})), "seconds": attacks[a].get("seconds")}
             for a in order]
     if "worst-case" in ev:
-        rows.append({"name": "worst-case", "label": METRIC_LABELS.get("worst-case", "worst case"),
+        rows.append({"name": "worst-case", "label": metric_label("worst-case"),
                      "accuracy": 100 * ev["worst-case"]["accuracy"], "seconds": 0.0,
                      "settings": "correct under every attack above (per-example records)"})
     train_s = sum(h.get("seconds", 0.0) for h in run.history)
@@ -136,8 +137,7 @@ def _run_page(run: RunRecord, tables: list[Table], curves: str | None) -> dict:
     return {
         "run": run, "ident": run.identity, "eval_rows": rows, "flags": ev.get("flags", []), "key": ev.get("key", {}),
         "checks": ev.get("checks", []),
-        "mask_flags": mask_flags(run.history), "mask_means": [h["train"]["mask_mean"] for h in run.history
-                                                               if "mask_mean" in h.get("train", {})],
+        "health_flags": health_flags(run), "health": health_trend(run),
         "config_json": json.dumps(run.identity, indent=2, sort_keys=True),
         "train_provenance": _flatten(run.provenance or {}), "eval_provenance": _flatten(ev.get("provenance", {})),
         "train_seconds": _fmt_seconds(train_s), "eval_seconds": _fmt_seconds(eval_s),
@@ -252,7 +252,7 @@ def grid_table(collected) -> dict | None:
     table = concise(summarize(collected))
     if "eps" in table:
         table["eps"] = table["eps"].map(lambda v: v if isinstance(v, str) else format_eps(v))
-    return {"columns": [METRIC_LABELS.get(c, c) for c in table.columns],
+    return {"columns": [metric_label(c) for c in table.columns],
             "rows": [[format_value(v) for v in row] for row in table.itertuples(index=False)]}
 
 

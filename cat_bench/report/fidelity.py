@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cat_bench import records
+from cat_bench.methods import METHODS, UNIFORM, Method
 from cat_bench.paper import load_authors_log
 
 from .figures import PALETTE, _finish_axes, _new, method_label, save_png
@@ -30,8 +31,8 @@ class EpochRow:
     epoch: int
     natural: float  # % on the selection split
     pgd20: float
-    mask_mean: float | None
-    mask_flag: str | None
+    traced: float | None  # the epoch's mean of the method's traced value (CAT: the mean mask)
+    flag: str | None  # the method's health flag raised in this epoch
     log_natural: float | None = None  # the authors' log at this epoch, %
     log_pgd20: float | None = None
 
@@ -62,6 +63,11 @@ class FidelityRun:
     verdict: str = ""  # "reproduced", "not reproduced", "mask collapsed", "mask saturated", "no log"
     verdict_text: str = ""
     compared: list[int] = field(default_factory=list)  # epochs present in both
+
+    @property
+    def method(self) -> type[Method]:
+        """The run's method (the paper's, UNIFORM, for a record that names none): its traced value and health."""
+        return METHODS.get(self.identity.get("method"), UNIFORM)
 
     def shown(self, log_epochs: Sequence[int]) -> list[tuple[EpochRow, str]]:
         """The rows a table lists, each with why: the log's epochs, the selected epoch and the last one."""
@@ -96,8 +102,10 @@ def fidelity_runs(runs: Sequence[RunRecord]) -> list[FidelityRun]:
         mine = log[(log["method"] == identity["method"]) & (log["dataset"] == identity["dataset"])
                    & (abs(log["eps"] - identity["eps"]) < 1e-9)]
         by_epoch = {(int(r.epoch), r.metric): float(r.accuracy) for r in mine.itertuples()}
-        rows = [EpochRow(h["epoch"], 100 * h["nat_acc"], 100 * h["rob_acc"], h.get("train", {}).get("mask_mean"),
-                         h.get("mask_flag"), by_epoch.get((h["epoch"], "natural")), by_epoch.get((h["epoch"], "pgd20")))
+        method = METHODS.get(identity["method"], UNIFORM)
+        rows = [EpochRow(h["epoch"], 100 * h["nat_acc"], 100 * h["rob_acc"], h.get("train", {}).get(method.TRACE_KEY),
+                         next((h[k] for k in method.HEALTH_FLAGS if k in h), None),
+                         by_epoch.get((h["epoch"], "natural")), by_epoch.get((h["epoch"], "pgd20")))
                 for h in history]
         trace = records.read_jsonl(run.path / records.TRACE)
         fr = FidelityRun(run, identity, rows, trace, identity["selection"]["n"], history[-1].get("best_epoch"))
@@ -114,7 +122,7 @@ def log_epochs() -> list[int]:
 def verdict(fr: FidelityRun, has_log: bool) -> tuple[str, str]:
     """The verdict from the numbers: the mask's fate first (it decides what CAT trained), then the log."""
     fr.compared = [r.epoch for r in fr.rows if r.log_natural is not None and r.log_pgd20 is not None]
-    flags = [r for r in fr.rows if r.mask_flag]
+    flags = [r for r in fr.rows if r.flag]
     parts = []
     kind = "no log"
     if fr.compared:
@@ -133,20 +141,20 @@ def verdict(fr: FidelityRun, has_log: bool) -> tuple[str, str]:
         parts.append("The authors published no log for this configuration; nothing to compare with.")
     else:
         parts.append(f"The log's epochs ({', '.join(map(str, log_epochs()))}) are not trained yet.")
-    means = ", ".join(f"{r.mask_mean:.2f}" for r in fr.rows if r.mask_mean is not None)
+    means = ", ".join(f"{r.traced:.2f}" for r in fr.rows if r.traced is not None)
     if flags:
-        fate = flags[0].mask_flag
+        fate = flags[0].flag
         kind = (f"mask {fate}" if kind == "not reproduced" or not fr.compared else f"{kind}, mask {fate}")
         what = "x_cal = x: f trains on natural images" if fate == "collapsed" else "x_cal = x + delta: plain adversarial training"
         parts.append(f"The mask {fate} from epoch {flags[0].epoch} (mean mask per epoch {means}): {what}.")
     elif means:
         parts.append(f"Mean mask per epoch {means}.")
-    parts += [_excursion_text(*ex) for ex in excursions(fr.trace)]
+    parts += [_excursion_text(*ex) for ex in fr.method.excursions(fr.trace)]
     return kind, " ".join(parts)
 
 
 def _excursion_text(fate: str, start: tuple[int, int], end: tuple[int, int], recovered: bool) -> str:
-    """One excursion of `excursions`, in words: where it began and ended, and whether the mask came back."""
+    """One excursion of `Method.excursions`, in words: where it began and ended, and whether the mask came back."""
     (e1, b1), (e2, b2) = start, end
     if start == end:
         where = f"at epoch {e1}, batch {b1} (one traced batch)"
@@ -160,22 +168,6 @@ def _epochs(epochs: Sequence[int]) -> str:
     if len(epochs) == 1:
         return f"epoch {epochs[0]}"
     return f"epochs {', '.join(map(str, epochs[:-1]))} and {epochs[-1]}"
-
-
-def excursions(trace: Sequence[dict]) -> list[tuple[str, tuple[int, int], tuple[int, int], bool]]:
-    """Stretches of the trace whose mean mask left [0.01, 0.99]: ("collapsed"/"saturated", (epoch, batch)
-    of the first and of the last point outside, whether a later trace point came back inside)."""
-    out: list[list] = []
-    for i, t in enumerate(trace):
-        fate = "collapsed" if t["mask_mean"] < 0.01 else "saturated" if t["mask_mean"] > 0.99 else None
-        where = (t["epoch"], t["batch"])
-        if fate and out and out[-1][0] == fate and out[-1][4] == i - 1:
-            out[-1][2], out[-1][4] = where, i
-        elif fate:
-            out.append([fate, where, where, False, i])
-    for ex in out:
-        ex[3] = ex[4] + 1 < len(trace)
-    return [tuple(ex[:4]) for ex in out]
 
 
 def accuracy_plot(frs: Sequence[FidelityRun], out: Path) -> None:
@@ -207,11 +199,12 @@ def mask_plot(frs: Sequence[FidelityRun], out: Path) -> bool:
     fig, (ax,) = _new(1, width=7.0, height=3.0)
     for i, fr in enumerate(traced):
         steps = [t["step"] for t in fr.trace]
-        means = [max(t["mask_mean"], 1e-9) for t in fr.trace]
+        means = [max(t[fr.method.TRACE_KEY], 1e-9) for t in fr.trace]
         ax.plot(steps, means, "-" if fr.identity["hparams"].get("g_kl_reduction") == "batchmean" else "--",
                 color=PALETTE[i % len(PALETTE)], label=fr.title, linewidth=1.2)
     ax.set_yscale("log")
-    ax.axhspan(0.01, 0.99, color="#1a7f37", alpha=0.07, label="healthy band [0.01, 0.99]")
+    low, high = traced[0].method.HEALTH_BAND
+    ax.axhspan(low, high, color="#1a7f37", alpha=0.07, label=f"healthy band [{low:g}, {high:g}]")
     ax.set_ylim(1e-9, 2)
     _finish_axes(ax, "Mean mask M over training (every 10 batches)", "training step (batch)", "mean mask (log)")
     save_png(fig, out)

@@ -242,7 +242,8 @@ def figure2_panels(identity: dict, nets, device: str, data_root):
 
     from cat_bench.attacks import PGD
     from cat_bench.data import load_split
-    from cat_bench.presets import clips, eval_attack
+    from cat_bench.eval_attacks import eval_attack
+    from cat_bench.presets import clips
 
     dev = torch.device(device)
     f = nets.f.eval()

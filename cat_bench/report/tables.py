@@ -39,16 +39,24 @@ from cat_bench.errors import UsageError
 from cat_bench.methods import METHODS
 from cat_bench.paper import Target, isnan, same_value
 from cat_bench.presets import EVALUATION_NOTE, format_eps, format_value
-from cat_bench.results import ATTACK_ORDER, WORST, in_attack_order, summarize
+from cat_bench import eval_attacks
+from cat_bench.results import WORST, in_attack_order, summarize
 from cat_bench.suite import SUITES, RunSpec, filter_runs, load_suite
 from cat_bench.shell import command
 
 from .runs import RunRecord
 
-METRICS = ("natural", "fgsm", "pgd20", "pgd100", "cw", "square", "avg")
-METRIC_LABELS = {"natural": "Natural", "fgsm": "FGSM", "pgd20": "PGD-20", "pgd100": "PGD-100", "cw": "CW∞",
-                 "square": "Square", "autoattack": "AutoAttack", "avg": "Avg",
-                 "worst-case": "Worst case"}
+SUMMARY_LABELS = {"avg": "Avg", "worst-case": "Worst case"}  # the columns besides the attacks (cat_bench.eval_attacks)
+
+
+def metric_label(name: str) -> str:
+    """A column's label: an attack's from the registry ("PGD-20"), "Avg", "Worst case", else the name."""
+    return SUMMARY_LABELS.get(name) or eval_attacks.label(name)
+
+
+def metric_order() -> list[str]:
+    """The paper's table columns in order: the attacks its tables report, then Avg."""
+    return [*eval_attacks.paper_columns(), "avg"]
 ARCH_LABELS = {"smallcnn": "SmallCNN", "madry-cnn": "Madry CNN", "trades-smallcnn": "TRADES SmallCNN", "preact-resnet18": "PreAct ResNet-18", "wrn-34-10": "WRN-34-10"}
 DATASET_LABELS = {"mnist": "MNIST", "mnist-mini": "MNIST-mini", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 TABLE_CAPTIONS = {
@@ -463,8 +471,9 @@ def build_tables(published: pd.DataFrame, collected: pd.DataFrame, specs: Sequen
         pub = pub.assign(col=pub["arch"].where(pub["dataset"] != "mnist", "mnist"))
         archs = list(dict.fromkeys(pub["col"]))
         present = set(pub["metric"])
-        metrics = [m for m in METRICS if m in present] + sorted(present - set(METRICS))
-        columns = [(arch, m, METRIC_LABELS.get(m, m) + (f" · {ARCH_LABELS.get(arch, arch)}" if len(archs) > 1 else ""))
+        order = metric_order()
+        metrics = [m for m in order if m in present] + sorted(present - set(order))
+        columns = [(arch, m, metric_label(m) + (f" · {ARCH_LABELS.get(arch, arch)}" if len(archs) > 1 else ""))
                    for arch in archs for m in metrics if ((pub["col"] == arch) & (pub["metric"] == m)).any()
                    or len(archs) == 1]
         bar = BARS.get(table_id, DEFAULT_BAR)
@@ -614,14 +623,23 @@ def reference_rows(runs: Sequence[RunRecord]) -> list[dict]:
     return rows
 
 
-def mask_flags(history: Sequence[dict]) -> list[dict]:
-    """CAT's mask-health flags: one per kind (collapsed, saturated) with the epochs that raised it."""
-    epochs: dict[str, list[int]] = {}
-    for row in history:
-        if "mask_flag" in row:
-            epochs.setdefault(row["mask_flag"], []).append(row["epoch"])
-    return [{"flag": f"mask {kind}", "detail": f"mean mask outside [0.01, 0.99] in epoch(s) {', '.join(map(str, e))}"}
-            for kind, e in epochs.items()]
+def health_flags(run: RunRecord) -> list[dict]:
+    """The run's health flags (its method's `health_flags` over its history); none for an external run."""
+    method = METHODS.get((run.identity or {}).get("method"))
+    return method.health_flags(run.history) if method is not None else []
+
+
+def health_trend(run: RunRecord) -> dict | None:
+    """What the run page shows of the method's traced value per epoch: {"label", "band", "means"}; None for a
+    method that traces nothing (or a run whose history has none of it)."""
+    method = METHODS.get((run.identity or {}).get("method"))
+    key = method.TRACE_KEY if method is not None else None
+    means = [h["train"][key] for h in run.history if key in h.get("train", {})] if key else []
+    if not means:
+        return None
+    band = method.HEALTH_BAND
+    return {"label": method.TRACE_LABEL or key, "means": means,
+            "band": f"[{band[0]:g}, {band[1]:g}]" if band is not None else None}
 
 
 def _settings(identity: dict) -> dict[str, str]:
@@ -694,7 +712,7 @@ def leaderboard(runs: Sequence[RunRecord]) -> list[Board]:
                 by, score = "autoattack", acc["autoattack"]
             else:
                 robust = {k: v for k, v in acc.items() if k != "natural"}
-                by = min(robust, key=lambda k: (robust[k], ATTACK_ORDER.index(k) if k in ATTACK_ORDER else 99),
+                by = min(robust, key=lambda k: (robust[k], eval_attacks.attack_order().index(k) if k in eval_attacks.attack_order() else 99),
                          default=None)
                 score = robust[by] if by else None
             if WORST in run.evaluation:  # correct under every attack run (per-example records); not a ranking key
@@ -706,7 +724,7 @@ def leaderboard(runs: Sequence[RunRecord]) -> list[Board]:
         settings = differing_settings([run for run, *_ in scored])
         unequal = unequal_threat_models([run for run, *_ in scored])
         entries = [Entry(i, run, score, by, acc, run.evaluation.get("flags", []) + as_flags(run.evaluation.get("checks", []))
-                         + mask_flags(run.history) + unequal.get(run.name, []), settings[run.name])
+                         + health_flags(run) + unequal.get(run.name, []), settings[run.name])
                    for i, (run, score, by, acc) in enumerate(scored, start=1)]
         board = Board(dataset, attacks, entries)
         if dataset == REFERENCE_DATASET and references:
