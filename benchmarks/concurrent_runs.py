@@ -34,7 +34,7 @@ def worker(args) -> None:
     from cat_bench.methods.base import lr_at
     from cat_bench.networks import resolve_device
     from cat_bench.config import resolve_config
-    from cat_bench.train import _Session
+    from cat_bench.train import _Session, step
 
     config = resolve_config(args.method, args.dataset, args.eps)
     torch.manual_seed(config["seed"])
@@ -50,7 +50,7 @@ def worker(args) -> None:
         if i == args.warmup + args.batches:
             break
         run.method.set_lr(lr_at(run.schedule, 0, i, len(run.loader)))
-        run.method.update(x, y, run.optimizers, 1)
+        step(run.built, x, y, 1)
     seconds = time.perf_counter() - t0
     print(json.dumps({"images_per_s": args.batches * batch / seconds, "threads": torch.get_num_threads(),
                       "seconds": seconds}))

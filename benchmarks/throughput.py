@@ -3,7 +3,7 @@
     python benchmarks/throughput.py                       # CPU: SmallCNN on mnist-mini
     python benchmarks/throughput.py --dataset cifar10 --synthetic --device cuda   # PreAct ResNet-18
 
-Training: one step of AT and CATcent as cat-bench takes it (`Method.update`, the run's precision)
+Training: one step of AT and CATcent as cat-bench takes it (`train.build` and `train.step`, the loop's own; the run's precision)
 beside an eager loop written the way the authors' scripts are (Rice et al.'s train_cifar.py and
 CAT's Train_CIFAR10.py: PGD by `loss.backward()` through the whole graph, so every attack step
 also computes the weights' gradients; fp32; g(x+delta) computed twice), on the same networks,
@@ -41,9 +41,10 @@ from cat_bench.attacks import PGD, kl_div
 from cat_bench.data import dataset_info, load_split
 from cat_bench.evaluate import correct_under, default_batch_size
 from cat_bench.methods import TrainAttack, default_arch
-from cat_bench.networks import Networks, compiled, precision_context, resolve_device
+from cat_bench.networks import Networks, resolve_device
 from cat_bench.eval_attacks import eval_attack
 from cat_bench.config import resolve_config
+from cat_bench.train import build, step
 
 
 def _sync(device: torch.device) -> None:
@@ -150,12 +151,11 @@ EAGER = {"at": eager_at_step, "cat-cent": eager_cat_step}
 def _setup(method, dataset, arch, eps, device, precision, compile):
     config = resolve_config(method, dataset, eps, arch=arch, schedule="uniform", precision=precision)
     torch.manual_seed(0)
-    nets = Networks(config, device)
-    autocast = precision_context(precision, device)
-    f = compiled(nets.f, compile)
-    m = nets.adapter(f, autocast)
-    opts = {k: torch.optim.SGD(v.parameters(), lr=0.01, momentum=0.9) for k, v in m.modules().items()}
-    return config, nets, m, opts
+    built = build(config, device, compile)  # the training loop's own networks, adapter and step
+    # the eager reference's optimiser on both sides, so that the two steps differ only in the code timed
+    built.optimizers = {k: torch.optim.SGD(v.parameters(), lr=0.01, momentum=0.9)
+                        for k, v in built.method.modules().items()}
+    return config, built
 
 
 def _time_steps(step, batches, device):
@@ -174,7 +174,8 @@ def _time_steps(step, batches, device):
 def train_rows(method, dataset, arch, eps, x, y, device, batches, precision="fp32", compile=None, eager=True):
     """(images/s, FLOPs per image, peak GB) of cat-bench's step, and of the eager reference when `eager`.
     `compile`: None (eager) or a torch.compile mode (reduce-overhead: CUDA graphs)."""
-    config, nets, m, opts = _setup(method, dataset, arch, eps, device, precision, compile)
+    config, built = _setup(method, dataset, arch, eps, device, precision, compile)
+    nets = built.nets
     bs = config["schedule"]["batch_size"]
     xs = [x[i * bs:(i + 1) * bs].to(device).float().div(255) for i in range(batches + 1)]
     ys = [y[i * bs:(i + 1) * bs].to(device) for i in range(batches + 1)]
@@ -182,10 +183,10 @@ def train_rows(method, dataset, arch, eps, x, y, device, batches, precision="fp3
         xs = [xb.contiguous(memory_format=torch.channels_last) for xb in xs]
     if compile is None:  # a compiled step's kernels are not aten ops the counter sees: count the eager step
         with flop_counter() as counter:
-            m.update(xs[0], ys[0], opts, 1)
+            step(built, xs[0], ys[0], 1)
         train_rows.flops[(method, arch)] = counter.get_total_flops() / bs
     ours_flops = train_rows.flops[(method, arch)]
-    secs, memory = _time_steps(lambda i: m.update(xs[i], ys[i], opts, 1), batches, device)
+    secs, memory = _time_steps(lambda i: step(built, xs[i], ys[i], 1), batches, device)
     rows = {"cat-bench": (batches * bs / secs, ours_flops, memory)}
     if eager and method in EAGER:
         f, g = copy.deepcopy(nets.f), copy.deepcopy(nets.extra.get("g"))
@@ -193,12 +194,12 @@ def train_rows(method, dataset, arch, eps, x, y, device, batches, precision="fp3
         if g is not None:
             e_opts["g"] = torch.optim.SGD(g.parameters(), lr=0.01, momentum=0.9)
         attack = TrainAttack(**config["train_attack"])
-        step = EAGER[method]
+        eager_step = EAGER[method]
         with flop_counter() as counter:
-            step(f, g, xs[0], ys[0], e_opts, attack, config["hparams"])
+            eager_step(f, g, xs[0], ys[0], e_opts, attack, config["hparams"])
         eager_flops = counter.get_total_flops() / bs
-        secs, memory = _time_steps(lambda i: step(f, g, xs[i], ys[i], e_opts, attack, config["hparams"]), batches,
-                                   device)
+        secs, memory = _time_steps(lambda i: eager_step(f, g, xs[i], ys[i], e_opts, attack, config["hparams"]),
+                                   batches, device)
         rows["authors-style eager"] = (batches * bs / secs, eager_flops, memory)
     return rows
 

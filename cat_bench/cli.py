@@ -426,7 +426,7 @@ def _eval_model_folder(args) -> None:
     from cat_bench.evaluate import check_options, default_batch_size, parse_attacks
     from cat_bench.external import evaluate_folder
     from cat_bench.networks import resolve_device
-    from cat_bench.shipped import card_entry, read_card, verify
+    from cat_bench.shipped import card_entry, read_card, verify_weights
 
     if args.unfinished:
         raise UsageError(f"--unfinished is for run directories; {args.run_dir} is a model folder of a finished run")
@@ -436,7 +436,7 @@ def _eval_model_folder(args) -> None:
     eps = parse_eps(args.eps) if args.eps is not None else None
     check_options(batch_size=args.batch_size, n_examples=args.n_examples, eps=eps)
     _check_results(args.results)
-    digest = verify(args.run_dir, card)
+    digest = verify_weights(args.run_dir, card)
     print(f"{card['weights']['file']}: SHA-256 verified ({digest})", file=sys.stderr)
     device = resolve_device(args.device)
     batch_size = args.batch_size or card.get("check", {}).get("batch_size") or default_batch_size(device)
@@ -518,10 +518,10 @@ def _evaluated(path: Path, results: Path) -> Path:
 
 
 def _export(args) -> None:
-    from cat_bench.shipped import check_name, export
+    from cat_bench.shipped import check_folder_name, export_model
 
-    check_name(args.name)
-    out = export(args.run_dir, args.name, args.out, trained_with=args.trained_with, device=args.device,
+    check_folder_name(args.name)
+    out = export_model(args.run_dir, args.name, args.out, trained_with=args.trained_with, device=args.device,
                  batch_size=args.batch_size,
                  data_root=args.data_root, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     from cat_bench.shipped import git_ignored, read_card
@@ -812,10 +812,10 @@ def _report(args) -> None:
 
 
 def _submit(args) -> None:
-    from cat_bench.submit import VerificationFailed, check_name, paper_for, read_run, submit
+    from cat_bench.submit import VerificationFailed, check_robustbench_name, paper_for, read_run, submit
     from cat_bench.networks import resolve_device
 
-    check_name(args.name)
+    check_robustbench_name(args.name)
     config = read_run(args.run_dir)
     paper = paper_for(config["method"], title=args.title, authors=args.authors, venue=args.venue, link=args.link,
                       reported=args.reported)

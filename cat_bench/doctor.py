@@ -37,7 +37,7 @@ from cat_bench.data import TensorLoader, dataset_info, load_split
 from cat_bench.eval_attacks import attack_order
 from cat_bench.lazy import torch
 from cat_bench.methods import METHODS, ONE_NETWORK, PLAIN, UNIFORM
-from cat_bench.networks import Networks, compiled, precision_context
+from cat_bench.networks import Networks, precision_context
 from cat_bench.settings import Settings
 
 LOSS_RTOL = 1e-3
@@ -174,23 +174,19 @@ def one_update(config: dict, state: dict, x: torch.Tensor, y: torch.Tensor, devi
     """A method's first training step from `state` on `device`: its losses and the parameters after it
     (on CPU). `tape` records its attacks' outputs, or replays a recorded tape's (`AttackTape`)."""
     from cat_bench.methods.base import lr_at
+    from cat_bench.train import build, step
 
-    nets = Networks(config, device)
-    nets.load(state)
-    autocast = precision_context(config["precision"], device)
-    method = nets.adapter(compiled(nets.f, compile), autocast)
-    optimizers = method.configure_optimizers(config["schedule"])
-    method.set_lr(lr_at(config["schedule"], 0, 0, 1))
-    x, y = x.to(device), y.to(device)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    built = build(config, device, compile)
+    built.nets.load(state)
+    built.method.set_lr(lr_at(config["schedule"], 0, 0, 1))
     torch.manual_seed(0)
     tape = tape or AttackTape()
     try:
         with random_starts_on_cpu(), tape.on():
-            losses = method.update(x, y, optimizers, 1)
+            losses = step(built, x.to(device), y.to(device), 1)
     finally:
         precision_context("fp32", device)
+    nets, method = built.nets, built.method
     trained = {k: m for k, m in nets.all().items() if k in method.modules()}
     params = {f"{k}.{n}": p.detach().float().cpu() for k, m in trained.items() for n, p in m.named_parameters()}
     return {k: v.item() for k, v in losses.items()}, params

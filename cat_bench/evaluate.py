@@ -145,9 +145,7 @@ def measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, preset: At
     """
     torch.manual_seed(seed)
     if preset.kind in ("natural", "pgd"):
-        attack = None if preset.kind == "natural" else PGD(
-            eps=preset.eps, alpha=preset.alpha, steps=preset.steps, loss=preset.loss,
-            random_start=preset.random_start, kappa=preset.kappa, clip=settings["clip"])
+        attack = preset.pgd(settings["clip"])
         with progress_bar(-(-len(y) // batch_size), settings["name"], enabled=progress) as advance:
             return correct_under(model, x, y, attack, batch_size, advance)
     return _autoattack(state_dir, model, x, y, preset.eps, settings, batch_size, seed, device, log, key=key)

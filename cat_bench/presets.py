@@ -9,7 +9,7 @@ protocol (schedule, train attack, selection rule) and hyperparameters live with 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
 
 from cat_bench.errors import UsageError
@@ -99,6 +99,23 @@ class AttackPreset:
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "source"}
+
+    @classmethod
+    def stored(cls, record: dict) -> AttackPreset:
+        """The preset a config or eval.json records (`as_dict`'s keys; others, such as its clip, ignored)."""
+        return cls(**{f.name: record[f.name] for f in fields(cls) if f.name in record})
+
+    def pgd(self, clip: bool):
+        """The attack these settings describe: a `cat_bench.attacks.PGD` for kind "pgd", None for "natural"
+        (pyautoattack's kinds run through `evaluate.measure`); iterates kept in [0,1] when `clip`."""
+        if self.kind == "natural":
+            return None
+        if self.kind != "pgd":
+            raise ValueError(f"an attack of kind {self.kind!r} is not a PGD")
+        from cat_bench.attacks import PGD
+
+        return PGD(eps=self.eps, alpha=self.alpha, steps=self.steps, loss=self.loss, random_start=self.random_start,
+                   kappa=self.kappa, clip=clip)
 
 
 # The attack of per-epoch checkpoint selection (docs/method.md s3, Appendix C); the rule (natural +

@@ -64,7 +64,7 @@ def is_model_folder(path: Path) -> bool:
     return (Path(path) / CARD).is_file()
 
 
-def check_name(name: str) -> None:
+def check_folder_name(name: str) -> None:
     """A model folder's name: letters, digits, '.', '_', '-', starting with a letter or digit."""
     if not NAME.fullmatch(name):
         raise UsageError(f"--name {name!r} is not a folder name; allowed: letters, digits, '.', '_' and '-', "
@@ -99,7 +99,7 @@ def git_ignored(folder: Path, names: tuple[str, ...] = (WEIGHTS, SHA256, EXAMPLE
 # Export
 
 
-def export(run_dir: Path, name: str, out: Path | None = None, *, trained_with: str | None = None, device=None,
+def export_model(run_dir: Path, name: str, out: Path | None = None, *, trained_with: str | None = None, device=None,
            batch_size: int | None = None, data_root=None, progress: bool = True, log=print) -> Path:
     """Write the model folder of a finished, evaluated run (module docstring); returns the folder.
 
@@ -108,7 +108,7 @@ def export(run_dir: Path, name: str, out: Path | None = None, *, trained_with: s
     written; the folder appears complete or not at all.
     """
     run_dir = Path(run_dir)
-    check_name(name)
+    check_folder_name(name)
     out = Path(out) if out is not None else MODELS / name
     if out.exists():
         raise UsageError(f"{out} already exists; remove it or choose another --name / --out")
@@ -350,7 +350,7 @@ def _content_sha256(card: dict) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def verify(folder: Path, card: dict) -> str:
+def verify_weights(folder: Path, card: dict) -> str:
     """The weights file's SHA-256 if it is the card's and the .sha256 file's; UsageError naming both otherwise."""
     folder = Path(folder)
     path = folder / card["weights"]["file"]

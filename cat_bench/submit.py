@@ -71,7 +71,7 @@ class VerificationFailed(RuntimeError):
     """RobustBench loaded or evaluated the exported model differently from cat-bench."""
 
 
-def check_name(name: str) -> str:
+def check_robustbench_name(name: str) -> str:
     """Return `name` if RobustBench would accept it as a model-zoo name; else UsageError with the rule."""
     if len(name) > 80 or not NAME_RULE.fullmatch(name):
         raise UsageError(f"--name {name!r} is not a RobustBench model name; {NAME_RULE_TEXT}")
@@ -235,7 +235,7 @@ def _write_text(path: Path, text: str) -> None:
     records._atomic(path, lambda fh: fh.write(text.encode()))
 
 
-def export(run_dir: Path, name: str, out: Path, *, paper: PaperInfo | None = None, n_examples: int | None = None,
+def write_submission(run_dir: Path, name: str, out: Path, *, paper: PaperInfo | None = None, n_examples: int | None = None,
            footnote: str | None = None, gdrive_id: str | None = None) -> dict:
     """Write the RobustBench submission of a finished, AutoAttack-evaluated run into `out`.
 
@@ -246,7 +246,7 @@ def export(run_dir: Path, name: str, out: Path, *, paper: PaperInfo | None = Non
     """
     from cat_bench.models import build_classifier
 
-    check_name(name)
+    check_robustbench_name(name)
     run_dir, out = Path(run_dir), Path(out)
     config = read_run(run_dir)
     paper = paper or paper_for(config["method"])
@@ -305,7 +305,7 @@ def _atomic_copy(src: Path, dst: Path) -> None:
     records._atomic(dst, write)
 
 
-def verify(out: Path, name: str, run_dir: Path, *, data_root=None, n_examples: int = VERIFY_N,
+def verify_submission(out: Path, name: str, run_dir: Path, *, data_root=None, n_examples: int = VERIFY_N,
            batch_size: int | None = None, device: torch.device | None = None, log=print) -> dict:
     """Check an exported submission with RobustBench itself; writes and returns OUT/verification.json.
 
@@ -418,9 +418,9 @@ def submit(run_dir: Path, name: str, out: Path, *, paper: PaperInfo | None = Non
                          "(robustbench==1.1.1, setuptools<81)")
     if verify_it:
         _check_free_in_zoo(read_run(run_dir)["dataset"], name)  # before anything is written
-    written = export(run_dir, name, out, paper=paper, n_examples=n_examples, footnote=footnote, gdrive_id=gdrive_id)
+    written = write_submission(run_dir, name, out, paper=paper, n_examples=n_examples, footnote=footnote, gdrive_id=gdrive_id)
     written["verification"] = None
     if verify_it:
-        written["verification"] = verify(out, name, run_dir, data_root=data_root, n_examples=verify_n,
+        written["verification"] = verify_submission(out, name, run_dir, data_root=data_root, n_examples=verify_n,
                                          batch_size=batch_size, device=device, log=log)
     return written

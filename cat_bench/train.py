@@ -27,6 +27,7 @@ from cat_bench.lazy import torch
 from cat_bench.methods import Method, get_method
 from cat_bench.methods.base import lr_at
 from cat_bench.networks import Networks, compiled, precision_context, resolve_device
+from cat_bench.presets import AttackPreset
 from cat_bench.progress import progress_bar
 from cat_bench.rundir import RunLock, check_writable, claim
 from cat_bench.settings import Settings
@@ -288,6 +289,36 @@ def _keep_records_until(out: Path, start: int) -> None:
             records.write_jsonl(out / name, kept)
 
 
+@dataclasses.dataclass
+class Built:
+    """What a training step needs: the run's networks, the method adapter on them (f compiled as asked,
+    under the run's precision) and the adapter's optimisers."""
+
+    nets: Networks
+    method: Method
+    optimizers: dict
+    autocast: contextlib.AbstractContextManager
+
+
+def build(config: dict, device: torch.device, compile: str | None = None, *, sync_batchnorm: bool = False) -> Built:
+    """The networks, method adapter and optimisers of a run, as every training session builds them (and
+    `cat-bench doctor` and the benchmarks, so that they check and time the loop's own step)."""
+    nets = Networks(config, device)
+    if sync_batchnorm:
+        nets.sync_batchnorm()
+    autocast = precision_context(config["precision"], device)
+    method = nets.adapter(compiled(nets.f, compile), autocast)
+    return Built(nets, method, method.configure_optimizers(config["schedule"]), autocast)
+
+
+def step(built: Built, x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+    """One training step of the loop on a batch already on the device (channels-last on CUDA): the method's
+    `update` with its optimisers; `epoch` counts from 1."""
+    if x.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return built.method.update(x, y, built.optimizers, epoch)
+
+
 class _Session:
     """One training session of a run: its data, networks, method and weight average, and the steps
     `_train` takes with them (docs/method.md s3). Rank 0 of a group writes the records."""
@@ -322,18 +353,13 @@ class _Session:
         """The networks, the method adapter with its optimisers, the weight average (`--ema`) and the
         selection attack."""
         config, device = self.config, self.device
-        self.nets = Networks(config, device)
-        if self.group.world > 1:
-            self.nets.sync_batchnorm()
-        self.autocast = precision_context(config["precision"], device)
-        f_run = compiled(self.nets.f, compile)
-        self.method = self.nets.adapter(f_run, self.autocast)
-        self.optimizers = self.method.configure_optimizers(self.schedule)
+        self.built = build(config, device, compile, sync_batchnorm=self.group.world > 1)
+        self.nets, self.method, self.optimizers = self.built.nets, self.built.method, self.built.optimizers
+        self.autocast = self.built.autocast
         self.average = WeightAverage(self.nets.f, config["ema"]) if "ema" in config else None
         sel = config["selection"]["attack"]
         self.eval_batch = default_batch_size(device)
-        self.select_attack = PGD(eps=sel["eps"], alpha=sel["alpha"], steps=sel["steps"], loss=sel["loss"],
-                                 random_start=sel["random_start"], clip=sel["clip"])
+        self.select_attack = AttackPreset.stored(sel).pgd(sel["clip"])
 
     def start(self, ckpt: dict | None) -> tuple[int, dict]:
         """A new run's config.json, or a resumed run's state from its checkpoint (the records of an
@@ -394,9 +420,7 @@ class _Session:
                 if group.world > 1:
                     method.shard = distributed.shard(len(y), group)
                     x, y = method.shard.take(x), method.shard.take(y)
-                if self.device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                losses = method.update(x, y, self.optimizers, epoch + 1)
+                losses = step(self.built, x, y, epoch + 1)
                 if self.average is not None:
                     self.average.update(self.nets.f)
                 if method.shard is not None:  # this rank's part of each batch's loss, summed over ranks below

@@ -19,7 +19,7 @@ from cat_bench.cli import main
 from cat_bench.evaluate import evaluate
 from cat_bench.models import build_classifier
 from cat_bench.settings import Settings
-from cat_bench.submit import check_name, robustbench_architecture
+from cat_bench.submit import check_robustbench_name, robustbench_architecture
 from cat_bench.config import resolve_config
 from cat_bench.train import train
 
@@ -57,7 +57,7 @@ def tiny_cifar_run(root, out, n_eval=None):
 @pytest.mark.parametrize("name", ["Huang2021Calibrated", "Huang2021Calibrated_PRN18", "Moosavi-Dezfooli2019Robustness",
                                   "Cui2023Decoupled_WRN-28-10", "Jia2022LAS-AT_34_10"])
 def test_robustbench_style_names_are_accepted(name):
-    assert check_name(name) == name
+    assert check_robustbench_name(name) == name
 
 
 def test_architecture_names_as_robustbench_writes_them():

@@ -199,7 +199,7 @@ def figure2_networks(checkpoint: Path, run_name: str, identity: dict, models: Pa
         nets.load(ckpt["nets"])
         return nets, f"this run's {checkpoint.parent.name}/{checkpoint.name}, epoch {ckpt['epoch']}"
     for folder, card in shipped.exported_from(run_name, identity, models):
-        shipped.verify(folder, card)
+        shipped.verify_weights(folder, card)
         return (shipped.load_networks(folder, card, torch.device(device)),
                 f"the shipped model {folder}, epoch {card['weights']['epoch']} (this configuration; its card "
                 f"says where and how it trained)")
