@@ -33,7 +33,9 @@ def health_columns() -> dict[str, str]:
     return {f"{key}_epochs": what for key, what in health_keys().items()}
 
 
-RUN_METRICS = ["best_epoch", "n_examples", "test_eps", "masking_flags", "setup_flags", *health_columns()]
+def run_metrics() -> list[str]:
+    """The columns of a run besides its config and its attacks: what `run_row` reads from done and eval.json."""
+    return ["best_epoch", "n_examples", "test_eps", "masking_flags", "setup_flags", *health_columns()]
 FORMATS = ("csv", "markdown", "json")
 FLOAT_FORMAT = "%.4f"
 
@@ -83,7 +85,7 @@ def _config_columns(df: pd.DataFrame) -> list[str]:
 def _attack_columns(df: pd.DataFrame) -> list[str]:
     """Attack accuracy columns: the evaluation order of docs/method.md s4, then any other attack by name, then the
     worst case over them (where the runs have per-example records)."""
-    known = set(_config_columns(df)) | set(RUN_METRICS) | {"run", WORST}
+    known = set(_config_columns(df)) | set(run_metrics()) | {"run", WORST}
     order = attack_order()
     others = sorted(c for c in df.columns if c not in known and c not in order)
     return [c for c in order if c in df.columns] + others + ([WORST] if WORST in df.columns else [])
@@ -103,9 +105,9 @@ def collect(run_dirs: Iterable[Path]) -> pd.DataFrame:
     attack accuracies in percent (evaluation order), `best_epoch`, `n_examples`, `masking_flags`, `run`.
     """
     rows = [row for row in map(run_row, run_dirs) if row is not None]
-    df = pd.DataFrame(rows, columns=None if rows else CONFIG_COLUMNS + RUN_METRICS + ["run"])
+    df = pd.DataFrame(rows, columns=None if rows else CONFIG_COLUMNS + run_metrics() + ["run"])
     config = _config_columns(df)
-    df = df[config + _attack_columns(df) + RUN_METRICS + ["run"]]
+    df = df[config + _attack_columns(df) + run_metrics() + ["run"]]
     return df.sort_values(config + ["run"], kind="mergesort", na_position="last").reset_index(drop=True)
 
 

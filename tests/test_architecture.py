@@ -57,7 +57,7 @@ def test_another_methods_health_flags_reach_results_report_and_trackers(drifting
             row[key] = value
     assert [row.get("drift_flag") for row in history] == [None, "collapsed", "saturated", "collapsed"]
 
-    assert results.health_columns()["drift_flag_epochs"] == "drift"
+    assert results.health_columns()["drift_flag_epochs"] == "drift" and "drift_flag_epochs" in results.run_metrics()
     run = RunRecord(spec=None, path=tmp_path, state="done", identity={"method": "drifting"}, history=history)
     assert health_flags(run) == [
         {"flag": "drift collapsed", "detail": "mean drift outside [0.2, 0.8] in epoch(s) 2, 4"},
