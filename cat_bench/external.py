@@ -28,7 +28,9 @@ dataset, arch, the dataset's test eps, the source and its SHA-256), holding
     eval.json, examples/   as for a trained run
 
 The same SOURCE evaluated again reuses the directory and skips finished attacks; a changed file
-has another SHA-256 and so another directory.
+has another SHA-256 and so another directory. A model folder (`cat-bench eval FOLDER`,
+`evaluate_folder`) gets such a directory too, kind "model-folder", named by its card's name, with
+the card's network, protocol and seed: the folder itself is not written.
 """
 
 from __future__ import annotations
@@ -354,11 +356,11 @@ def evaluate_folder(folder: Path, card: dict, names: list[str], *, results=Path(
                     data_root=None, progress: bool = True, log=print, strict: bool = False) -> tuple[Path, dict, str]:
     """Evaluate a model folder's f (`cat-bench export`; its weights verified by the caller) in its external
     run directory under RESULTS/external, leaving the folder untouched: (run directory, eval.json's
-    content, which examples: `shipped.check_examples`). The same checks, attacks, seeding (the card's seed) and protocol (the card's: the MNIST
-    paper protocol stays unclipped) as the run it was exported from; the examples are the folder's
-    own check examples when they suffice and no `data_root` is given (the same first test examples).
-    Its identity: the card's name and dataset, network and protocol, the weights file's SHA-256 and
-    the weights as loaded."""
+    content, which examples: `shipped.check_examples`). The same checks, attacks, seeding (the card's
+    seed) and protocol (the card's: the MNIST paper protocol stays unclipped) as the run it was
+    exported from; the examples are the folder's own check examples when they suffice and no
+    `data_root` is given (the same first test examples). Its identity: the card's name and dataset,
+    network and protocol, the weights file's SHA-256 and the weights as loaded."""
     from cat_bench.evaluate import attack_all, setup_checks
     from cat_bench.networks import precision_context
     from cat_bench.presets import clips
