@@ -99,8 +99,9 @@ def git_ignored(folder: Path, names: tuple[str, ...] = (WEIGHTS, SHA256, EXAMPLE
 # Export
 
 
-def export_model(run_dir: Path, name: str, out: Path | None = None, *, trained_with: str | None = None, device=None,
-           batch_size: int | None = None, data_root=None, progress: bool = True, log=print) -> Path:
+def export_model(run_dir: Path, name: str, out: Path | None = None, *, trained_with: str | None = None,
+                 device=None, batch_size: int | None = None, data_root=None, progress: bool = True,
+                 log=print) -> Path:
     """Write the model folder of a finished, evaluated run (module docstring); returns the folder.
 
     `trained_with`: the command that trained the run as it was given (e.g. a suite's `cat-bench run`),

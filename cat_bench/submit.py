@@ -235,8 +235,8 @@ def _write_text(path: Path, text: str) -> None:
     records._atomic(path, lambda fh: fh.write(text.encode()))
 
 
-def write_submission(run_dir: Path, name: str, out: Path, *, paper: PaperInfo | None = None, n_examples: int | None = None,
-           footnote: str | None = None, gdrive_id: str | None = None) -> dict:
+def write_submission(run_dir: Path, name: str, out: Path, *, paper: PaperInfo | None = None,
+                     n_examples: int | None = None, footnote: str | None = None, gdrive_id: str | None = None) -> dict:
     """Write the RobustBench submission of a finished, AutoAttack-evaluated run into `out`.
 
     Returns {"model_info", "checkpoint", "model_zoo_entry", "autoattack_log": paths, "info": the JSON}.
@@ -306,7 +306,7 @@ def _atomic_copy(src: Path, dst: Path) -> None:
 
 
 def verify_submission(out: Path, name: str, run_dir: Path, *, data_root=None, n_examples: int = VERIFY_N,
-           batch_size: int | None = None, device: torch.device | None = None, log=print) -> dict:
+                      batch_size: int | None = None, device: torch.device | None = None, log=print) -> dict:
     """Check an exported submission with RobustBench itself; writes and returns OUT/verification.json.
 
     Registers OUT/model_zoo_entry.py's ENTRY in RobustBench's model zoo, loads OUT/models/... with
