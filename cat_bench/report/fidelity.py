@@ -66,8 +66,7 @@ class FidelityRun:
 
     @property
     def method(self) -> type[Method]:
-        """The run's method (the paper's, UNIFORM, for a record that names none): its traced value and health."""
-        return METHODS.get(self.identity.get("method"), UNIFORM)
+        return _method(self.identity)
 
     def shown(self, log_epochs: Sequence[int]) -> list[tuple[EpochRow, str]]:
         """The rows a table lists, each with why: the log's epochs, the selected epoch and the last one."""
@@ -102,7 +101,7 @@ def fidelity_runs(runs: Sequence[RunRecord]) -> list[FidelityRun]:
         mine = log[(log["method"] == identity["method"]) & (log["dataset"] == identity["dataset"])
                    & (abs(log["eps"] - identity["eps"]) < 1e-9)]
         by_epoch = {(int(r.epoch), r.metric): float(r.accuracy) for r in mine.itertuples()}
-        method = METHODS.get(identity["method"], UNIFORM)
+        method = _method(identity)
         rows = [EpochRow(h["epoch"], 100 * h["nat_acc"], 100 * h["rob_acc"], h.get("train", {}).get(method.TRACE_KEY),
                          next((h[k] for k in method.HEALTH_FLAGS if k in h), None),
                          by_epoch.get((h["epoch"], "natural")), by_epoch.get((h["epoch"], "pgd20")))
@@ -112,6 +111,11 @@ def fidelity_runs(runs: Sequence[RunRecord]) -> list[FidelityRun]:
         fr.verdict, fr.verdict_text = verdict(fr, has_log=bool(by_epoch))
         out.append(fr)
     return out
+
+
+def _method(identity: dict) -> type[Method]:
+    """A fidelity run's method (the paper's, UNIFORM, for a record that names none): its traced value and health."""
+    return METHODS.get(identity.get("method"), UNIFORM)
 
 
 def log_epochs() -> list[int]:

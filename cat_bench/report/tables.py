@@ -623,16 +623,21 @@ def reference_rows(runs: Sequence[RunRecord]) -> list[dict]:
     return rows
 
 
+def _method(run: RunRecord):
+    """The run's registered method class; None for an external run (or one not finished)."""
+    return METHODS.get((run.identity or {}).get("method"))
+
+
 def health_flags(run: RunRecord) -> list[dict]:
     """The run's health flags (its method's `health_flags` over its history); none for an external run."""
-    method = METHODS.get((run.identity or {}).get("method"))
+    method = _method(run)
     return method.health_flags(run.history) if method is not None else []
 
 
 def health_trend(run: RunRecord) -> dict | None:
     """What the run page shows of the method's traced value per epoch: {"label", "band", "means"}; None for a
     method that traces nothing (or a run whose history has none of it)."""
-    method = METHODS.get((run.identity or {}).get("method"))
+    method = _method(run)
     key = method.TRACE_KEY if method is not None else None
     means = [h["train"][key] for h in run.history if key in h.get("train", {})] if key else []
     if not means:
